@@ -1,0 +1,140 @@
+"""What a handler gets as `ctx`: emit, state, logger, trace id and flows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from ._protocols import StateStore, TraceRecord
+
+log = logging.getLogger("stepline.step")
+
+
+class Recorder(Protocol):
+    def __call__(self, record: TraceRecord) -> None: ...
+
+
+class Emitter(Protocol):
+    def __call__(
+        self, step: str | None, trace_id: str, topic: str, data: Any, message_group_id: str | None
+    ) -> Awaitable[object]: ...
+
+
+class StepLogger:
+    """Structured logs that carry the trace id and the step name, to the console and into the trace."""
+
+    def __init__(self, record: Recorder, trace_id: str, step: str) -> None:
+        self._record = record
+        self.trace_id = trace_id
+        self.step = step
+
+    def _log(self, level: int, name: str, message: str, fields: dict[str, Any] | None, kw: dict[str, Any]) -> None:
+        data = {**(fields or {}), **kw}
+        self._record(
+            TraceRecord(
+                self.trace_id, "log", self.step, time.time(), {"level": name, "message": str(message), "fields": data}
+            )
+        )
+        if log.isEnabledFor(level):
+            log.log(level, message, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
+
+    def debug(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+        self._log(logging.DEBUG, "debug", message, fields, kw)
+
+    def info(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+        self._log(logging.INFO, "info", message, fields, kw)
+
+    def warn(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+        self._log(logging.WARNING, "warn", message, fields, kw)
+
+    warning = warn
+
+    def error(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+        self._log(logging.ERROR, "error", message, fields, kw)
+
+
+class State:
+    """`ctx.state`: JSON values by (group, key), every change recorded in the trace."""
+
+    def __init__(self, store: StateStore, record: Recorder, trace_id: str, step: str) -> None:
+        self._store = store
+        self._record = record
+        self._trace_id = trace_id
+        self._step = step
+
+    def _note(self, op: str, group: str, key: str | None = None) -> None:
+        self._record(
+            TraceRecord(self._trace_id, "state", self._step, time.time(), {"op": op, "group": group, "key": key})
+        )
+
+    async def get(self, group: str, key: str) -> Any:
+        return await self._store.get(group, key)
+
+    async def set(self, group: str, key: str, value: Any) -> Any:
+        _check_key(group, key)
+        await self._store.set(group, key, value)
+        self._note("set", group, key)
+        return value
+
+    async def delete(self, group: str, key: str) -> bool:
+        existed = await self._store.delete(group, key)
+        if existed:
+            self._note("delete", group, key)
+        return existed
+
+    async def get_group(self, group: str) -> list[Any]:
+        """The values of a group, in key order (the keys themselves: `items`)."""
+        items = await self._store.get_group(group)
+        return [items[k] for k in sorted(items)]
+
+    async def items(self, group: str) -> dict[str, Any]:
+        return await self._store.get_group(group)
+
+    async def clear(self, group: str) -> int:
+        removed = await self._store.clear(group)
+        self._note("clear", group)
+        return removed
+
+
+def _check_key(group: Any, key: Any) -> None:
+    if not isinstance(group, str) or not group or not isinstance(key, str) or not key:
+        raise ValueError(f"state group and key must be non-empty strings, got {group!r} and {key!r}")
+
+
+class Context:
+    """The second argument of every handler (the only one of a cron handler)."""
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        trace_id: str,
+        flows: list[str],
+        emitter: Emitter,
+        state: State,
+        logger: StepLogger,
+    ) -> None:
+        self.step = step
+        self.trace_id = trace_id
+        self.flows = flows
+        self.state = state
+        self.logger = logger
+        self._emitter = emitter
+
+    async def emit(self, event: dict[str, Any] | str, data: Any = None, *, message_group_id: str | None = None) -> None:
+        """`await ctx.emit({"topic": "t", "data": {...}})`, or `await ctx.emit("t", {...})`."""
+        if isinstance(event, dict):
+            unknown = set(event) - {"topic", "data", "messageGroupId"}
+            if "topic" not in event or unknown:
+                raise TypeError(f'emit takes {{"topic", "data", "messageGroupId"?}}; got keys {sorted(event)}')
+            topic = event["topic"]
+            data = event.get("data")
+            message_group_id = event.get("messageGroupId", message_group_id)
+        else:
+            topic = event
+        await self._emitter(self.step, self.trace_id, topic, data, message_group_id)
+
+
+Handler = Callable[..., Any]

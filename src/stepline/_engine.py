@@ -1,0 +1,383 @@
+"""The engine: emits events, runs handlers for deliveries, API requests and cron ticks, and traces it all.
+
+It knows nothing of SQLite, Redis or HTTP: storage comes in through the Protocols of `_protocols`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from . import _json
+from ._config import ApiConfig, EventConfig
+from ._context import Context, State, StepLogger
+from ._errors import SchemaValidationError, UndeclaredEmitError
+from ._ids import new_id
+from ._project import Project, Step
+from ._protocols import Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
+from ._request import ApiRequest
+from ._sync import SyncContext
+
+log = logging.getLogger("stepline.engine")
+
+# A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
+_LEASE_MARGIN = 10.0
+
+
+class Engine:
+    def __init__(
+        self,
+        project: Project,
+        *,
+        queue: EventQueue,
+        state: StateStore,
+        traces: TraceStore,
+        concurrency: int = 64,
+        poll_interval: float = 1.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.project = project
+        self.queue = queue
+        self.state = state
+        self.traces = traces
+        self.concurrency = concurrency
+        self._poll = poll_interval
+        self._rand = rand
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._buffer: deque[TraceRecord] = deque()
+        self._flushed = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._running = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepline-sync")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._work(), name="stepline-worker"),
+            asyncio.create_task(self._flush_loop(), name="stepline-traces"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, let in-flight handlers finish within `grace` seconds, then flush traces.
+
+        Handlers still running after the grace period are cancelled; their deliveries stay leased and
+        run again once the lease expires (never lost)."""
+        self._running = False
+        self._activity.set()
+        for task in self._tasks:
+            task.cancel()
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.flush()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def replace_project(self, project: Project) -> None:
+        """Hot reload: new deliveries run the new code; queued events stay queued, in-flight ones finish."""
+        self.project = project
+        self._activity.set()
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait until no event is queued, leased or delayed and no handler runs (for tests and `emit --local`)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                stats = await self.queue.stats()
+                if not self._inflight and stats.pending == 0:
+                    break
+                self._activity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._activity.wait(), 0.05)
+        await self.flush()
+
+    # -- traces ----------------------------------------------------------------------------------
+
+    def record(self, record: TraceRecord) -> None:
+        """Buffer a trace record (from any thread); a background task writes them in batches."""
+        self._buffer.append(record)
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._flushed.set()
+        else:
+            self._loop.call_soon_threadsafe(self._flushed.set)
+
+    async def flush(self) -> None:
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+            await self.traces.append(batch)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flushed.wait()
+            self._flushed.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("could not write trace records; retrying")
+                await asyncio.sleep(1)
+
+    # -- emitting --------------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        step: str | None,
+        trace_id: str,
+        topic: str,
+        data: Any,
+        message_group_id: str | None = None,
+    ) -> Event:
+        """Accept an event: every current subscriber of `topic` gets a delivery."""
+        if step is not None:
+            declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
+            if topic not in declared:
+                raise UndeclaredEmitError(step, topic, declared)
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
+        data = _json.copy(data, f"data of the event {topic!r}")
+        event = Event(new_id(), topic, data, trace_id, step, time.time(), message_group_id)
+        subscribers = [s.name for s in self.project.subscribers(topic)]
+        await self.queue.publish(event, subscribers)
+        self.record(
+            TraceRecord(
+                trace_id,
+                "emit",
+                step,
+                event.created_at,
+                {"topic": topic, "event_id": event.id, "subscribers": subscribers, "data": data},
+            )
+        )
+        if not subscribers:
+            log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
+        self._activity.set()
+        return event
+
+    async def emit_external(self, topic: str, data: Any, trace_id: str | None = None) -> Event:
+        """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
+        trace_id = trace_id or new_id()
+        self.record(TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"}))
+        return await self.emit(None, trace_id, topic, data)
+
+    # -- contexts ---------------------------------------------------------------------------------
+
+    def context(self, step: Step, trace_id: str) -> Context:
+        return Context(
+            step=step.name,
+            trace_id=trace_id,
+            flows=list(step.flows),
+            emitter=self.emit,
+            state=State(self.state, self.record, trace_id, step.name),
+            logger=StepLogger(self.record, trace_id, step.name),
+        )
+
+    async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
+        """Run a handler: async on the loop, sync on a worker thread with a blocking `ctx`."""
+        assert step.handler is not None
+        if step.is_async:
+            return await step.handler(*args, ctx)
+        loop = asyncio.get_running_loop()
+        sync_ctx = SyncContext(ctx, loop)
+        result = await loop.run_in_executor(self._threads, partial(step.handler, *args, sync_ctx))
+        if asyncio.iscoroutine(result):  # a plain function that returned a coroutine
+            return await result
+        return result
+
+    # -- API requests and cron ticks --------------------------------------------------------------
+
+    async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any:
+        """Run an API step's middleware chain and handler; return what the handler returned."""
+        assert isinstance(step.config, ApiConfig)
+        trace_id = trace_id or new_id()
+        self.record(
+            TraceRecord(
+                trace_id,
+                "trigger",
+                step.name,
+                time.time(),
+                {"entry": f"{request.method} {request.path}", "type": "api"},
+            )
+        )
+        ctx = self.context(step, trace_id)
+        middleware = step.config.middleware
+
+        async def run(index: int) -> Any:
+            if index < len(middleware):
+                return await middleware[index](request, ctx, partial(run, index + 1))
+            return await self.call(step, ctx, request)
+
+        return await self._traced(step, trace_id, {}, run(0))
+
+    async def run_cron(self, step: Step) -> str:
+        trace_id = new_id()
+        self.record(
+            TraceRecord(trace_id, "trigger", step.name, time.time(), {"entry": f"cron {step.name}", "type": "cron"})
+        )
+        ctx = self.context(step, trace_id)
+        with contextlib.suppress(Exception):  # recorded in the trace and logged by _traced
+            await self._traced(step, trace_id, {}, self.call(step, ctx))
+        return trace_id
+
+    async def _traced(self, step: Step, trace_id: str, info: dict[str, Any], work: Awaitable[Any]) -> Any:
+        started = time.time()
+        self.record(TraceRecord(trace_id, "start", step.name, started, info))
+        try:
+            result = await work
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            self.record(
+                TraceRecord(
+                    trace_id,
+                    "end",
+                    step.name,
+                    time.time(),
+                    {
+                        **info,
+                        "status": status,
+                        "duration_ms": _ms(started),
+                        "error": _describe(exc),
+                        "traceback": traceback.format_exc(),
+                    },
+                )
+            )
+            if status == "error":
+                log.error(
+                    "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
+                )
+            raise
+        self.record(
+            TraceRecord(trace_id, "end", step.name, time.time(), {**info, "status": "ok", "duration_ms": _ms(started)})
+        )
+        return result
+
+    # -- the delivery loop ------------------------------------------------------------------------
+
+    def _leases(self) -> dict[str, float]:
+        leases: dict[str, float] = {}
+        for step in self.project.event_steps:
+            assert isinstance(step.config, EventConfig)
+            infra = step.config.infrastructure
+            leases[step.name] = infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
+        return leases
+
+    async def _work(self) -> None:
+        while self._running:
+            free = self.concurrency - len(self._inflight)
+            deliveries = await self.queue.claim(self._leases(), free) if free > 0 else []
+            for delivery in deliveries:
+                task = asyncio.create_task(self._deliver(delivery))
+                self._inflight.add(task)
+                task.add_done_callback(self._finished)
+            if not deliveries:
+                if free > 0:
+                    await self.queue.wait(self._poll)
+                else:
+                    self._activity.clear()
+                    await self._activity.wait()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.discard(task)
+        self._activity.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task crashed", exc_info=task.exception())
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        step = self.project.steps.get(delivery.step)
+        event = delivery.event
+        info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
+        if step is None or not isinstance(step.config, EventConfig):
+            # The step went away in a reload after the delivery was claimed: keep it for later.
+            await self.queue.retry(delivery, 1.0, f"step {delivery.step!r} is not loaded")
+            return
+        config = step.config
+        data = event.data
+        if config.input is not None:
+            try:
+                data = config.input.validate(event.data, f"the input of step {step.name!r}")
+            except SchemaValidationError as exc:
+                # Retrying cannot fix the data: record why, and dead-letter it where it can be replayed.
+                self.record(
+                    TraceRecord(
+                        event.trace_id,
+                        "end",
+                        step.name,
+                        time.time(),
+                        {
+                            **info,
+                            "status": "error",
+                            "duration_ms": 0.0,
+                            "error": str(exc),
+                            "errors": [e.to_dict() for e in exc.errors],
+                        },
+                    )
+                )
+                log.error("%s; not handled", exc, extra={"trace_id": event.trace_id, "step": step.name})
+                await self._dead_letter(delivery, str(exc), None)
+                return
+        ctx = self.context(step, event.trace_id)
+        try:
+            async with asyncio.timeout(config.infrastructure.handler.timeout):
+                await self._traced(step, event.trace_id, info, self.call(step, ctx, data))
+        except TimeoutError:
+            await self._failed(step, delivery, f"timed out after {config.infrastructure.handler.timeout}s", None)
+        except asyncio.CancelledError:
+            raise  # shutting down: the lease expires and the delivery runs again
+        except Exception as exc:
+            await self._failed(step, delivery, _describe(exc), traceback.format_exc())
+        else:
+            await self.queue.ack(delivery)
+
+    async def _failed(self, step: Step, delivery: Delivery, error: str, tb: str | None) -> None:
+        assert isinstance(step.config, EventConfig)
+        queue_settings = step.config.infrastructure.queue
+        if delivery.attempt <= queue_settings.max_retries:
+            delay = queue_settings.backoff.delay(delivery.attempt, self._rand())
+            self.record(
+                TraceRecord(
+                    delivery.event.trace_id,
+                    "retry",
+                    step.name,
+                    time.time(),
+                    {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error},
+                )
+            )
+            await self.queue.retry(delivery, delay, error)
+        else:
+            await self._dead_letter(delivery, error, tb)
+
+    async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
+        self.record(
+            TraceRecord(
+                delivery.event.trace_id,
+                "dead_letter",
+                delivery.step,
+                time.time(),
+                {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
+            )
+        )
+        await self.queue.dead_letter(delivery, error, tb)
+
+
+def _ms(started: float) -> float:
+    return round((time.time() - started) * 1000, 3)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

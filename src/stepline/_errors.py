@@ -1,0 +1,91 @@
+"""Stepline's exceptions.
+
+SteplineError
+├── ProjectLoadError        the project has problems; carries every one of them
+├── UndeclaredEmitError     a step emitted a topic its config does not list
+├── NotJSONError            a state value or event data is not JSON
+└── SchemaValidationError   data did not match a step's schema
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+
+class SteplineError(Exception):
+    """Base class of every error Stepline raises on purpose."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or suspicious) in a project, located precisely enough to fix."""
+
+    file: str
+    field: str
+    message: str
+    fix: str
+    line: int | None = None
+    severity: Literal["error", "warning"] = "error"
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        field_part = f" [{self.field}]" if self.field else ""
+        return f"{where}{field_part}: {self.message}\n    fix: {self.fix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "field": self.field,
+            "line": self.line,
+            "message": self.message,
+            "fix": self.fix,
+            "severity": self.severity,
+        }
+
+
+class ProjectLoadError(SteplineError):
+    """The project cannot be loaded; `problems` lists every error found, not just the first."""
+
+    def __init__(self, root: Path, problems: list[Problem]) -> None:
+        self.root = root
+        self.problems = problems
+        count = len(problems)
+        listing = "\n".join(f"  {p}" for p in problems)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the project at {root}:\n{listing}")
+
+
+class UndeclaredEmitError(SteplineError):
+    def __init__(self, step: str, topic: str, declared: list[str]) -> None:
+        self.step = step
+        self.topic = topic
+        self.declared = declared
+        listed = ", ".join(repr(t) for t in declared) if declared else "nothing"
+        super().__init__(
+            f"step {step!r} emitted topic {topic!r}, but its config declares {listed}. "
+            f'Add "{topic}" to the step\'s "emits" list.'
+        )
+
+
+class NotJSONError(SteplineError, TypeError):
+    """A state value or event data that cannot be stored as JSON."""
+
+
+@dataclass
+class FieldError:
+    path: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message}
+
+
+@dataclass
+class SchemaValidationError(SteplineError):
+    what: str
+    errors: list[FieldError] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        detail = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
+        return f"{self.what} does not match its schema: {detail}"

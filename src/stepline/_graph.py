@@ -1,0 +1,109 @@
+"""The project's graph for people: a text tree and Mermaid."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from rich.tree import Tree
+
+from ._config import ApiConfig, CronConfig, EventConfig
+from ._project import Project, Step
+
+
+def trigger(step: Step) -> str:
+    config = step.config
+    if isinstance(config, ApiConfig):
+        return f"{config.method} {config.path}"
+    if isinstance(config, CronConfig):
+        return f"cron {config.cron}" + ("" if config.timezone == "UTC" else f" ({config.timezone})")
+    if isinstance(config, EventConfig):
+        return "on " + ", ".join(config.subscribes)
+    if config.virtual_subscribes:
+        return "waits for " + ", ".join(config.virtual_subscribes)
+    return "noop"
+
+
+def select(project: Project, flow: str | None) -> list[Step]:
+    """Steps in `flow` or any flow nested under it (`billing` includes `billing/collections`)."""
+    steps = list(project.steps.values())
+    if flow is None:
+        return steps
+    return [s for s in steps if any(f == flow or f.startswith(flow + "/") for f in s.flows)]
+
+
+def text_tree(project: Project, flow: str | None = None) -> Tree:
+    steps = select(project, flow)
+    names = {s.name for s in steps}
+    outgoing: dict[str, list[tuple[str, str, bool]]] = {}
+    for edge in project.edges():
+        if edge.source in names:
+            outgoing.setdefault(edge.source, []).append((edge.topic, edge.target, edge.virtual))
+    tree = Tree(f"[bold]{flow or project.root.name}[/] · {len(steps)} steps")
+    for step in sorted(steps, key=lambda s: (_ORDER[s.type], s.name)):
+        node = tree.add(f"[{_COLOR[step.type]}]{step.type:<5}[/] [bold]{step.name}[/]  [dim]{trigger(step)}[/]")
+        by_topic: dict[tuple[str, bool], list[str]] = {}
+        for topic, target, virtual in outgoing.get(step.name, []):
+            by_topic.setdefault((topic, virtual), []).append(target)
+        emitted = [*step.config.emits, *step.config.virtual_emits]
+        for emit in emitted:
+            virtual = emit in step.config.virtual_emits
+            targets = by_topic.get((emit.topic, virtual), [])
+            arrow = "⇢" if virtual else "→"
+            node.add(f"{emit.topic} {arrow} {', '.join(sorted(targets)) or '[yellow](no subscriber)[/]'}")
+    return tree
+
+
+_ORDER = {"api": 0, "cron": 1, "event": 2, "noop": 3}
+_COLOR = {"api": "green", "cron": "magenta", "event": "cyan", "noop": "yellow"}
+
+
+def _node_id(name: str) -> str:
+    return re.sub(r"\W", "_", name)
+
+
+def mermaid(project: Project, flow: str | None = None) -> str:
+    steps = select(project, flow)
+    names = {s.name for s in steps}
+    lines = ["flowchart LR"]
+    shapes = {"api": ('["', '"]'), "event": ('("', '")'), "cron": ('[/"', '"/]'), "noop": ('{{"', '"}}')}
+    for step in sorted(steps, key=lambda s: s.name):
+        left, right = shapes[step.type]
+        label = f"{step.name}<br/><small>{trigger(step)}</small>".replace('"', "'")
+        lines.append(f"    {_node_id(step.name)}{left}{label}{right}:::{step.type}")
+    for edge in project.edges():
+        if edge.source in names and edge.target in names:
+            arrow = "-.->" if edge.virtual else "-->"
+            lines.append(f"    {_node_id(edge.source)} {arrow}|{edge.topic}| {_node_id(edge.target)}")
+    lines += [
+        "    classDef api fill:#e8f5e9,stroke:#2e7d32",
+        "    classDef event fill:#e3f2fd,stroke:#1565c0",
+        "    classDef cron fill:#f3e5f5,stroke:#6a1b9a",
+        "    classDef noop fill:#fff3e0,stroke:#ef6c00,stroke-dasharray: 4 3",
+    ]
+    return "\n".join(lines)
+
+
+def as_json(project: Project, flow: str | None = None) -> dict[str, Any]:
+    steps = select(project, flow)
+    names = {s.name for s in steps}
+    return {
+        "flows": project.flows,
+        "steps": [
+            {
+                "name": s.name,
+                "type": s.type,
+                "trigger": trigger(s),
+                "file": s.rel,
+                "flows": s.flows,
+                "emits": [e.topic for e in s.config.emits],
+                "virtualEmits": [e.topic for e in s.config.virtual_emits],
+            }
+            for s in steps
+        ],
+        "edges": [
+            {"source": e.source, "target": e.target, "topic": e.topic, "virtual": e.virtual}
+            for e in project.edges()
+            if e.source in names and e.target in names
+        ],
+    }

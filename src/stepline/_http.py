@@ -1,0 +1,307 @@
+"""The ASGI side: API steps as Starlette routes, /openapi.json, and the small admin API of the CLI."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from ._config import ApiConfig
+from ._engine import Engine
+from ._errors import FieldError, SchemaValidationError
+from ._ids import new_id
+from ._openapi import openapi
+from ._project import Project, Step
+from ._protocols import TraceRecord
+from ._request import ApiRequest
+
+log = logging.getLogger("stepline.http")
+
+Lifespan = Callable[[], Awaitable[None]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, headers=headers, media_type="application/json"
+    )
+
+
+class HttpApp:
+    """An ASGI app whose routes follow the project: a reload swaps the router, requests in flight finish.
+
+    Mountable in any Starlette or FastAPI app; run on its own, it starts and stops the runtime through
+    the ASGI lifespan (`on_startup` / `on_shutdown`)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        dev: bool,
+        admin_token: str | None = None,
+        on_startup: Lifespan | None = None,
+        on_shutdown: Lifespan | None = None,
+    ) -> None:
+        self.engine = engine
+        self.dev = dev
+        self.admin_token = admin_token
+        self._on_startup = on_startup
+        self._on_shutdown = on_shutdown
+        self._router = self._build(engine.project)
+
+    def set_project(self, project: Project) -> None:
+        self._router = self._build(project)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        await self._router(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    if self._on_startup:
+                        await self._on_startup()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._on_shutdown:
+                    await self._on_shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- routes ----------------------------------------------------------------------------------
+
+    def _build(self, project: Project) -> Router:
+        routes = [
+            Route("/openapi.json", self._openapi, methods=["GET"]),
+            Route("/__stepline/health", self._health, methods=["GET"]),
+            Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
+            Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
+            Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
+        ]
+        for step in project.api_steps:
+            assert isinstance(step.config, ApiConfig)
+            routes.append(Route(step.config.path, self._endpoint(step), methods=[step.config.method], name=step.name))
+        return Router(routes)
+
+    def _endpoint(self, step: Step) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            return await self._handle(step, request)
+
+        return endpoint
+
+    async def _handle(self, step: Step, request: Request) -> Response:
+        config = step.config
+        assert isinstance(config, ApiConfig)
+        trace_id = new_id()
+        raw = await request.body()
+        try:
+            api_request = _api_request(request, raw, config)
+        except SchemaValidationError as exc:
+            self._record_rejection(step, request, trace_id, exc)
+            return json_response(
+                {"error": f"{exc.what} is invalid", "errors": [e.to_dict() for e in exc.errors], "traceId": trace_id},
+                400,
+                {"x-trace-id": trace_id},
+            )
+        try:
+            result = await self.engine.call_api(step, api_request, trace_id)
+        except Exception as exc:
+            body: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
+            if self.dev:
+                body["detail"] = f"{type(exc).__name__}: {exc}"
+            return json_response(body, 500, {"x-trace-id": trace_id})
+        response = self._to_response(step, result, trace_id)
+        response.headers["x-trace-id"] = trace_id
+        return response
+
+    def _record_rejection(self, step: Step, request: Request, trace_id: str, exc: SchemaValidationError) -> None:
+        now = time.time()
+        self.engine.record(
+            TraceRecord(
+                trace_id, "trigger", step.name, now, {"entry": f"{request.method} {request.url.path}", "type": "api"}
+            )
+        )
+        self.engine.record(
+            TraceRecord(
+                trace_id,
+                "end",
+                step.name,
+                now,
+                {
+                    "status": "error",
+                    "http_status": 400,
+                    "duration_ms": 0.0,
+                    "error": str(exc),
+                    "errors": [e.to_dict() for e in exc.errors],
+                },
+            )
+        )
+
+    def _to_response(self, step: Step, result: Any, trace_id: str) -> Response:
+        if isinstance(result, Response):
+            return result
+        status, body, headers = _unpack(result)
+        assert isinstance(step.config, ApiConfig)
+        schema = step.config.response_schema.get(status)
+        if schema is not None:
+            try:
+                body = schema.validate(body, f"the response body of {step.name!r} for status {status}")
+            except SchemaValidationError as exc:
+                log.error("%s", exc, extra={"trace_id": trace_id, "step": step.name})
+                problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
+                if self.dev:
+                    problem["detail"] = str(exc)
+                return json_response(problem, 500)
+        if body is None:
+            return Response(status_code=status, headers=headers)
+        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        if isinstance(body, str | bytes) and content_type and "json" not in content_type:
+            return Response(body, status, headers=headers)
+        return json_response(body, status, headers)
+
+    # -- built-in endpoints ------------------------------------------------------------------------
+
+    async def _openapi(self, request: Request) -> Response:
+        return json_response(openapi(self.engine.project))
+
+    async def _health(self, request: Request) -> Response:
+        stats = await self.engine.queue.stats()
+        return json_response(
+            {
+                "status": "ok",
+                "steps": len(self.engine.project.steps),
+                "queue": {
+                    "ready": stats.ready,
+                    "delayed": stats.delayed,
+                    "in_flight": stats.in_flight,
+                    "dead": stats.dead,
+                },
+            }
+        )
+
+    def _admin(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """The admin API is open in dev; in start mode it needs a configured token, sent as a bearer token."""
+
+        async def guarded(request: Request) -> Response:
+            if not self.dev:
+                if not self.admin_token:
+                    return json_response({"error": "the admin API is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
+                sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(sent.encode(), self.admin_token.encode()):
+                    return json_response({"error": "missing or wrong bearer token"}, 401)
+            return await endpoint(request)
+
+        return guarded
+
+    async def _emit(self, request: Request) -> Response:
+        try:
+            payload = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return json_response({"error": f"body is not JSON: {exc}"}, 400)
+        if not isinstance(payload, dict) or not isinstance(payload.get("topic"), str) or not payload["topic"]:
+            return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
+        event = await self.engine.emit_external(payload["topic"], payload.get("data"))
+        subscribers = [s.name for s in self.engine.project.subscribers(event.topic)]
+        return json_response({"traceId": event.trace_id, "eventId": event.id, "subscribers": subscribers}, 202)
+
+    async def _traces(self, request: Request) -> Response:
+        await self.engine.flush()
+        limit = int(request.query_params.get("limit", "50"))
+        return json_response([_summary(s) for s in await self.engine.traces.recent(limit)])
+
+    async def _trace(self, request: Request) -> Response:
+        await self.engine.flush()
+        records = await self.engine.traces.trace(request.path_params["trace_id"])
+        if not records:
+            return json_response({"error": "no such trace"}, 404)
+        return json_response(
+            [{"trace_id": r.trace_id, "kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records]
+        )
+
+
+def _summary(s: Any) -> dict[str, Any]:
+    return {
+        "trace_id": s.trace_id,
+        "entry": s.entry,
+        "started_at": s.started_at,
+        "last_at": s.last_at,
+        "records": s.records,
+        "errors": s.errors,
+    }
+
+
+def _unpack(result: Any) -> tuple[int, Any, dict[str, str]]:
+    """A handler returns {"status", "body", "headers"}, plain data (200), a Pydantic model, or None (204)."""
+    if result is None:
+        return 204, None, {}
+    if (
+        isinstance(result, dict)
+        and isinstance(result.get("status"), int)
+        and set(result) <= {"status", "body", "headers"}
+    ):
+        return result["status"], _plain(result.get("body")), dict(result.get("headers") or {})
+    return 200, _plain(result), {}
+
+
+def _plain(body: Any) -> Any:
+    return body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+
+
+def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
+    body = _parse_body(request, raw, config.body_schema is not None)
+    if config.body_schema is not None:
+        if body is None:
+            raise SchemaValidationError("the request body", [FieldError("", "a JSON body is required")])
+        body = config.body_schema.validate(body, "the request body")
+    query: dict[str, Any] = {}
+    for key in request.query_params:
+        values = request.query_params.getlist(key)
+        query[key] = values[0] if len(values) == 1 else values
+    if config.query_params is not None and not isinstance(config.query_params, list):
+        query = config.query_params.validate(config.query_params.coerce_strings(query), "the query string")
+    elif isinstance(config.query_params, list):
+        missing = [q.name for q in config.query_params if q.required and q.name not in query]
+        if missing:
+            raise SchemaValidationError(
+                "the query string", [FieldError(m, "this query parameter is required") for m in missing]
+            )
+    return ApiRequest(
+        body=body,
+        path_params=dict(request.path_params),
+        query_params=query,
+        headers={k.lower(): v for k, v in request.headers.items()},
+        raw_body=raw.decode("utf-8", errors="replace"),
+        method=request.method,
+        path=request.url.path,
+    )
+
+
+def _parse_body(request: Request, raw: bytes, want_json: bool) -> Any:
+    if not raw:
+        return None
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/x-www-form-urlencoded") and not want_json:
+        return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    if "json" in content_type or not content_type or want_json:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if want_json or "json" in content_type:
+                raise SchemaValidationError("the request body", [FieldError("", f"not valid JSON: {exc}")]) from None
+    return raw.decode("utf-8", errors="replace")

@@ -1,0 +1,70 @@
+"""Runs cron steps on their schedules, following the project through reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from ._config import CronConfig
+from ._engine import Engine
+
+log = logging.getLogger("stepline.cron")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CronScheduler:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = _now) -> None:
+        self.engine = engine
+        self._clock = clock
+        self._next: dict[tuple[str, str, str], datetime] = {}
+        self._changed = asyncio.Event()
+        self._running: set[asyncio.Task[str]] = set()
+
+    def project_changed(self) -> None:
+        self._changed.set()
+
+    async def run(self) -> None:
+        while True:
+            due_at = self._plan()
+            if due_at is None:
+                await self._changed.wait()
+                self._changed.clear()
+                continue
+            delay = (due_at - self._clock()).total_seconds()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._changed.wait(), delay)
+                    self._changed.clear()
+                    continue
+                except TimeoutError:
+                    pass
+            self._fire_due()
+
+    def _plan(self) -> datetime | None:
+        """Keep the next tick of every cron step (kept across reloads unless its schedule changed)."""
+        now = self._clock()
+        planned: dict[tuple[str, str, str], datetime] = {}
+        for step in self.engine.project.cron_steps:
+            assert isinstance(step.config, CronConfig)
+            key = (step.name, step.config.cron, step.config.timezone)
+            planned[key] = self._next.get(key) or step.config.schedule.next_after(now)
+        self._next = planned
+        return min(planned.values(), default=None)
+
+    def _fire_due(self) -> None:
+        now = self._clock()
+        for key, when in list(self._next.items()):
+            if when > now:
+                continue
+            step = self.engine.project.steps.get(key[0])
+            if step is None or not isinstance(step.config, CronConfig):
+                continue
+            task = asyncio.create_task(self.engine.run_cron(step))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+            self._next[key] = step.config.schedule.next_after(max(now, when))

@@ -1,0 +1,72 @@
+"""Serving a Stepline app: uvicorn on a socket we bind, in the same loop as the engine and the cron scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import sys
+
+import uvicorn
+from watchfiles import PythonFilter, awatch
+
+from ._app import Stepline
+from ._console import console, print_problems
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}. Pick another with --port.") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(app: Stepline, host: str, port: int, *, reload: bool) -> None:
+    sock = bind(host, port)
+    actual_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app.asgi, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=10
+    )
+    server = uvicorn.Server(config)
+    watcher = asyncio.create_task(_watch(app)) if reload else None
+    shown_host = f"[{host}]" if ":" in host else host
+    mode = "dev" if app.dev else "start"
+    console.print(
+        f"[bold green]Stepline {mode}[/] · {app.root.name} · {len(app.project.steps)} steps · "
+        f"[bold]http://{shown_host}:{actual_port}[/]"
+    )
+    if app.project.warnings:
+        print_problems(app.project.warnings)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+async def _watch(app: Stepline) -> None:
+    """Reload on every change of a .py or .toml file; a broken edit is shown and the last good version serves."""
+    sys.dont_write_bytecode = True  # a .pyc written within the same second as an edit could shadow it
+    async for changes in awatch(
+        app.root, watch_filter=PythonFilter(extra_extensions=(".toml",)), debounce=200, step=50
+    ):
+        changed = sorted({path for _, path in changes})
+        problems = app.reload()
+        names = ", ".join(p.rsplit("/", 1)[-1] for p in changed[:3])
+        if problems:
+            print_problems(
+                problems, f"[bold red]reload failed[/] after changes to {names}; the last good version keeps serving:"
+            )
+        else:
+            console.print(f"[green]reloaded[/] {len(app.project.steps)} steps (changed: {names})")
+            if app.project.warnings:
+                print_problems(app.project.warnings)

@@ -1,0 +1,57 @@
+"""`ctx` for sync handlers: the same API with blocking methods, run on the engine's loop from a worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from ._context import Context, State
+
+T = TypeVar("T")
+
+
+class _Blocking:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+
+class SyncState(_Blocking):
+    def __init__(self, state: State, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._state = state
+
+    def get(self, group: str, key: str) -> Any:
+        return self._run(self._state.get(group, key))
+
+    def set(self, group: str, key: str, value: Any) -> Any:
+        return self._run(self._state.set(group, key, value))
+
+    def delete(self, group: str, key: str) -> bool:
+        return self._run(self._state.delete(group, key))
+
+    def get_group(self, group: str) -> list[Any]:
+        return self._run(self._state.get_group(group))
+
+    def items(self, group: str) -> dict[str, Any]:
+        return self._run(self._state.items(group))
+
+    def clear(self, group: str) -> int:
+        return self._run(self._state.clear(group))
+
+
+class SyncContext(_Blocking):
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._ctx = ctx
+        self.step = ctx.step
+        self.trace_id = ctx.trace_id
+        self.flows = ctx.flows
+        self.logger = ctx.logger
+        self.state = SyncState(ctx.state, loop)
+
+    def emit(self, event: dict[str, Any] | str, data: Any = None, *, message_group_id: str | None = None) -> None:
+        self._run(self._ctx.emit(event, data, message_group_id=message_group_id))

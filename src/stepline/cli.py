@@ -1,0 +1,240 @@
+"""The `stepline` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx2 as httpx
+import typer
+from rich.table import Table
+
+from ._app import Stepline
+from ._config import ApiConfig
+from ._console import console, out, print_problems, setup_logging
+from ._errors import ProjectLoadError
+from ._graph import as_json, mermaid, text_tree, trigger
+from ._loader import load_project
+from ._project import Project
+
+app = typer.Typer(
+    name="stepline",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="APIs, background jobs, cron jobs and agents as steps of one event-driven backend.",
+)
+
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/).")]
+HostOption = Annotated[str, typer.Option(help="Interface to listen on.")]
+PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_PORT = 3000
+
+
+def _load(root: Path) -> Project:
+    try:
+        return load_project(root)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+
+
+def _app(root: Path, **kwargs: Any) -> Stepline:
+    try:
+        return Stepline(root, **kwargs)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Folder to create the project in.")],
+) -> None:
+    """Create a project that runs at once: an example flow and its tests."""
+    target = Path(name)
+    if target.exists() and any(target.iterdir()):
+        console.print(f"[red]{target} already exists and is not empty.[/] Choose another name.")
+        raise typer.Exit(1)
+    template = resources.files("stepline") / "_template"
+    with resources.as_file(template) as source:
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for path in target.rglob("*.tmpl"):
+        path.rename(path.with_suffix(""))
+    readme = target / "README.md"
+    readme.write_text(readme.read_text().replace("{{name}}", target.name))
+    console.print(
+        f"[green]Created[/] {target}/ with an example flow and its tests. Next:\n"
+        f"  cd {name}\n  stepline dev        # serves http://127.0.0.1:{DEFAULT_PORT}\n"
+        f"  pytest              # the example's tests"
+    )
+
+
+@app.command()
+def dev(
+    root: DirOption = Path("."),
+    host: HostOption = "127.0.0.1",
+    port: PortOption = DEFAULT_PORT,
+) -> None:
+    """Run the project in one process with hot reload, the admin API on."""
+    from ._server import serve
+
+    setup_logging()
+    stepline = _app(root, dev=True)
+    asyncio.run(serve(stepline, host, port, reload=True))
+
+
+@app.command()
+def start(
+    root: DirOption = Path("."),
+    host: HostOption = "0.0.0.0",
+    port: PortOption = DEFAULT_PORT,
+) -> None:
+    """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set."""
+    from ._server import serve
+
+    setup_logging()
+    stepline = _app(root, dev=False, admin_token=os.environ.get("STEPLINE_ADMIN_TOKEN") or None)
+    asyncio.run(serve(stepline, host, port, reload=False))
+
+
+@app.command()
+def emit(
+    topic: Annotated[str, typer.Option("--topic", "-t", help="The topic to emit.")],
+    data: Annotated[str, typer.Option("--data", help="The event data, as JSON.")] = "null",
+    url: Annotated[
+        str, typer.Option(help="A running server (stepline dev or start).")
+    ] = f"http://127.0.0.1:{DEFAULT_PORT}",
+    local: Annotated[
+        bool, typer.Option("--local", help="Run the subscribers here, in this process, until the trace settles.")
+    ] = False,
+    root: DirOption = Path("."),
+    as_json_: JsonOption = False,
+) -> None:
+    """Emit an event to a running server, or run it locally with --local."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--data is not JSON:[/] {exc}. Example: --data '{{\"id\": 1}}'")
+        raise typer.Exit(2) from None
+    if local:
+        result = asyncio.run(_emit_local(root, topic, payload))
+    else:
+        headers = {}
+        token = os.environ.get("STEPLINE_ADMIN_TOKEN")
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        try:
+            response = httpx.post(
+                f"{url.rstrip('/')}/__stepline/emit",
+                json={"topic": topic, "data": payload},
+                headers=headers,
+                timeout=10,
+            )
+        except httpx.ConnectError:
+            console.print(f"[red]No server at {url}.[/] Start one with `stepline dev`, or use --local.")
+            raise typer.Exit(1) from None
+        if response.status_code != 202:
+            console.print(f"[red]The server refused the event ({response.status_code}):[/] {response.text}")
+            raise typer.Exit(1)
+        result = response.json()
+    if as_json_:
+        out.print_json(json.dumps(result))
+        return
+    subs = ", ".join(result["subscribers"]) or "[yellow]no subscriber[/]"
+    console.print(f"[green]emitted[/] {topic} → {subs}  [dim]trace {result['traceId']}[/]")
+
+
+async def _emit_local(root: Path, topic: str, data: Any) -> dict[str, Any]:
+    setup_logging()
+    stepline = _app(root, dev=True)
+    async with stepline.lifespan():
+        event = await stepline.emit(topic, data)
+        await stepline.settle()
+    return {
+        "traceId": event.trace_id,
+        "eventId": event.id,
+        "subscribers": [s.name for s in stepline.project.subscribers(topic)],
+    }
+
+
+@app.command()
+def graph(
+    root: DirOption = Path("."),
+    flow: Annotated[str | None, typer.Option(help="Only this flow (and flows nested in it).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, mermaid or json.")] = "text",
+) -> None:
+    """The flow graph: steps and the topics between them."""
+    project = _load(root)
+    if fmt == "mermaid":
+        out.print(mermaid(project, flow), markup=False)
+    elif fmt == "json":
+        out.print_json(json.dumps(as_json(project, flow)))
+    elif fmt == "text":
+        out.print(text_tree(project, flow))
+    else:
+        console.print(f"[red]unknown format {fmt!r}[/]; use text, mermaid or json")
+        raise typer.Exit(2)
+
+
+@app.command()
+def routes(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
+    """The HTTP routes of the API steps."""
+    project = _load(root)
+    rows: list[dict[str, Any]] = []
+    for step in sorted(project.api_steps, key=lambda s: (getattr(s.config, "path", ""), s.name)):
+        assert isinstance(step.config, ApiConfig)
+        rows.append(
+            {
+                "method": step.config.method,
+                "path": step.config.path,
+                "step": step.name,
+                "file": step.rel,
+                "emits": step.config.emit_topics,
+            }
+        )
+    if as_json_:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("method", "path", "step", "emits", "file"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["method"], row["path"], row["step"], ", ".join(row["emits"]), f"[dim]{row['file']}[/]")
+    out.print(table)
+
+
+@app.command()
+def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
+    """Load the project and list its problems; exit 1 if it cannot load."""
+    try:
+        project = load_project(root)
+    except ProjectLoadError as exc:
+        if as_json_:
+            out.print_json(json.dumps({"ok": False, "problems": [p.to_dict() for p in exc.problems]}))
+        else:
+            print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+    if as_json_:
+        out.print_json(
+            json.dumps({"ok": True, "steps": len(project.steps), "problems": [p.to_dict() for p in project.warnings]})
+        )
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("type", "step", "trigger", "file"):
+        table.add_column(column)
+    for step in project.steps.values():
+        table.add_row(step.type, step.name, trigger(step), f"[dim]{step.rel}[/]")
+    out.print(table)
+    print_problems(project.warnings)
+    console.print(f"[green]ok[/]: {len(project.steps)} steps, {len(project.warnings)} warnings")
+
+
+def main() -> None:
+    app()
