@@ -93,9 +93,14 @@ def _prepare_imports(root: Path) -> None:
     """
     top_names = {p.stem if p.suffix == ".py" else p.name for p in root.iterdir()}
     roots = [Path(p) for p in _project_paths] + [root]
-    for mod_name, module in list(sys.modules.items()):
-        if mod_name.split(".")[0] in top_names | {STEPS_DIR} and _defined_under(module, roots):
-            del sys.modules[mod_name]
+    # Decide first, delete after: a namespace package's __path__ is recomputed through its parent.
+    stale = [
+        name
+        for name, module in list(sys.modules.items())
+        if name.split(".")[0] in top_names | {STEPS_DIR} and _defined_under(module, roots)
+    ]
+    for name in stale:
+        del sys.modules[name]
     for old in _project_paths:
         while old in sys.path:
             sys.path.remove(old)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import socket
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ProjectFactory = Callable[[dict[str, str]], Path]
+
+
+@pytest.fixture
+def make_project(tmp_path: Path) -> ProjectFactory:
+    """Write a project from {relative path: source} (dedented) and return its root."""
+
+    def make(files: dict[str, str]) -> Path:
+        root = tmp_path / "project"
+        (root / "steps").mkdir(parents=True, exist_ok=True)
+        for rel, source in files.items():
+            path = root / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(textwrap.dedent(source).lstrip())
+        return root
+
+    return make
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,79 @@
+"""Cron steps: schedules in 5 and 6 fields, time zones, and ticks that really fire."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from stepline import Stepline
+from stepline._cron import CronSchedule
+
+from .conftest import ProjectFactory
+
+
+def test_five_field_schedule_in_a_time_zone() -> None:
+    schedule = CronSchedule("0 9 * * 1", "Europe/Berlin")  # Mondays 09:00 in Berlin
+    tick = schedule.next_after(datetime(2026, 11, 24, 12, 0, tzinfo=UTC))  # a Tuesday
+    assert tick.isoformat() == "2026-11-30T09:00:00+01:00"
+    assert tick.astimezone(UTC).hour == 8
+
+
+def test_six_field_schedule_has_seconds_first() -> None:
+    schedule = CronSchedule("*/15 * * * * *")
+    tick = schedule.next_after(datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC))
+    assert tick == datetime(2026, 1, 1, 0, 0, 15, tzinfo=UTC)
+
+
+async def test_cron_step_fires_with_its_own_trace(make_project: ProjectFactory) -> None:
+    root = make_project(
+        {
+            "steps/tick_step.py": """
+            config = {"type": "cron", "name": "Tick", "cron": "* * * * * *", "emits": ["ticked"]}
+            async def handler(ctx):
+                ctx.logger.info("tick")
+                await ctx.emit("ticked", {"trace": ctx.trace_id})
+        """,
+            "steps/tock_step.py": """
+            config = {"type": "event", "name": "Tock", "subscribes": ["ticked"]}
+            async def handler(input, ctx):
+                await ctx.state.set("ticks", ctx.trace_id, input["trace"])
+        """,
+        }
+    )
+    sl = Stepline(root)
+    async with sl.lifespan():
+        async with asyncio.timeout(5):
+            while True:
+                if await sl.engine.state.get_group("ticks"):
+                    break
+                await asyncio.sleep(0.05)
+        await sl.settle()
+        ticks = await sl.engine.state.get_group("ticks")
+    trace_id, seen = next(iter(ticks.items()))
+    assert trace_id == seen  # the event handler ran under the trace the tick started
+    records = await sl.engine.traces.trace(trace_id)
+    assert records[0].kind == "trigger" and records[0].data["entry"] == "cron Tick"
+
+
+async def test_a_failing_cron_handler_is_recorded_and_the_schedule_goes_on(make_project: ProjectFactory) -> None:
+    root = make_project(
+        {
+            "steps/bad_tick_step.py": """
+            count = {"n": 0}
+            config = {"type": "cron", "name": "BadTick", "cron": "* * * * * *"}
+            async def handler(ctx):
+                count["n"] += 1
+                raise RuntimeError(f"tick {count['n']} failed")
+        """,
+        }
+    )
+    sl = Stepline(root)
+    async with sl.lifespan():
+        async with asyncio.timeout(6):
+            while True:
+                await sl.engine.flush()
+                failures = [s for s in await sl.engine.traces.recent() if s.errors]
+                if len(failures) >= 2:
+                    break
+                await asyncio.sleep(0.1)
+    assert all(s.entry == "cron BadTick" for s in failures)
