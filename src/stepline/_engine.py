@@ -164,7 +164,7 @@ class Engine:
                 {"topic": topic, "event_id": event.id, "subscribers": subscribers, "data": data},
             )
         )
-        if not subscribers:
+        if not subscribers and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
         self._activity.set()
         return event

@@ -35,22 +35,20 @@ def select(project: Project, flow: str | None) -> list[Step]:
 def text_tree(project: Project, flow: str | None = None) -> Tree:
     steps = select(project, flow)
     names = {s.name for s in steps}
-    outgoing: dict[str, list[tuple[str, str, bool]]] = {}
+    outgoing: dict[tuple[str, str], list[tuple[str, bool]]] = {}
     for edge in project.edges():
         if edge.source in names:
-            outgoing.setdefault(edge.source, []).append((edge.topic, edge.target, edge.virtual))
+            outgoing.setdefault((edge.source, edge.topic), []).append((edge.target, edge.virtual))
     tree = Tree(f"[bold]{flow or project.root.name}[/] · {len(steps)} steps")
     for step in sorted(steps, key=lambda s: (_ORDER[s.type], s.name)):
         node = tree.add(f"[{_COLOR[step.type]}]{step.type:<5}[/] [bold]{step.name}[/]  [dim]{trigger(step)}[/]")
-        by_topic: dict[tuple[str, bool], list[str]] = {}
-        for topic, target, virtual in outgoing.get(step.name, []):
-            by_topic.setdefault((topic, virtual), []).append(target)
-        emitted = [*step.config.emits, *step.config.virtual_emits]
-        for emit in emitted:
-            virtual = emit in step.config.virtual_emits
-            targets = by_topic.get((emit.topic, virtual), [])
-            arrow = "⇢" if virtual else "→"
-            node.add(f"{emit.topic} {arrow} {', '.join(sorted(targets)) or '[yellow](no subscriber)[/]'}")
+        topics = dict.fromkeys(e.topic for e in [*step.config.emits, *step.config.virtual_emits])
+        for topic in topics:
+            targets = outgoing.get((step.name, topic), [])
+            # dashed when a human or outside system stands on the edge (a virtual emit or subscribe)
+            arrow = "⇢" if targets and all(virtual for _, virtual in targets) else "→"
+            listed = ", ".join(sorted(t for t, _ in targets)) or "[yellow](no subscriber)[/]"
+            node.add(f"{topic} {arrow} {listed}")
     return tree
 
 

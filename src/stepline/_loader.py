@@ -166,13 +166,12 @@ def _load_step(root: Path, file: Path, rel: str, name: str) -> tuple[Step | None
     config, problems = parse_config(module.config)
     line = _config_line(file)
     problems = [_in(rel, p, line) for p in problems]
-    if config is None:
-        return None, problems
+    raw_type = config.type if config else getattr(module.config, "get", lambda _: None)("type")
     handler = getattr(module, "handler", None)
-    shape = _HANDLER_SHAPES.get(config.type)
-    if shape is not None:
-        problems.extend(_check_handler(rel, config.type, handler, shape))
-    if problems:
+    shape = _HANDLER_SHAPES.get(raw_type) if isinstance(raw_type, str) else None
+    if shape is not None:  # checked even when the config has problems: list them all at once
+        problems.extend(_check_handler(rel, str(raw_type), handler, shape))
+    if config is None or problems:
         return None, problems
     return Step(config=config, file=file, rel=rel, handler=handler if shape else None), []
 

@@ -52,6 +52,10 @@ class Project:
     def subscribers(self, topic: str) -> list[Step]:
         return self._subscribers.get(topic, [])
 
+    def awaited_by(self, topic: str) -> list[Step]:
+        """Steps that virtually subscribe to `topic`: a human or an outside system acts on it."""
+        return [s for s in self.steps.values() if topic in s.config.virtual_subscribes]
+
     def of_type(self, config_type: type[StepConfig]) -> list[Step]:
         return [s for s in self.steps.values() if isinstance(s.config, config_type)]
 

@@ -1,0 +1,38 @@
+"""TraceStore conformance."""
+
+from __future__ import annotations
+
+from stepline._protocols import TraceRecord
+
+from .conftest import Adapters
+
+
+async def test_records_come_back_in_order_by_trace(adapters: Adapters) -> None:
+    t = adapters.traces
+    await t.append(
+        [
+            TraceRecord("t1", "trigger", "Api", 1.0, {"entry": "POST /x"}),
+            TraceRecord("t2", "trigger", None, 1.5, {"entry": "emit y"}),
+            TraceRecord("t1", "start", "Api", 2.0),
+        ]
+    )
+    await t.append([TraceRecord("t1", "end", "Api", 3.0, {"status": "error", "error": "boom"})])
+    records = await t.trace("t1")
+    assert [r.kind for r in records] == ["trigger", "start", "end"]
+    assert records[2].data == {"status": "error", "error": "boom"}
+    assert await t.trace("none") == []
+
+
+async def test_recent_summaries_newest_first(adapters: Adapters) -> None:
+    t = adapters.traces
+    await t.append([TraceRecord("old", "trigger", "A", 1.0, {"entry": "cron A"})])
+    await t.append(
+        [
+            TraceRecord("new", "trigger", "B", 2.0, {"entry": "GET /b"}),
+            TraceRecord("new", "end", "B", 2.5, {"status": "error"}),
+        ]
+    )
+    recent = await t.recent(10)
+    assert [s.trace_id for s in recent] == ["new", "old"]
+    assert (recent[0].entry, recent[0].records, recent[0].errors, recent[0].last_at) == ("GET /b", 2, 1, 2.5)
+    assert [s.trace_id for s in await t.recent(1)] == ["new"]
