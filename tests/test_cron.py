@@ -49,10 +49,10 @@ async def test_cron_step_fires_with_its_own_trace(make_project: ProjectFactory) 
                 await asyncio.sleep(0.05)
         await sl.settle()
         ticks = await sl.engine.state.get_group("ticks")
-    trace_id, seen = next(iter(ticks.items()))
-    assert trace_id == seen  # the event handler ran under the trace the tick started
-    records = await sl.engine.traces.trace(trace_id)
-    assert records[0].kind == "trigger" and records[0].data["entry"] == "cron Tick"
+        trace_id, seen = next(iter(ticks.items()))
+        assert trace_id == seen  # the event handler ran under the trace the tick started
+        records = await sl.engine.traces.trace(trace_id)
+        assert records[0].kind == "trigger" and records[0].data["entry"] == "cron Tick"
 
 
 async def test_a_failing_cron_handler_is_recorded_and_the_schedule_goes_on(make_project: ProjectFactory) -> None:

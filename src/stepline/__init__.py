@@ -20,6 +20,7 @@ from ._errors import (
     Problem,
     ProjectLoadError,
     SchemaValidationError,
+    StateUpdateError,
     SteplineError,
     UndeclaredEmitError,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "QueueSettings",
     "SchemaValidationError",
     "State",
+    "StateUpdateError",
     "Step",
     "StepConfig",
     "StepLogger",

@@ -4,26 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ._engine import Engine
 from ._errors import Problem, ProjectLoadError
 from ._http import HttpApp
 from ._loader import load_project
 from ._project import Project
-from ._protocols import Event, EventQueue, StateStore, TraceStore
+from ._protocols import Adapters, DeadLetter, Event
 from ._scheduler import CronScheduler
-from .adapters.memory import MemoryEventQueue, MemoryStateStore, MemoryTraceStore
+from .adapters import EngineName, open_adapters
+
+log = logging.getLogger("stepline")
+
+DAY = 86400.0
+_PRUNE_EVERY = 600.0
 
 
 class Stepline:
     """Load the project at `root` and wire it up. Raises ProjectLoadError listing every problem.
 
-    Run it with uvicorn (`uvicorn.run(Stepline(".").asgi)`), mount `.asgi` inside a FastAPI or
-    Starlette app (pass `lifespan=sl.lifespan` to that app so the engine starts), or drive it from
-    tests with `async with sl.lifespan(): ...`.
+    The engine is durable by default: SQLite in `.stepline/stepline.db` under the project root
+    (`engine="memory"` keeps everything in the process). Run it with uvicorn
+    (`uvicorn.run(Stepline(".").asgi)`), mount `.asgi` inside a FastAPI or Starlette app (pass
+    `lifespan=sl.lifespan` to that app so the engine starts), or drive it from tests with
+    `async with sl.lifespan(): ...`.
     """
 
     def __init__(
@@ -33,31 +42,49 @@ class Stepline:
         dev: bool = False,
         admin_token: str | None = None,
         concurrency: int = 64,
-        adapters: tuple[EventQueue, StateStore, TraceStore] | None = None,
+        engine: EngineName = "sqlite",
+        database: str | Path | None = None,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        trace_retention: float = 7 * DAY,
+        adapters: Adapters | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.dev = dev
         self.project: Project = load_project(self.root)
-        queue, state, traces = adapters or (MemoryEventQueue(), MemoryStateStore(), MemoryTraceStore())
-        self.engine = Engine(self.project, queue=queue, state=state, traces=traces, concurrency=concurrency)
-        self.scheduler = CronScheduler(self.engine)
+        self.adapters = adapters or open_adapters(
+            engine, self.root, database=Path(database) if database else None, synchronous=synchronous
+        )
+        self.trace_retention = trace_retention
+        self.engine = Engine(
+            self.project,
+            queue=self.adapters.queue,
+            state=self.adapters.state,
+            traces=self.adapters.traces,
+            concurrency=concurrency,
+        )
+        self.scheduler = CronScheduler(self.engine, self.adapters.cron)
         self.asgi = HttpApp(self.engine, dev=dev, admin_token=admin_token, on_startup=self.start, on_shutdown=self.stop)
-        self._cron_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        if self._cron_task is not None:
+        if self._tasks:
             return
         await self.engine.start()
-        self._cron_task = asyncio.create_task(self.scheduler.run(), name="stepline-cron")
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(), name="stepline-cron"),
+            asyncio.create_task(self._prune_traces(), name="stepline-prune"),
+        ]
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self._cron_task is None:
+        """Drain: stop taking work, give running handlers `grace` seconds, then close the storage."""
+        if not self._tasks:
             return
-        self._cron_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._cron_task
-        self._cron_task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
         await self.engine.stop(grace)
+        await self.adapters.close()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -87,3 +114,27 @@ class Stepline:
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until every queued event has been handled."""
         await self.engine.settle(timeout)
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        return await self.adapters.queue.dead_letters(limit)
+
+    async def replay(self, delivery_id: str | None = None) -> int:
+        """Replay one dead letter (by delivery id), or all of them; returns how many went back."""
+        if delivery_id is not None:
+            return int(await self.adapters.queue.replay(delivery_id))
+        return sum([await self.adapters.queue.replay(d.delivery_id) for d in await self.dead_letters()])
+
+    async def purge(self, delivery_id: str | None = None) -> int:
+        return await self.adapters.queue.purge(None if delivery_id is None else [delivery_id])
+
+    async def _prune_traces(self) -> None:
+        while True:
+            try:
+                removed = await self.adapters.traces.prune(time.time() - self.trace_retention)
+                if removed:
+                    log.info("pruned %d traces older than %.0f days", removed, self.trace_retention / DAY)
+            except Exception:
+                log.exception("pruning old traces failed")
+            await asyncio.sleep(_PRUNE_EVERY)

@@ -189,6 +189,9 @@ class CronConfig(_StepConfig):
     type: Literal["cron"] = "cron"
     cron: str
     timezone: str = "UTC"
+    # A tick missed while no worker ran: "once" runs it once at start-up (however many were missed),
+    # "skip" waits for the next one.
+    missed: Literal["once", "skip"] = "once"
 
     @field_validator("cron")
     @classmethod
@@ -233,6 +236,7 @@ _FIXES: dict[str, str] = {
     "emits": 'list the topics this step emits, like "emits": ["report.done"]',
     "cron": 'use a 5-field (min hour day month weekday) or 6-field (with seconds first) expression, like "0 9 * * 1"',
     "timezone": 'use an IANA zone name, like "Europe/Berlin"',
+    "missed": 'use "once" (run a missed tick once at start-up) or "skip"',
     "bodySchema": "use a Pydantic model class or a JSON Schema dict",
     "input": "use a Pydantic model class or a JSON Schema dict",
     "responseSchema": "map status codes to schemas, like {200: MyModel}, or give one schema",

@@ -7,7 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from ._protocols import StateStore, TraceRecord
+from . import _json
+from ._protocols import CompareAndSet, Increment, Merge, StateStore, TraceRecord
 
 log = logging.getLogger("stepline.step")
 
@@ -18,7 +19,14 @@ class Recorder(Protocol):
 
 class Emitter(Protocol):
     def __call__(
-        self, step: str | None, trace_id: str, topic: str, data: Any, message_group_id: str | None
+        self,
+        step: str | None,
+        trace_id: str,
+        topic: str,
+        data: Any,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
     ) -> Awaitable[object]: ...
 
 
@@ -78,6 +86,30 @@ class State:
         self._note("set", group, key)
         return value
 
+    async def increment(self, group: str, key: str, by: int | float = 1) -> int | float:
+        """Add `by` atomically (a missing key counts as 0); returns the new value."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, Increment(by))
+        self._note("increment", group, key)
+        value: int | float = result.value
+        return value
+
+    async def merge(self, group: str, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Shallow-merge `fields` into a dict atomically (a missing key counts as {}); returns the new dict."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, Merge(_json.copy(fields, f"state value {group}/{key}")))
+        self._note("merge", group, key)
+        merged: dict[str, Any] = result.value
+        return merged
+
+    async def compare_and_set(self, group: str, key: str, expected: Any, new: Any) -> bool:
+        """Set `new` only if the value is `expected` (None: the key is missing); True if it was set."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, CompareAndSet(expected, _json.copy(new)))
+        if result.applied:
+            self._note("set", group, key)
+        return result.applied
+
     async def delete(self, group: str, key: str) -> bool:
         existed = await self._store.delete(group, key)
         if existed:
@@ -123,18 +155,34 @@ class Context:
         self.logger = logger
         self._emitter = emitter
 
-    async def emit(self, event: dict[str, Any] | str, data: Any = None, *, message_group_id: str | None = None) -> None:
-        """`await ctx.emit({"topic": "t", "data": {...}})`, or `await ctx.emit("t", {...})`."""
+    async def emit(
+        self,
+        event: dict[str, Any] | str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """`await ctx.emit({"topic": "t", "data": {...}})`, or `await ctx.emit("t", {...})`.
+
+        `messageGroupId` orders the event within its group for FIFO subscribers; `delay` (seconds) holds
+        it back; `idempotencyKey` makes a repeated emit with the same key count once."""
         if isinstance(event, dict):
-            unknown = set(event) - {"topic", "data", "messageGroupId"}
+            unknown = set(event) - _EMIT_KEYS
             if "topic" not in event or unknown:
-                raise TypeError(f'emit takes {{"topic", "data", "messageGroupId"?}}; got keys {sorted(event)}')
+                raise TypeError(
+                    f"emit takes a dict with keys {sorted(_EMIT_KEYS)} (topic required); got {sorted(event)}"
+                )
             topic = event["topic"]
             data = event.get("data")
             message_group_id = event.get("messageGroupId", message_group_id)
+            delay = event.get("delay", delay)
+            idempotency_key = event.get("idempotencyKey", idempotency_key)
         else:
             topic = event
-        await self._emitter(self.step, self.trace_id, topic, data, message_group_id)
+        await self._emitter(self.step, self.trace_id, topic, data, message_group_id, delay, idempotency_key)
 
 
+_EMIT_KEYS = frozenset({"topic", "data", "messageGroupId", "delay", "idempotencyKey"})
 Handler = Callable[..., Any]

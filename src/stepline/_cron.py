@@ -27,3 +27,12 @@ class CronSchedule:
         it = croniter(self.expression, local, second_at_beginning=self._seconds_first)
         result: datetime = it.get_next(datetime)
         return result
+
+    def last_at_or_before(self, moment: datetime) -> datetime:
+        """The newest tick at or before `moment`."""
+        local = moment.astimezone(self.zone)
+        it = croniter(self.expression, local, second_at_beginning=self._seconds_first)
+        if it.match(self.expression, local, second_at_beginning=self._seconds_first):
+            return local
+        result: datetime = it.get_prev(datetime)
+        return result

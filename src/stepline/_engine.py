@@ -24,7 +24,7 @@ from ._context import Context, State, StepLogger
 from ._errors import SchemaValidationError, UndeclaredEmitError
 from ._ids import new_id
 from ._project import Project, Step
-from ._protocols import Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
+from ._protocols import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
 from ._request import ApiRequest
 from ._sync import SyncContext
 
@@ -44,6 +44,7 @@ class Engine:
         traces: TraceStore,
         concurrency: int = 64,
         poll_interval: float = 1.0,
+        idempotency_window: float = 86400.0,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.project = project
@@ -52,6 +53,7 @@ class Engine:
         self.traces = traces
         self.concurrency = concurrency
         self._poll = poll_interval
+        self.idempotency_window = idempotency_window
         self._rand = rand
         self._inflight: set[asyncio.Task[None]] = set()
         self._buffer: deque[TraceRecord] = deque()
@@ -143,27 +145,32 @@ class Engine:
         topic: str,
         data: Any,
         message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
     ) -> Event:
-        """Accept an event: every current subscriber of `topic` gets a delivery."""
+        """Accept an event: every current subscriber of `topic` gets a delivery.
+
+        With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued."""
         if step is not None:
             declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
             if topic not in declared:
                 raise UndeclaredEmitError(step, topic, declared)
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
         data = _json.copy(data, f"data of the event {topic!r}")
         event = Event(new_id(), topic, data, trace_id, step, time.time(), message_group_id)
-        subscribers = [s.name for s in self.project.subscribers(topic)]
-        await self.queue.publish(event, subscribers)
-        self.record(
-            TraceRecord(
-                trace_id,
-                "emit",
-                step,
-                event.created_at,
-                {"topic": topic, "event_id": event.id, "subscribers": subscribers, "data": data},
-            )
-        )
+        subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
+        accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
+        record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": data}
+        if message_group_id is not None:
+            record["message_group_id"] = message_group_id
+        if delay:
+            record["delay"] = delay
+        if idempotency_key is not None:
+            record |= {"idempotency_key": idempotency_key, "duplicate": not accepted}
+        self.record(TraceRecord(trace_id, "emit", step, event.created_at, record))
         if not subscribers and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
         self._activity.set()
@@ -268,18 +275,19 @@ class Engine:
 
     # -- the delivery loop ------------------------------------------------------------------------
 
-    def _leases(self) -> dict[str, float]:
-        leases: dict[str, float] = {}
+    def _specs(self) -> dict[str, ClaimSpec]:
+        specs: dict[str, ClaimSpec] = {}
         for step in self.project.event_steps:
             assert isinstance(step.config, EventConfig)
             infra = step.config.infrastructure
-            leases[step.name] = infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
-        return leases
+            lease = infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
+            specs[step.name] = ClaimSpec(lease, infra.queue.type == "fifo", infra.handler.concurrency)
+        return specs
 
     async def _work(self) -> None:
         while self._running:
             free = self.concurrency - len(self._inflight)
-            deliveries = await self.queue.claim(self._leases(), free) if free > 0 else []
+            deliveries = await self.queue.claim(self._specs(), free) if free > 0 else []
             for delivery in deliveries:
                 task = asyncio.create_task(self._deliver(delivery))
                 self._inflight.add(task)
@@ -372,6 +380,11 @@ class Engine:
             )
         )
         await self.queue.dead_letter(delivery, error, tb)
+
+
+def _delay_of(step: Step) -> float:
+    config = step.config
+    return config.infrastructure.queue.delay_seconds if isinstance(config, EventConfig) else 0.0
 
 
 def _ms(started: float) -> float:

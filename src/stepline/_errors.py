@@ -72,6 +72,10 @@ class NotJSONError(SteplineError, TypeError):
     """A state value or event data that cannot be stored as JSON."""
 
 
+class StateUpdateError(SteplineError, TypeError):
+    """An increment of a value that is not a number, a merge into a value that is not a dict."""
+
+
 @dataclass
 class FieldError:
     path: str

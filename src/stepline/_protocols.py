@@ -26,12 +26,24 @@ class Event:
 
 @dataclass(slots=True)
 class Delivery:
-    """One event on its way to one subscribing step. `attempt` counts from 1 and includes this one."""
+    """One event on its way to one subscribing step. `attempt` counts from 1 and includes this one.
+
+    The pair (id, attempt) names one lease: an ack, retry or dead-letter for an older attempt (whose
+    lease ran out and whose delivery was handed to someone else) changes nothing."""
 
     id: str
     event: Event
     step: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSpec:
+    """How a step takes deliveries: its lease, whether order within a message group is kept, its cap."""
+
+    lease: float
+    fifo: bool = False
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +70,28 @@ class QueueStats:
 
 
 class EventQueue(Protocol):
-    """Durable at-least-once delivery of events to subscribing steps."""
+    """Durable at-least-once delivery of events to subscribing steps.
 
-    async def publish(self, event: Event, subscribers: Sequence[str], delay: float = 0.0) -> None:
-        """Accept the event: once this returns, each subscriber will get a delivery."""
+    FIFO: for a step claimed with `fifo=True`, a delivery is handed out only when no earlier delivery
+    of the same step and message group (None is a group of its own) is still in the queue: waiting,
+    delayed for a retry, or leased.
+    """
 
-    async def claim(self, leases: Mapping[str, float], limit: int) -> list[Delivery]:
-        """Lease up to `limit` ready deliveries of the named steps, each for its lease (seconds)."""
+    async def publish(
+        self,
+        event: Event,
+        subscribers: Mapping[str, float],
+        idempotency_key: str | None = None,
+        idempotency_window: float = 86400.0,
+    ) -> bool:
+        """Accept the event: once this returns True, each subscriber (step -> delay in seconds) will get
+        a delivery, not before its delay.
+
+        False when `idempotency_key` was accepted before, within `idempotency_window` seconds: the
+        event is a repeat and nothing is queued."""
+
+    async def claim(self, specs: Mapping[str, ClaimSpec], limit: int) -> list[Delivery]:
+        """Lease up to `limit` ready deliveries of the named steps."""
 
     async def ack(self, delivery: Delivery) -> None:
         """The delivery is done; it is never handed out again."""
@@ -73,12 +100,16 @@ class EventQueue(Protocol):
         """Release the delivery to run again after `delay` seconds."""
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
-        """Move the delivery out of the queue into the dead-letter list."""
+        """Move the delivery out of the queue into the dead letters."""
 
-    async def dead_letters(self) -> list[DeadLetter]: ...
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Oldest first."""
 
     async def replay(self, delivery_id: str) -> bool:
         """Put a dead letter back in the queue with a fresh attempt count; False if there is none."""
+
+    async def purge(self, delivery_ids: Sequence[str] | None = None) -> int:
+        """Delete the named dead letters (all of them for None); returns how many."""
 
     async def stats(self) -> QueueStats: ...
 
@@ -88,12 +119,47 @@ class EventQueue(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """Add `by` to a number (a missing key counts as 0)."""
+
+    by: int | float = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Merge:
+    """Shallow-merge `fields` into a dict (a missing key counts as {})."""
+
+    fields: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSet:
+    """Set `new` only if the current value equals `expected` (None: the key is missing)."""
+
+    expected: Any
+    new: Any
+
+
+StateUpdate = Increment | Merge | CompareAndSet
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateResult:
+    applied: bool
+    value: Any
+
+
 class StateStore(Protocol):
     """JSON values by (group, key). Adapters raise NotJSONError for a value that is not JSON."""
 
     async def get(self, group: str, key: str) -> Any: ...
 
     async def set(self, group: str, key: str, value: Any) -> None: ...
+
+    async def update(self, group: str, key: str, op: StateUpdate) -> UpdateResult:
+        """Apply `op` atomically, even against other processes. Raises StateUpdateError when the
+        current value does not fit the operation (incrementing a string, merging into a list)."""
 
     async def delete(self, group: str, key: str) -> bool:
         """True if the key existed."""
@@ -135,6 +201,48 @@ class TraceStore(Protocol):
 
     async def trace(self, trace_id: str) -> list[TraceRecord]: ...
 
-    async def recent(self, limit: int = 50) -> list[TraceSummary]: ...
+    async def recent(self, limit: int = 50) -> list[TraceSummary]:
+        """Newest first."""
+
+    async def prune(self, older_than: float) -> int:
+        """Delete traces whose last record is older than `older_than` (a Unix time); returns how many."""
 
     async def close(self) -> None: ...
+
+
+class CronLock(Protocol):
+    """Makes a cron tick fire once, however many workers see it."""
+
+    async def claim_tick(self, step: str, tick: float) -> bool:
+        """True for exactly one caller per (step, tick)."""
+
+    async def last_tick(self, step: str) -> float | None:
+        """The newest tick claimed for `step`, if any."""
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Adapters:
+    """The storage an engine runs on: one implementation of each Protocol, usually sharing one backend."""
+
+    queue: EventQueue
+    state: StateStore
+    traces: TraceStore
+    cron: CronLock
+
+    async def close(self) -> None:
+        for part in (self.queue, self.state, self.traces, self.cron):
+            await part.close()
+
+
+def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:
+    """One line for a trace: where it started, how long it has run, how many failures it saw."""
+    first = records[0]
+    entry = str(first.data.get("entry", first.step or "?"))
+    errors = sum(1 for r in records if is_failure(r))
+    return TraceSummary(trace_id, entry, first.ts, records[-1].ts, len(records), errors)
+
+
+def is_failure(record: TraceRecord) -> bool:
+    return record.kind == "end" and record.data.get("status") == "error"

@@ -1,4 +1,4 @@
-"""Runs cron steps on their schedules, following the project through reloads."""
+"""Runs cron steps on their schedules: each tick once across all workers, following the project through reloads."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 
 from ._config import CronConfig
 from ._engine import Engine
+from ._project import Step
+from ._protocols import CronLock
 
 log = logging.getLogger("stepline.cron")
 
@@ -18,17 +20,19 @@ def _now() -> datetime:
 
 
 class CronScheduler:
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, engine: Engine, lock: CronLock, clock: Callable[[], datetime] = _now) -> None:
         self.engine = engine
+        self.lock = lock
         self._clock = clock
         self._next: dict[tuple[str, str, str], datetime] = {}
         self._changed = asyncio.Event()
-        self._running: set[asyncio.Task[str]] = set()
+        self._running: set[asyncio.Task[None]] = set()
 
     def project_changed(self) -> None:
         self._changed.set()
 
     async def run(self) -> None:
+        await self._catch_up()
         while True:
             due_at = self._plan()
             if due_at is None:
@@ -44,6 +48,21 @@ class CronScheduler:
                 except TimeoutError:
                     pass
             self._fire_due()
+
+    async def _catch_up(self) -> None:
+        """Run once, now, each tick missed while no worker ran (for steps with `"missed": "once"`)."""
+        now = self._clock()
+        for step in self.engine.project.cron_steps:
+            assert isinstance(step.config, CronConfig)
+            if step.config.missed != "once":
+                continue
+            last = await self.lock.last_tick(step.name)
+            newest = step.config.schedule.last_at_or_before(now)
+            if last is not None and last < newest.timestamp():
+                log.info(
+                    "running a missed tick of %s (due %s)", step.name, newest.isoformat(), extra={"step": step.name}
+                )
+                self._start(step, newest)
 
     def _plan(self) -> datetime | None:
         """Keep the next tick of every cron step (kept across reloads unless its schedule changed)."""
@@ -64,7 +83,15 @@ class CronScheduler:
             step = self.engine.project.steps.get(key[0])
             if step is None or not isinstance(step.config, CronConfig):
                 continue
-            task = asyncio.create_task(self.engine.run_cron(step))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._start(step, when)
             self._next[key] = step.config.schedule.next_after(max(now, when))
+
+    def _start(self, step: Step, tick: datetime) -> None:
+        task = asyncio.create_task(self._fire(step, tick))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _fire(self, step: Step, tick: datetime) -> None:
+        # Every worker sees every tick; the lock lets exactly one of them run it.
+        if await self.lock.claim_tick(step.name, tick.timestamp()):
+            await self.engine.run_cron(step)

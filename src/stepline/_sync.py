@@ -30,6 +30,15 @@ class SyncState(_Blocking):
     def set(self, group: str, key: str, value: Any) -> Any:
         return self._run(self._state.set(group, key, value))
 
+    def increment(self, group: str, key: str, by: int | float = 1) -> int | float:
+        return self._run(self._state.increment(group, key, by))
+
+    def merge(self, group: str, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._run(self._state.merge(group, key, fields))
+
+    def compare_and_set(self, group: str, key: str, expected: Any, new: Any) -> bool:
+        return self._run(self._state.compare_and_set(group, key, expected, new))
+
     def delete(self, group: str, key: str) -> bool:
         return self._run(self._state.delete(group, key))
 
@@ -53,5 +62,15 @@ class SyncContext(_Blocking):
         self.logger = ctx.logger
         self.state = SyncState(ctx.state, loop)
 
-    def emit(self, event: dict[str, Any] | str, data: Any = None, *, message_group_id: str | None = None) -> None:
-        self._run(self._ctx.emit(event, data, message_group_id=message_group_id))
+    def emit(
+        self,
+        event: dict[str, Any] | str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._run(
+            self._ctx.emit(event, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key)
+        )

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stepline._protocols import EventQueue, StateStore, TraceStore
-from stepline.adapters.memory import MemoryEventQueue, MemoryStateStore, MemoryTraceStore
+from stepline._protocols import CronLock, EventQueue, StateStore, TraceStore
+from stepline.adapters.memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
+from stepline.adapters.sqlite import open_sqlite
 
 
 class FakeClock:
@@ -30,15 +31,19 @@ class Adapters:
     queue: EventQueue
     state: StateStore
     traces: TraceStore
+    cron: CronLock
     clock: FakeClock
 
 
-ENGINES = ["memory"]
+ENGINES = ["memory", "sqlite"]
 
 
 async def open_adapters(engine: str, tmp_path: Path, clock: FakeClock) -> Adapters:
     if engine == "memory":
-        return Adapters(MemoryEventQueue(clock=clock), MemoryStateStore(), MemoryTraceStore(), clock)
+        return Adapters(MemoryEventQueue(clock=clock), MemoryStateStore(), MemoryTraceStore(), MemoryCronLock(), clock)
+    if engine == "sqlite":
+        opened = open_sqlite(tmp_path / "stepline.db", clock=clock)
+        return Adapters(opened.queue, opened.state, opened.traces, opened.cron, clock)
     raise ValueError(engine)
 
 
@@ -46,5 +51,5 @@ async def open_adapters(engine: str, tmp_path: Path, clock: FakeClock) -> Adapte
 async def adapters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapters]:
     opened = await open_adapters(request.param, tmp_path, FakeClock())
     yield opened
-    for part in (opened.queue, opened.state, opened.traces):
+    for part in (opened.queue, opened.state, opened.traces, opened.cron):
         await part.close()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 from stepline._ids import new_id
-from stepline._protocols import Event
+from stepline._protocols import ClaimSpec, Event
 
 from .conftest import Adapters
 
-LEASES = {"a": 30.0, "b": 30.0}
+LEASES = {"a": ClaimSpec(30.0), "b": ClaimSpec(30.0)}
 
 
 def event(topic: str = "t", data: object = None) -> Event:
@@ -19,7 +19,7 @@ def event(topic: str = "t", data: object = None) -> Event:
 async def test_fan_out_gives_each_subscriber_its_own_delivery(adapters: Adapters) -> None:
     q = adapters.queue
     e = event(data={"x": 1})
-    await q.publish(e, ["a", "b"])
+    await q.publish(e, dict.fromkeys(["a", "b"], 0.0))
     claimed = await q.claim(LEASES, 10)
     assert sorted(d.step for d in claimed) == ["a", "b"]
     assert {d.event.id for d in claimed} == {e.id}
@@ -32,10 +32,10 @@ async def test_claim_respects_limit_order_and_known_steps(adapters: Adapters) ->
     q = adapters.queue
     events = [event(data=i) for i in range(5)]
     for e in events:
-        await q.publish(e, ["a", "other"])
-    first = await q.claim({"a": 30.0}, 3)
+        await q.publish(e, dict.fromkeys(["a", "other"], 0.0))
+    first = await q.claim({"a": ClaimSpec(30.0)}, 3)
     assert [d.event.data for d in first] == [0, 1, 2]
-    rest = await q.claim({"a": 30.0}, 10)
+    rest = await q.claim({"a": ClaimSpec(30.0)}, 10)
     assert [d.event.data for d in rest] == [3, 4]
     stats = await q.stats()
     assert (stats.ready, stats.in_flight) == (5, 5)  # the "other" copies wait for their step
@@ -43,7 +43,7 @@ async def test_claim_respects_limit_order_and_known_steps(adapters: Adapters) ->
 
 async def test_ack_removes_the_delivery(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), ["a"])
+    await q.publish(event(), dict.fromkeys(["a"], 0.0))
     [d] = await q.claim(LEASES, 1)
     await q.ack(d)
     adapters.clock.advance(3600)
@@ -53,18 +53,18 @@ async def test_ack_removes_the_delivery(adapters: Adapters) -> None:
 
 async def test_expired_lease_is_redelivered_with_the_next_attempt(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), ["a"])
-    [d] = await q.claim({"a": 5.0}, 1)
+    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    [d] = await q.claim({"a": ClaimSpec(5.0)}, 1)
     adapters.clock.advance(4.9)
-    assert await q.claim({"a": 5.0}, 1) == []
+    assert await q.claim({"a": ClaimSpec(5.0)}, 1) == []
     adapters.clock.advance(0.2)
-    [again] = await q.claim({"a": 5.0}, 1)
+    [again] = await q.claim({"a": ClaimSpec(5.0)}, 1)
     assert again.id == d.id and again.attempt == 2
 
 
 async def test_retry_waits_for_its_delay(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), ["a"])
+    await q.publish(event(), dict.fromkeys(["a"], 0.0))
     [d] = await q.claim(LEASES, 1)
     await q.retry(d, 10.0, "boom")
     assert await q.claim(LEASES, 1) == []
@@ -76,7 +76,7 @@ async def test_retry_waits_for_its_delay(adapters: Adapters) -> None:
 
 async def test_delayed_publish(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), ["a"], delay=5.0)
+    await q.publish(event(), {"a": 5.0})
     assert await q.claim(LEASES, 1) == []
     adapters.clock.advance(5.0)
     assert len(await q.claim(LEASES, 1)) == 1
@@ -85,7 +85,7 @@ async def test_delayed_publish(adapters: Adapters) -> None:
 async def test_dead_letter_and_replay(adapters: Adapters) -> None:
     q = adapters.queue
     e = event(data={"order": 7})
-    await q.publish(e, ["a"])
+    await q.publish(e, dict.fromkeys(["a"], 0.0))
     [d] = await q.claim(LEASES, 1)
     await q.dead_letter(d, "ValueError: no", "Traceback ...")
     assert await q.claim(LEASES, 1) == []
@@ -97,4 +97,92 @@ async def test_dead_letter_and_replay(adapters: Adapters) -> None:
     assert await q.replay(d.id) is False
     [again] = await q.claim(LEASES, 1)
     assert again.id == d.id and again.attempt == 1 and again.event.data == {"order": 7}
+    assert await q.dead_letters() == []
+
+
+async def test_a_stale_attempt_cannot_ack_a_redelivered_delivery(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    [first] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    adapters.clock.advance(6)
+    [second] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    await q.ack(first)  # the first worker finished late: its lease is gone
+    assert (await q.stats()).in_flight == 1
+    await q.retry(first, 0, "late")
+    await q.dead_letter(first, "late", None)
+    assert await q.dead_letters() == []
+    await q.ack(second)
+    assert (await q.stats()).pending == 0
+
+
+async def test_idempotency_key_accepts_an_event_once_within_the_window(adapters: Adapters) -> None:
+    q = adapters.queue
+    assert await q.publish(event(data=1), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60)
+    assert not await q.publish(
+        event(data=2), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60
+    )
+    assert await q.publish(event(data=3), dict.fromkeys(["a"], 0.0), idempotency_key="order-8", idempotency_window=60)
+    adapters.clock.advance(61)
+    assert await q.publish(event(data=4), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60)
+    claimed = await q.claim(LEASES, 10)
+    assert [d.event.data for d in claimed] == [1, 3, 4]
+
+
+def grouped(group: str | None, data: object) -> Event:
+    return Event(new_id(), "t", data, new_id(), None, time.time(), group)
+
+
+async def test_fifo_keeps_order_within_a_group_and_runs_groups_in_parallel(adapters: Adapters) -> None:
+    q = adapters.queue
+    fifo = {"a": ClaimSpec(30.0, fifo=True)}
+    for i in range(3):
+        await q.publish(grouped("g1", f"g1-{i}"), dict.fromkeys(["a"], 0.0))
+        await q.publish(grouped("g2", f"g2-{i}"), dict.fromkeys(["a"], 0.0))
+    first = await q.claim(fifo, 10)
+    assert [d.event.data for d in first] == ["g1-0", "g2-0"]  # one at a time per group
+    assert await q.claim(fifo, 10) == []
+    g1, g2 = first
+    await q.retry(g1, 5.0, "boom")  # a failing message holds its group...
+    await q.ack(g2)
+    [next_g2] = await q.claim(fifo, 10)
+    assert next_g2.event.data == "g2-1"  # ...but not the others
+    adapters.clock.advance(5.0)
+    [again] = await q.claim(fifo, 10)
+    assert again.event.data == "g1-0" and again.attempt == 2
+    await q.dead_letter(again, "gave up", None)  # dead-lettered: the group moves on, nothing skipped
+    [after] = await q.claim(fifo, 10)
+    assert after.event.data == "g1-1"
+
+
+async def test_fifo_does_not_hold_a_standard_step(adapters: Adapters) -> None:
+    q = adapters.queue
+    for i in range(3):
+        await q.publish(grouped("g", i), dict.fromkeys(["a"], 0.0))
+    assert len(await q.claim(LEASES, 10)) == 3
+
+
+async def test_concurrency_cap_counts_leases_already_out(adapters: Adapters) -> None:
+    q = adapters.queue
+    for i in range(5):
+        await q.publish(event(data=i), dict.fromkeys(["a", "b"], 0.0))
+    capped = {"a": ClaimSpec(30.0, concurrency=2), "b": ClaimSpec(30.0)}
+    first = await q.claim(capped, 100)
+    assert sorted(d.step for d in first).count("a") == 2
+    assert [d.step for d in first].count("b") == 5
+    assert await q.claim(capped, 100) == []
+    await q.ack(next(d for d in first if d.step == "a"))
+    [more] = await q.claim(capped, 100)
+    assert more.step == "a" and more.event.data == 2
+
+
+async def test_purge_dead_letters(adapters: Adapters) -> None:
+    q = adapters.queue
+    for i in range(3):
+        await q.publish(event(data=i), dict.fromkeys(["a"], 0.0))
+    for d in await q.claim(LEASES, 10):
+        await q.dead_letter(d, "x", None)
+    dead = await q.dead_letters()
+    assert len(dead) == 3
+    assert await q.purge([dead[0].delivery_id, "unknown"]) == 1
+    assert await q.purge() == 2
     assert await q.dead_letters() == []

@@ -54,3 +54,34 @@ async def test_non_json_values_are_refused(adapters: Adapters) -> None:
     with pytest.raises(NotJSONError, match="is not JSON"):
         await adapters.state.set("g", "k", {1, 2})
     assert await adapters.state.get("g", "k") is None
+
+
+async def test_atomic_updates(adapters: Adapters) -> None:
+    from stepline import StateUpdateError
+    from stepline._protocols import CompareAndSet, Increment, Merge
+
+    s = adapters.state
+    assert (await s.update("g", "n", Increment())).value == 1
+    assert (await s.update("g", "n", Increment(2.5))).value == 3.5
+    assert (await s.update("g", "d", Merge({"a": 1}))).value == {"a": 1}
+    assert (await s.update("g", "d", Merge({"b": 2}))).value == {"a": 1, "b": 2}
+    missed = await s.update("g", "c", CompareAndSet("x", "y"))
+    assert (missed.applied, missed.value) == (False, None)
+    created = await s.update("g", "c", CompareAndSet(None, "first"))
+    assert (created.applied, created.value) == (True, "first")
+    swapped = await s.update("g", "c", CompareAndSet("first", "second"))
+    assert swapped.applied and await s.get("g", "c") == "second"
+    with pytest.raises(StateUpdateError, match="cannot increment state g/c"):
+        await s.update("g", "c", Increment())
+    with pytest.raises(StateUpdateError, match="cannot merge into state g/n"):
+        await s.update("g", "n", Merge({"x": 1}))
+    assert await s.get("g", "c") == "second"
+
+
+async def test_increments_from_many_tasks_are_not_lost(adapters: Adapters) -> None:
+    import asyncio
+
+    from stepline._protocols import Increment
+
+    await asyncio.gather(*(adapters.state.update("g", "count", Increment()) for _ in range(500)))
+    assert await adapters.state.get("g", "count") == 500

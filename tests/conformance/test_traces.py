@@ -36,3 +36,12 @@ async def test_recent_summaries_newest_first(adapters: Adapters) -> None:
     assert [s.trace_id for s in recent] == ["new", "old"]
     assert (recent[0].entry, recent[0].records, recent[0].errors, recent[0].last_at) == ("GET /b", 2, 1, 2.5)
     assert [s.trace_id for s in await t.recent(1)] == ["new"]
+
+
+async def test_prune_drops_whole_old_traces(adapters: Adapters) -> None:
+    t = adapters.traces
+    await t.append([TraceRecord("old", "trigger", "A", 1.0, {"entry": "x"}), TraceRecord("old", "end", "A", 2.0)])
+    await t.append([TraceRecord("new", "trigger", "A", 10.0, {"entry": "y"})])
+    assert await t.prune(older_than=5.0) == 1
+    assert await t.trace("old") == []
+    assert [s.trace_id for s in await t.recent()] == ["new"]

@@ -1,6 +1,14 @@
 """Storage adapters. The engine depends only on the Protocols in `stepline._protocols`."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
 from .._protocols import (
+    Adapters,
+    ClaimSpec,
+    CronLock,
     DeadLetter,
     Delivery,
     Event,
@@ -12,9 +20,38 @@ from .._protocols import (
     TraceSummary,
 )
 
+EngineName = Literal["sqlite", "memory"]
+DEFAULT_DATABASE = Path(".stepline") / "stepline.db"
+
+
+def open_adapters(
+    engine: EngineName,
+    root: Path,
+    *,
+    database: Path | None = None,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+) -> Adapters:
+    """The adapters of an engine by name; `database` defaults to `.stepline/stepline.db` under `root`."""
+    if engine == "memory":
+        from .memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
+
+        return Adapters(MemoryEventQueue(), MemoryStateStore(), MemoryTraceStore(), MemoryCronLock())
+    if engine == "sqlite":
+        from .sqlite import open_sqlite
+
+        opened = open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous)
+        return Adapters(opened.queue, opened.state, opened.traces, opened.cron)
+    raise ValueError(f"unknown engine {engine!r}; use sqlite or memory")
+
+
 __all__ = [
+    "DEFAULT_DATABASE",
+    "Adapters",
+    "ClaimSpec",
+    "CronLock",
     "DeadLetter",
     "Delivery",
+    "EngineName",
     "Event",
     "EventQueue",
     "QueueStats",
@@ -22,4 +59,5 @@ __all__ = [
     "TraceRecord",
     "TraceStore",
     "TraceSummary",
+    "open_adapters",
 ]

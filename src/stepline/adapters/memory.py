@@ -1,6 +1,7 @@
 """In-memory adapters: the reference implementation of the Protocols, for tests and `--engine memory`.
 
-Nothing here survives the process; the semantics (leases, retries, dead letters) are the real ones.
+Nothing here survives the process; the semantics (leases, FIFO groups, retries, dead letters,
+idempotency keys) are the real ones, checked by the same conformance suite as the durable adapters.
 """
 
 from __future__ import annotations
@@ -8,113 +9,175 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import itertools
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _json
+from .. import _json, _updates
 from .._ids import new_id
-from .._protocols import DeadLetter, Delivery, Event, QueueStats, TraceRecord, TraceSummary
+from .._protocols import (
+    ClaimSpec,
+    DeadLetter,
+    Delivery,
+    Event,
+    QueueStats,
+    StateUpdate,
+    TraceRecord,
+    TraceSummary,
+    UpdateResult,
+    summarize,
+)
 
 
 @dataclass(slots=True)
 class _Entry:
+    seq: int
     id: str
     event: Event
     step: str
     attempts: int = 0
-    lease_until: float = 0.0
+    visible_at: float = 0.0
+    leased: bool = False
+
+    @property
+    def group(self) -> tuple[str, str | None]:
+        return (self.step, self.event.message_group_id)
 
 
 class MemoryEventQueue:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._ready: deque[_Entry] = deque()
-        self._delayed: list[tuple[float, int, _Entry]] = []
-        self._leased: dict[str, _Entry] = {}
+        self._seq = itertools.count()
+        self._entries: dict[str, _Entry] = {}  # every delivery still in the queue, in publish order
+        self._timers: list[tuple[float, int, str]] = []  # (visible_at, seq, id): delayed or leased
+        self._groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)  # pending seqs, ascending
         self._dead: dict[str, DeadLetter] = {}
-        self._seq = 0
+        self._seen_keys: dict[str, float] = {}
         self._wakeup = asyncio.Event()
 
-    async def publish(self, event: Event, subscribers: Sequence[str], delay: float = 0.0) -> None:
-        for step in subscribers:
-            self._schedule(_Entry(new_id(), event, step), delay)
-        self._wakeup.set()
-
-    def _schedule(self, entry: _Entry, delay: float) -> None:
-        if delay > 0:
-            self._seq += 1
-            heapq.heappush(self._delayed, (self._clock() + delay, self._seq, entry))
-        else:
-            self._ready.append(entry)
-
-    def _promote(self, now: float) -> None:
-        while self._delayed and self._delayed[0][0] <= now:
-            self._ready.append(heapq.heappop(self._delayed)[2])
-        expired = [e for e in self._leased.values() if e.lease_until <= now]
-        for entry in expired:
-            del self._leased[entry.id]
-            self._ready.append(entry)
-
-    async def claim(self, leases: Mapping[str, float], limit: int) -> list[Delivery]:
+    async def publish(
+        self,
+        event: Event,
+        subscribers: Mapping[str, float],
+        idempotency_key: str | None = None,
+        idempotency_window: float = 86400.0,
+    ) -> bool:
         now = self._clock()
-        self._promote(now)
+        if idempotency_key is not None:
+            if self._seen_keys.get(idempotency_key, -1.0) > now:
+                return False
+            self._seen_keys[idempotency_key] = now + idempotency_window
+        for step, delay in subscribers.items():
+            entry = _Entry(next(self._seq), new_id(), event, step, visible_at=now + delay)
+            self._entries[entry.id] = entry
+            self._groups[entry.group].append(entry.seq)
+            if delay > 0:
+                heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
+        self._wakeup.set()
+        return True
+
+    async def claim(self, specs: Mapping[str, ClaimSpec], limit: int) -> list[Delivery]:
+        now = self._clock()
+        busy: dict[str, int] = defaultdict(int)
+        for entry in self._entries.values():
+            if entry.leased and entry.visible_at > now:
+                busy[entry.step] += 1
         claimed: list[Delivery] = []
-        skipped: list[_Entry] = []
-        while self._ready and len(claimed) < limit:
-            entry = self._ready.popleft()
-            lease = leases.get(entry.step)
-            if lease is None:
-                skipped.append(entry)
+        for entry in self._entries.values():
+            if len(claimed) >= limit:
+                break
+            spec = specs.get(entry.step)
+            if spec is None or entry.visible_at > now:
                 continue
+            if spec.fifo and self._groups[entry.group][0] != entry.seq:
+                continue
+            if spec.concurrency is not None and busy[entry.step] >= spec.concurrency:
+                continue
+            busy[entry.step] += 1
             entry.attempts += 1
-            entry.lease_until = now + lease
-            self._leased[entry.id] = entry
+            entry.leased = True
+            entry.visible_at = now + spec.lease
+            heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
             claimed.append(Delivery(entry.id, entry.event, entry.step, entry.attempts))
-        self._ready.extendleft(reversed(skipped))
         return claimed
 
     def _release(self, delivery: Delivery) -> _Entry | None:
-        return self._leased.pop(delivery.id, None)
+        """The entry, if this delivery still holds its lease (a stale attempt gets None)."""
+        entry = self._entries.get(delivery.id)
+        if entry is None or not entry.leased or entry.attempts != delivery.attempt:
+            return None
+        return entry
+
+    def _remove(self, entry: _Entry) -> None:
+        del self._entries[entry.id]
+        seqs = self._groups[entry.group]
+        seqs.remove(entry.seq)
+        if not seqs:
+            del self._groups[entry.group]
+        self._wakeup.set()  # the next message of its FIFO group may now go
 
     async def ack(self, delivery: Delivery) -> None:
-        self._release(delivery)
+        entry = self._release(delivery)
+        if entry is not None:
+            self._remove(entry)
 
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         entry = self._release(delivery)
         if entry is not None:
-            self._schedule(entry, delay)
+            entry.leased = False
+            entry.visible_at = self._clock() + delay
+            heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
             self._wakeup.set()
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         entry = self._release(delivery)
         if entry is not None:
+            self._remove(entry)
             self._dead[entry.id] = DeadLetter(
                 entry.id, entry.event, entry.step, entry.attempts, error, traceback, time.time()
             )
 
-    async def dead_letters(self) -> list[DeadLetter]:
-        return list(self._dead.values())
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        return list(self._dead.values())[:limit]
 
     async def replay(self, delivery_id: str) -> bool:
         dead = self._dead.pop(delivery_id, None)
         if dead is None:
             return False
-        self._schedule(_Entry(dead.delivery_id, dead.event, dead.step), 0)
+        entry = _Entry(next(self._seq), dead.delivery_id, dead.event, dead.step, visible_at=self._clock())
+        self._entries[entry.id] = entry
+        self._groups[entry.group].append(entry.seq)
         self._wakeup.set()
         return True
 
+    async def purge(self, delivery_ids: Sequence[str] | None = None) -> int:
+        if delivery_ids is None:
+            count = len(self._dead)
+            self._dead.clear()
+            return count
+        return sum(self._dead.pop(i, None) is not None for i in delivery_ids)
+
     async def stats(self) -> QueueStats:
-        return QueueStats(len(self._ready), len(self._delayed), len(self._leased), len(self._dead))
+        now = self._clock()
+        ready = delayed = in_flight = 0
+        for entry in self._entries.values():
+            if entry.visible_at <= now:
+                ready += 1
+            elif entry.leased:
+                in_flight += 1
+            else:
+                delayed += 1
+        return QueueStats(ready, delayed, in_flight, len(self._dead))
 
     async def wait(self, timeout: float) -> None:
-        if self._delayed:
-            timeout = min(timeout, max(0.0, self._delayed[0][0] - self._clock()))
-        if self._leased:
-            soonest = min(e.lease_until for e in self._leased.values())
-            timeout = min(timeout, max(0.0, soonest - self._clock()))
+        now = self._clock()
+        while self._timers and self._timers[0][0] <= now:
+            heapq.heappop(self._timers)
+        if self._timers:
+            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
         self._wakeup.clear()
@@ -133,6 +196,12 @@ class MemoryStateStore:
 
     async def set(self, group: str, key: str, value: Any) -> None:
         self._groups.setdefault(group, {})[key] = _json.dumps(value, f"state value {group}/{key}")
+
+    async def update(self, group: str, key: str, op: StateUpdate) -> UpdateResult:
+        result = _updates.apply(await self.get(group, key), op, f"state {group}/{key}")
+        if result.applied:
+            await self.set(group, key, result.value)
+        return result
 
     async def delete(self, group: str, key: str) -> bool:
         values = self._groups.get(group)
@@ -183,13 +252,28 @@ class MemoryTraceStore:
                 break
         return out
 
+    async def prune(self, older_than: float) -> int:
+        old = [t for t, records in self._traces.items() if records[-1].ts < older_than]
+        for trace_id in old:
+            del self._traces[trace_id]
+        return len(old)
+
     async def close(self) -> None:
         pass
 
 
-def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:
-    """One line for a trace: where it started, how long it has run, how many failures it saw."""
-    first = records[0]
-    entry = str(first.data.get("entry", first.step or "?"))
-    errors = sum(1 for r in records if r.kind == "end" and r.data.get("status") == "error")
-    return TraceSummary(trace_id, entry, first.ts, records[-1].ts, len(records), errors)
+class MemoryCronLock:
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    async def claim_tick(self, step: str, tick: float) -> bool:
+        if self._last.get(step, float("-inf")) >= tick:
+            return False
+        self._last[step] = tick
+        return True
+
+    async def last_tick(self, step: str) -> float | None:
+        return self._last.get(step)
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,437 @@
+"""SQLite adapters: the embedded, durable default. One file (`.stepline/stepline.db`), WAL.
+
+What a crash can lose (see docs/durability.md): with synchronous=NORMAL (the default) a power cut or
+OS crash may lose the last transactions committed before it (an application crash, even `kill -9`,
+loses nothing: the WAL is in the OS page cache). With synchronous=FULL every commit is fsynced
+before `emit` returns, so nothing accepted is lost even to a power cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import _json, _updates
+from .._ids import new_id
+from .._protocols import (
+    ClaimSpec,
+    DeadLetter,
+    Delivery,
+    Event,
+    QueueStats,
+    StateUpdate,
+    TraceRecord,
+    TraceSummary,
+    UpdateResult,
+    is_failure,
+)
+from ._sqlite_db import Database, Synchronous
+
+HEARTBEAT = 1.0
+# A worker silent this long is taken for dead, and its leases are handed out again.
+STALE_AFTER = 5.0
+_POLL = 0.05
+
+_EVENT = "id, step, event_id, topic, data, trace_id, emitted_by, created_at, message_group_id"
+_EVENT_COLUMNS = f"{_EVENT}, attempts"
+
+
+def _delivery(row: sqlite3.Row | tuple[Any, ...]) -> Delivery:
+    did, step, event_id, topic, data, trace_id, emitted_by, created_at, group, attempts = row[:10]
+    event = Event(event_id, topic, _json.loads(data), trace_id, emitted_by, created_at, group)
+    return Delivery(did, event, step, attempts)
+
+
+class SqliteEventQueue:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time, poll: float = _POLL) -> None:
+        self._db = db.acquire()
+        self._clock = clock
+        self._poll = poll
+        self._wakeup = asyncio.Event()
+        self.owner = new_id()
+        self._pid = os.getpid()
+        db.every(HEARTBEAT, self._heartbeat)
+
+    def _heartbeat(self, conn: sqlite3.Connection) -> None:
+        """Say this worker lives; hand out again the leases of workers that stopped saying so."""
+        now = self._clock()
+        conn.execute(
+            "INSERT OR REPLACE INTO workers (owner, pid, heartbeat_at) VALUES (?, ?, ?)", (self.owner, self._pid, now)
+        )
+        conn.execute(
+            "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? WHERE leased = 1 AND owner IN "
+            "(SELECT owner FROM workers WHERE heartbeat_at < ?)",
+            (now, now - STALE_AFTER),
+        )
+        conn.execute("DELETE FROM workers WHERE heartbeat_at < ?", (now - STALE_AFTER,))
+        conn.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+
+    async def publish(
+        self,
+        event: Event,
+        subscribers: Mapping[str, float],
+        idempotency_key: str | None = None,
+        idempotency_window: float = 86400.0,
+    ) -> bool:
+        data = _json.dumps(event.data)
+        rows = [
+            (
+                new_id(),
+                step,
+                event.id,
+                event.topic,
+                data,
+                event.trace_id,
+                event.emitted_by,
+                event.created_at,
+                event.message_group_id,
+            )
+            for step in subscribers
+        ]
+        delays = list(subscribers.values())
+
+        def publish(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            if idempotency_key is not None:
+                cur = conn.execute(
+                    "INSERT INTO idempotency_keys (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                    "SET expires_at = excluded.expires_at WHERE idempotency_keys.expires_at <= ?",
+                    (idempotency_key, now + idempotency_window, now),
+                )
+                if cur.rowcount == 0:
+                    return False
+            conn.executemany(
+                f"INSERT INTO deliveries ({_EVENT}, visible_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [(*row, now + delay) for row, delay in zip(rows, delays, strict=True)],
+            )
+            return True
+
+        accepted = await self._db.write(publish)
+        self._wakeup.set()
+        return accepted
+
+    async def claim(self, specs: Mapping[str, ClaimSpec], limit: int) -> list[Delivery]:
+        if not specs or limit <= 0:
+            return []
+
+        def claim(conn: sqlite3.Connection) -> list[Delivery]:
+            now = self._clock()
+            capacity: dict[str, int | None] = {step: spec.concurrency for step, spec in specs.items()}
+            if any(cap is not None for cap in capacity.values()):
+                busy = dict(
+                    conn.execute(
+                        "SELECT step, COUNT(*) FROM deliveries WHERE leased = 1 AND visible_at > ? GROUP BY step",
+                        (now,),
+                    ).fetchall()
+                )
+                for step, cap in capacity.items():
+                    if cap is not None:
+                        capacity[step] = cap - busy.get(step, 0)
+            active = {s: c for s, c in capacity.items() if c is None or c > 0}
+            if not active:
+                return []
+            values = ",".join(f"(:s{i}, :l{i}, :f{i}, :c{i})" for i in range(len(active)))
+            params: dict[str, Any] = {"now": now, "limit": limit, "owner": self.owner}
+            for i, (step, cap) in enumerate(active.items()):
+                params |= {f"s{i}": step, f"l{i}": specs[step].lease, f"f{i}": int(specs[step].fifo), f"c{i}": cap}
+            fifo = (
+                "(s.fifo = 0 OR d.seq = (SELECT MIN(g.seq) FROM deliveries g WHERE g.step = d.step "
+                "AND g.message_group_id IS d.message_group_id))"
+            )
+            if any(c is not None for c in active.values()):
+                pick = (
+                    f"SELECT seq FROM (SELECT d.seq, d.step, ROW_NUMBER() OVER (PARTITION BY d.step "
+                    f"ORDER BY d.seq) AS rn FROM deliveries d JOIN spec s ON s.step = d.step "
+                    f"WHERE d.visible_at <= :now AND {fifo}) c JOIN spec s ON s.step = c.step "
+                    f"WHERE s.cap IS NULL OR c.rn <= s.cap ORDER BY c.seq LIMIT :limit"
+                )
+            else:
+                pick = (
+                    f"SELECT d.seq FROM deliveries d JOIN spec s ON s.step = d.step "
+                    f"WHERE d.visible_at <= :now AND {fifo} ORDER BY d.seq LIMIT :limit"
+                )
+            sql = (
+                f"WITH spec (step, lease, fifo, cap) AS (VALUES {values}) "
+                f"UPDATE deliveries SET attempts = attempts + 1, leased = 1, owner = :owner, "
+                f"visible_at = :now + (SELECT lease FROM spec WHERE spec.step = deliveries.step) "
+                f"WHERE seq IN ({pick}) RETURNING {_EVENT_COLUMNS}, seq"
+            )
+            rows = conn.execute(sql, params).fetchall()
+            rows.sort(key=lambda r: r[10])
+            return [_delivery(r) for r in rows]
+
+        return await self._db.write(claim)
+
+    async def ack(self, delivery: Delivery) -> None:
+        def ack(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "DELETE FROM deliveries WHERE id = ? AND attempts = ? AND leased = 1", (delivery.id, delivery.attempt)
+            )
+
+        await self._db.write(ack)
+        self._wakeup.set()  # the next message of its FIFO group may now go
+
+    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+        def retry(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? "
+                "WHERE id = ? AND attempts = ? AND leased = 1",
+                (self._clock() + delay, delivery.id, delivery.attempt),
+            )
+
+        await self._db.write(retry)
+        self._wakeup.set()
+
+    async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
+        def dead_letter(conn: sqlite3.Connection) -> None:
+            moved = conn.execute(
+                f"INSERT INTO dead_letters ({_EVENT_COLUMNS}, error, traceback, failed_at) "
+                f"SELECT {_EVENT_COLUMNS}, ?, ?, ? FROM deliveries WHERE id = ? AND attempts = ? AND leased = 1",
+                (error, traceback, time.time(), delivery.id, delivery.attempt),
+            ).rowcount
+            if moved:
+                conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
+
+        await self._db.write(dead_letter)
+        self._wakeup.set()
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        def read(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                f"SELECT {_EVENT_COLUMNS}, error, traceback, failed_at FROM dead_letters "
+                f"ORDER BY failed_at, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            out = []
+            for row in rows:
+                d = _delivery(row)
+                out.append(DeadLetter(d.id, d.event, d.step, d.attempt, row[10], row[11], row[12]))
+            return out
+
+        return await self._db.read(read)
+
+    async def replay(self, delivery_id: str) -> bool:
+        def replay(conn: sqlite3.Connection) -> bool:
+            moved = conn.execute(
+                f"INSERT INTO deliveries ({_EVENT_COLUMNS}, visible_at) "
+                f"SELECT {_EVENT}, 0, ? FROM dead_letters WHERE id = ?",
+                (self._clock(), delivery_id),
+            ).rowcount
+            conn.execute("DELETE FROM dead_letters WHERE id = ?", (delivery_id,))
+            return bool(moved)
+
+        replayed = await self._db.write(replay)
+        self._wakeup.set()
+        return replayed
+
+    async def purge(self, delivery_ids: Sequence[str] | None = None) -> int:
+        def purge(conn: sqlite3.Connection) -> int:
+            if delivery_ids is None:
+                return conn.execute("DELETE FROM dead_letters").rowcount
+            return conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in delivery_ids]).rowcount
+
+        return await self._db.write(purge)
+
+    async def stats(self) -> QueueStats:
+        def stats(conn: sqlite3.Connection) -> QueueStats:
+            ready, delayed, in_flight = conn.execute(
+                "SELECT COALESCE(SUM(visible_at <= :now), 0), COALESCE(SUM(visible_at > :now AND leased = 0), 0), "
+                "COALESCE(SUM(visible_at > :now AND leased = 1), 0) FROM deliveries",
+                {"now": self._clock()},
+            ).fetchone()
+            dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
+            return QueueStats(ready, delayed, in_flight, dead)
+
+        return await self._db.read(stats)
+
+    async def wait(self, timeout: float) -> None:
+        """Other processes write to the same file unseen, so this returns at least every `poll` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), min(timeout, self._poll))
+        self._wakeup.clear()
+
+    async def close(self) -> None:
+        def leave(conn: sqlite3.Connection) -> None:
+            # Leases still held (handlers cancelled at shutdown) go back at once, not after STALE_AFTER.
+            conn.execute(
+                "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? WHERE owner = ? AND leased = 1",
+                (self._clock(), self.owner),
+            )
+            conn.execute("DELETE FROM workers WHERE owner = ?", (self.owner,))
+
+        await self._db.write(leave)
+        await self._db.release()
+
+
+class SqliteStateStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db.acquire()
+
+    async def get(self, group: str, key: str) -> Any:
+        def get(conn: sqlite3.Connection) -> Any:
+            row = conn.execute("SELECT value FROM state WHERE grp = ? AND key = ?", (group, key)).fetchone()
+            return None if row is None else _json.loads(row[0])
+
+        return await self._db.read(get)
+
+    async def set(self, group: str, key: str, value: Any) -> None:
+        raw = _json.dumps(value, f"state value {group}/{key}")
+        await self._db.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO state (grp, key, value) VALUES (?, ?, ?)", (group, key, raw)
+            )
+        )
+
+    async def update(self, group: str, key: str, op: StateUpdate) -> UpdateResult:
+        def update(conn: sqlite3.Connection) -> UpdateResult:
+            row = conn.execute("SELECT value FROM state WHERE grp = ? AND key = ?", (group, key)).fetchone()
+            current = None if row is None else _json.loads(row[0])
+            result = _updates.apply(current, op, f"state {group}/{key}")
+            if result.applied:
+                conn.execute(
+                    "INSERT OR REPLACE INTO state (grp, key, value) VALUES (?, ?, ?)",
+                    (group, key, _json.dumps(result.value, f"state value {group}/{key}")),
+                )
+            return result
+
+        return await self._db.write(update)
+
+    async def delete(self, group: str, key: str) -> bool:
+        return await self._db.write(
+            lambda conn: conn.execute("DELETE FROM state WHERE grp = ? AND key = ?", (group, key)).rowcount > 0
+        )
+
+    async def get_group(self, group: str) -> dict[str, Any]:
+        def get_group(conn: sqlite3.Connection) -> dict[str, Any]:
+            rows = conn.execute("SELECT key, value FROM state WHERE grp = ? ORDER BY key", (group,))
+            return {k: _json.loads(v) for k, v in rows}
+
+        return await self._db.read(get_group)
+
+    async def clear(self, group: str) -> int:
+        return await self._db.write(lambda conn: conn.execute("DELETE FROM state WHERE grp = ?", (group,)).rowcount)
+
+    async def groups(self) -> list[str]:
+        return await self._db.read(
+            lambda conn: [r[0] for r in conn.execute("SELECT DISTINCT grp FROM state ORDER BY grp")]
+        )
+
+    async def close(self) -> None:
+        await self._db.release()
+
+
+class SqliteTraceStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db.acquire()
+
+    async def append(self, records: Sequence[TraceRecord]) -> None:
+        rows = [(r.trace_id, r.kind, r.step, r.ts, _json.dumps(r.data)) for r in records]
+        summaries: dict[str, list[Any]] = {}
+        for r in records:
+            s = summaries.get(r.trace_id)
+            if s is None:
+                summaries[r.trace_id] = [str(r.data.get("entry", r.step or "?")), r.ts, r.ts, 1, int(is_failure(r))]
+            else:
+                s[2] = max(s[2], r.ts)
+                s[3] += 1
+                s[4] += int(is_failure(r))
+
+        def append(conn: sqlite3.Connection) -> None:
+            conn.executemany("INSERT INTO trace_records (trace_id, kind, step, ts, data) VALUES (?,?,?,?,?)", rows)
+            conn.executemany(
+                "INSERT INTO traces (trace_id, entry, started_at, last_at, records, errors) VALUES (?,?,?,?,?,?) "
+                "ON CONFLICT (trace_id) DO UPDATE SET last_at = MAX(last_at, excluded.last_at), "
+                "records = records + excluded.records, errors = errors + excluded.errors",
+                [(t, *s) for t, s in summaries.items()],
+            )
+
+        await self._db.write(append)
+
+    async def trace(self, trace_id: str) -> list[TraceRecord]:
+        def trace(conn: sqlite3.Connection) -> list[TraceRecord]:
+            rows = conn.execute(
+                "SELECT trace_id, kind, step, ts, data FROM trace_records WHERE trace_id = ? ORDER BY id", (trace_id,)
+            )
+            return [TraceRecord(t, k, s, ts, _json.loads(d)) for t, k, s, ts, d in rows]
+
+        return await self._db.read(trace)
+
+    async def recent(self, limit: int = 50) -> list[TraceSummary]:
+        def recent(conn: sqlite3.Connection) -> list[TraceSummary]:
+            rows = conn.execute(
+                "SELECT trace_id, entry, started_at, last_at, records, errors FROM traces "
+                "ORDER BY started_at DESC LIMIT ?",
+                (limit,),
+            )
+            return [TraceSummary(*row) for row in rows]
+
+        return await self._db.read(recent)
+
+    async def prune(self, older_than: float) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "DELETE FROM trace_records WHERE trace_id IN (SELECT trace_id FROM traces WHERE last_at < ?)",
+                (older_than,),
+            )
+            return conn.execute("DELETE FROM traces WHERE last_at < ?", (older_than,)).rowcount
+
+        return await self._db.write(prune)
+
+    async def close(self) -> None:
+        await self._db.release()
+
+
+class SqliteCronLock:
+    def __init__(self, db: Database) -> None:
+        self._db = db.acquire()
+
+    async def claim_tick(self, step: str, tick: float) -> bool:
+        return await self._db.write(
+            lambda conn: (
+                conn.execute(
+                    "INSERT INTO cron_ticks (step, tick) VALUES (?, ?) ON CONFLICT (step) DO UPDATE "
+                    "SET tick = excluded.tick WHERE cron_ticks.tick < excluded.tick",
+                    (step, tick),
+                ).rowcount
+                > 0
+            )
+        )
+
+    async def last_tick(self, step: str) -> float | None:
+        def last(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute("SELECT tick FROM cron_ticks WHERE step = ?", (step,)).fetchone()
+            return None if row is None else float(row[0])
+
+        return await self._db.read(last)
+
+    async def close(self) -> None:
+        await self._db.release()
+
+
+@dataclass
+class SqliteAdapters:
+    queue: SqliteEventQueue
+    state: SqliteStateStore
+    traces: SqliteTraceStore
+    cron: SqliteCronLock
+
+
+def open_sqlite(
+    path: str | Path,
+    *,
+    synchronous: Synchronous = "NORMAL",
+    clock: Callable[[], float] = time.time,
+    poll: float = _POLL,
+) -> SqliteAdapters:
+    """The four adapters on one database file, sharing one writer thread."""
+    db = Database(path, synchronous=synchronous)
+    return SqliteAdapters(
+        SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db)
+    )
