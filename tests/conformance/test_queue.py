@@ -10,6 +10,7 @@ from stepline._protocols import ClaimSpec, Event
 from .conftest import Adapters
 
 LEASES = {"a": ClaimSpec(30.0), "b": ClaimSpec(30.0)}
+NOW_A = {"a": 0.0}  # publish to step "a", no delay
 
 
 def event(topic: str = "t", data: object = None) -> Event:
@@ -43,7 +44,7 @@ async def test_claim_respects_limit_order_and_known_steps(adapters: Adapters) ->
 
 async def test_ack_removes_the_delivery(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    await q.publish(event(), NOW_A)
     [d] = await q.claim(LEASES, 1)
     await q.ack(d)
     adapters.clock.advance(3600)
@@ -53,7 +54,7 @@ async def test_ack_removes_the_delivery(adapters: Adapters) -> None:
 
 async def test_expired_lease_is_redelivered_with_the_next_attempt(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    await q.publish(event(), NOW_A)
     [d] = await q.claim({"a": ClaimSpec(5.0)}, 1)
     adapters.clock.advance(4.9)
     assert await q.claim({"a": ClaimSpec(5.0)}, 1) == []
@@ -64,7 +65,7 @@ async def test_expired_lease_is_redelivered_with_the_next_attempt(adapters: Adap
 
 async def test_retry_waits_for_its_delay(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    await q.publish(event(), NOW_A)
     [d] = await q.claim(LEASES, 1)
     await q.retry(d, 10.0, "boom")
     assert await q.claim(LEASES, 1) == []
@@ -85,7 +86,7 @@ async def test_delayed_publish(adapters: Adapters) -> None:
 async def test_dead_letter_and_replay(adapters: Adapters) -> None:
     q = adapters.queue
     e = event(data={"order": 7})
-    await q.publish(e, dict.fromkeys(["a"], 0.0))
+    await q.publish(e, NOW_A)
     [d] = await q.claim(LEASES, 1)
     await q.dead_letter(d, "ValueError: no", "Traceback ...")
     assert await q.claim(LEASES, 1) == []
@@ -102,7 +103,7 @@ async def test_dead_letter_and_replay(adapters: Adapters) -> None:
 
 async def test_a_stale_attempt_cannot_ack_a_redelivered_delivery(adapters: Adapters) -> None:
     q = adapters.queue
-    await q.publish(event(), dict.fromkeys(["a"], 0.0))
+    await q.publish(event(), NOW_A)
     [first] = await q.claim({"a": ClaimSpec(5.0)}, 1)
     adapters.clock.advance(6)
     [second] = await q.claim({"a": ClaimSpec(5.0)}, 1)
@@ -117,13 +118,11 @@ async def test_a_stale_attempt_cannot_ack_a_redelivered_delivery(adapters: Adapt
 
 async def test_idempotency_key_accepts_an_event_once_within_the_window(adapters: Adapters) -> None:
     q = adapters.queue
-    assert await q.publish(event(data=1), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60)
-    assert not await q.publish(
-        event(data=2), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60
-    )
-    assert await q.publish(event(data=3), dict.fromkeys(["a"], 0.0), idempotency_key="order-8", idempotency_window=60)
+    assert await q.publish(event(data=1), NOW_A, idempotency_key="order-7", idempotency_window=60)
+    assert not await q.publish(event(data=2), NOW_A, idempotency_key="order-7", idempotency_window=60)
+    assert await q.publish(event(data=3), NOW_A, idempotency_key="order-8", idempotency_window=60)
     adapters.clock.advance(61)
-    assert await q.publish(event(data=4), dict.fromkeys(["a"], 0.0), idempotency_key="order-7", idempotency_window=60)
+    assert await q.publish(event(data=4), NOW_A, idempotency_key="order-7", idempotency_window=60)
     claimed = await q.claim(LEASES, 10)
     assert [d.event.data for d in claimed] == [1, 3, 4]
 
@@ -136,8 +135,8 @@ async def test_fifo_keeps_order_within_a_group_and_runs_groups_in_parallel(adapt
     q = adapters.queue
     fifo = {"a": ClaimSpec(30.0, fifo=True)}
     for i in range(3):
-        await q.publish(grouped("g1", f"g1-{i}"), dict.fromkeys(["a"], 0.0))
-        await q.publish(grouped("g2", f"g2-{i}"), dict.fromkeys(["a"], 0.0))
+        await q.publish(grouped("g1", f"g1-{i}"), NOW_A)
+        await q.publish(grouped("g2", f"g2-{i}"), NOW_A)
     first = await q.claim(fifo, 10)
     assert [d.event.data for d in first] == ["g1-0", "g2-0"]  # one at a time per group
     assert await q.claim(fifo, 10) == []
@@ -157,7 +156,7 @@ async def test_fifo_keeps_order_within_a_group_and_runs_groups_in_parallel(adapt
 async def test_fifo_does_not_hold_a_standard_step(adapters: Adapters) -> None:
     q = adapters.queue
     for i in range(3):
-        await q.publish(grouped("g", i), dict.fromkeys(["a"], 0.0))
+        await q.publish(grouped("g", i), NOW_A)
     assert len(await q.claim(LEASES, 10)) == 3
 
 
@@ -178,7 +177,7 @@ async def test_concurrency_cap_counts_leases_already_out(adapters: Adapters) -> 
 async def test_purge_dead_letters(adapters: Adapters) -> None:
     q = adapters.queue
     for i in range(3):
-        await q.publish(event(data=i), dict.fromkeys(["a"], 0.0))
+        await q.publish(event(data=i), NOW_A)
     for d in await q.claim(LEASES, 10):
         await q.dead_letter(d, "x", None)
     dead = await q.dead_letters()
