@@ -54,8 +54,8 @@ class HttpApp:
         self.engine = engine
         self.dev = dev
         self.admin_token = admin_token
-        self._on_startup = on_startup
-        self._on_shutdown = on_shutdown
+        self.on_startup = on_startup
+        self.on_shutdown = on_shutdown
         self._router = self._build(engine.project)
 
     def set_project(self, project: Project) -> None:
@@ -72,15 +72,15 @@ class HttpApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    if self._on_startup:
-                        await self._on_startup()
+                    if self.on_startup:
+                        await self.on_startup()
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     raise
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._on_shutdown:
-                    await self._on_shutdown()
+                if self.on_shutdown:
+                    await self.on_shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

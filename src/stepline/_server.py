@@ -28,22 +28,41 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def serve(app: Stepline, host: str, port: int, *, reload: bool) -> None:
-    sock = bind(host, port)
+async def serve(
+    app: Stepline,
+    host: str,
+    port: int,
+    *,
+    reload: bool,
+    fd: int | None = None,
+    grace: float = 30.0,
+    banner: bool = True,
+) -> None:
+    """Serve until SIGINT or SIGTERM, then drain: the engine gets `grace` seconds for running handlers.
+
+    With `fd`, serve on an inherited listening socket (a worker of `stepline start --workers N`)."""
+    sock = socket.socket(fileno=fd) if fd is not None else bind(host, port)
     actual_port = sock.getsockname()[1]
+
+    async def stop() -> None:
+        await app.stop(grace)
+
+    app.asgi.on_shutdown = stop
     config = uvicorn.Config(
-        app.asgi, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=10
+        app.asgi, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=int(grace)
     )
     server = uvicorn.Server(config)
     watcher = asyncio.create_task(_watch(app)) if reload else None
-    shown_host = f"[{host}]" if ":" in host else host
-    mode = "dev" if app.dev else "start"
-    console.print(
-        f"[bold green]Stepline {mode}[/] · {app.root.name} · {len(app.project.steps)} steps · "
-        f"[bold]http://{shown_host}:{actual_port}[/]"
-    )
-    if app.project.warnings:
-        print_problems(app.project.warnings)
+    if banner:
+        shown_host = f"[{host}]" if ":" in host else host
+        mode = "dev" if app.dev else "start"
+        engine = type(app.adapters.queue).__name__.removesuffix("EventQueue").lower()
+        console.print(
+            f"[bold green]Stepline {mode}[/] · {app.root.name} · {len(app.project.steps)} steps · "
+            f"{engine} · [bold]http://{shown_host}:{actual_port}[/]"
+        )
+        if app.project.warnings:
+            print_problems(app.project.warnings)
     try:
         await server.serve(sockets=[sock])
     finally:

@@ -76,17 +76,35 @@ def create(
     )
 
 
+EngineOption = Annotated[str, typer.Option("--engine", help="sqlite (durable, the default) or memory.")]
+DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
+SyncOption = Annotated[str, typer.Option("--sync", help="normal (default) or full: fsync every commit.")]
+
+
+def _engine_options(engine: str, db: Path | None, sync: str) -> dict[str, Any]:
+    if engine not in ("sqlite", "memory"):
+        console.print(f"[red]--engine {engine!r} is not an engine;[/] use sqlite or memory")
+        raise typer.Exit(2)
+    if sync.upper() not in ("NORMAL", "FULL"):
+        console.print(f"[red]--sync {sync!r} is not a setting;[/] use normal or full")
+        raise typer.Exit(2)
+    return {"engine": engine, "database": db, "synchronous": sync.upper()}
+
+
 @app.command()
 def dev(
     root: DirOption = Path("."),
     host: HostOption = "127.0.0.1",
     port: PortOption = DEFAULT_PORT,
+    engine: EngineOption = "sqlite",
+    db: DbOption = None,
+    sync: SyncOption = "normal",
 ) -> None:
     """Run the project in one process with hot reload, the admin API on."""
     from ._server import serve
 
     setup_logging()
-    stepline = _app(root, dev=True)
+    stepline = _app(root, dev=True, **_engine_options(engine, db, sync))
     asyncio.run(serve(stepline, host, port, reload=True))
 
 
@@ -95,13 +113,51 @@ def start(
     root: DirOption = Path("."),
     host: HostOption = "0.0.0.0",
     port: PortOption = DEFAULT_PORT,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps.")] = 1,
+    engine: EngineOption = "sqlite",
+    db: DbOption = None,
+    sync: SyncOption = "normal",
+    grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
 ) -> None:
-    """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set."""
+    """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set.
+
+    SIGTERM drains: no new work is taken, running handlers get --grace seconds, then the process exits.
+    """
+    options = _engine_options(engine, db, sync)
+    if workers > 1:
+        if engine == "memory":
+            console.print("[red]--workers needs a shared engine;[/] the memory engine lives in one process")
+            raise typer.Exit(2)
+        from ._workers import supervise
+
+        _load(root)  # fail here, once, with the problems listed, rather than in every worker
+        raise typer.Exit(supervise(root, host, port, workers, db=db, sync=sync, grace=grace))
+    _serve_start(root, host, port, options, grace)
+
+
+def _serve_start(
+    root: Path, host: str, port: int, options: dict[str, Any], grace: float, fd: int | None = None
+) -> None:
     from ._server import serve
 
     setup_logging()
-    stepline = _app(root, dev=False, admin_token=os.environ.get("STEPLINE_ADMIN_TOKEN") or None)
-    asyncio.run(serve(stepline, host, port, reload=False))
+    stepline = _app(root, dev=False, admin_token=os.environ.get("STEPLINE_ADMIN_TOKEN") or None, **options)
+    asyncio.run(serve(stepline, host, port, reload=False, fd=fd, grace=grace, banner=fd is None))
+
+
+@app.command("worker", hidden=True)
+def worker(
+    fd: Annotated[int, typer.Option(help="The listening socket, inherited from the supervisor.")],
+    root: DirOption = Path("."),
+    db: DbOption = None,
+    sync: SyncOption = "normal",
+    grace: float = 30.0,
+) -> None:
+    """One worker process of `stepline start --workers N` (started by it, not by hand)."""
+    from ._workers import die_with_parent
+
+    die_with_parent()
+    _serve_start(root, "", 0, _engine_options("sqlite", db, sync), grace, fd=fd)
 
 
 @app.command()
