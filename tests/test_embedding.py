@@ -44,6 +44,7 @@ async def test_mounted_under_a_prefix_with_the_host_apps_lifespan(make_project: 
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         while not server.started:
+            assert not task.done(), "the server did not start"
             await asyncio.sleep(0.01)
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         async with httpx.AsyncClient(base_url=url) as client:
