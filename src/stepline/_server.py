@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sys
 
@@ -63,6 +64,10 @@ async def serve(
         )
         if app.project.warnings:
             print_problems(app.project.warnings)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op handlers in
+    # place that re-raise does nothing, and a drained process exits 0 instead of dying by SIGTERM.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
     try:
         await server.serve(sockets=[sock])
     finally:

@@ -43,7 +43,7 @@ async def open_adapters(engine: str, tmp_path: Path, clock: FakeClock) -> Adapte
         return Adapters(MemoryEventQueue(clock=clock), MemoryStateStore(), MemoryTraceStore(), MemoryCronLock(), clock)
     if engine == "sqlite":
         opened = open_sqlite(tmp_path / "stepline.db", clock=clock)
-        return Adapters(opened.queue, opened.state, opened.traces, opened.cron, clock)
+        return Adapters(opened.queue, opened.state, opened.traces, opened.cron, clock)  # type: ignore[arg-type]
     raise ValueError(engine)
 
 

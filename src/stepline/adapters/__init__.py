@@ -39,8 +39,7 @@ def open_adapters(
     if engine == "sqlite":
         from .sqlite import open_sqlite
 
-        opened = open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous)
-        return Adapters(opened.queue, opened.state, opened.traces, opened.cron)
+        return open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous)
     raise ValueError(f"unknown engine {engine!r}; use sqlite or memory")
 
 

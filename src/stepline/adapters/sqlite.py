@@ -14,13 +14,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import _json, _updates
 from .._ids import new_id
 from .._protocols import (
+    Adapters,
     ClaimSpec,
     DeadLetter,
     Delivery,
@@ -415,23 +415,13 @@ class SqliteCronLock:
         await self._db.release()
 
 
-@dataclass
-class SqliteAdapters:
-    queue: SqliteEventQueue
-    state: SqliteStateStore
-    traces: SqliteTraceStore
-    cron: SqliteCronLock
-
-
 def open_sqlite(
     path: str | Path,
     *,
     synchronous: Synchronous = "NORMAL",
     clock: Callable[[], float] = time.time,
     poll: float = _POLL,
-) -> SqliteAdapters:
+) -> Adapters:
     """The four adapters on one database file, sharing one writer thread."""
     db = Database(path, synchronous=synchronous)
-    return SqliteAdapters(
-        SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db)
-    )
+    return Adapters(SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db))

@@ -1,0 +1,154 @@
+"""The SQLite engine shared by several processes: atomic state, dead workers' leases, drain, cron once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from stepline._protocols import ClaimSpec, Event
+from stepline.adapters import sqlite as sqlite_adapter
+from stepline.adapters.sqlite import open_sqlite
+
+from ..conftest import ProjectFactory, free_port
+from .helpers import healthy, kill_group, query, start_server, wait_until
+
+
+def _run_python(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
+
+
+async def test_increments_from_two_processes_are_not_lost(tmp_path: Path) -> None:
+    db = tmp_path / "stepline.db"
+    script = f"""
+        import asyncio
+        from stepline._protocols import Increment
+        from stepline.adapters.sqlite import open_sqlite
+
+        async def main():
+            adapters = open_sqlite({str(db)!r})
+            await asyncio.gather(*(adapters.state.update("g", "n", Increment()) for _ in range(400)))
+            for _ in range(100):
+                await adapters.state.update("g", "n", Increment())
+            print("ok")
+
+        asyncio.run(main())
+    """
+    procs = [_run_python(script) for _ in range(2)]
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert outputs == ["ok\n", "ok\n"]
+    assert query(db, "SELECT value FROM state WHERE grp = 'g' AND key = 'n'") == [(b"1000",)]
+
+
+async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "stepline.db"
+    script = f"""
+        import asyncio, sys
+        from stepline._protocols import ClaimSpec
+        from stepline.adapters.sqlite import open_sqlite
+
+        async def main():
+            adapters = open_sqlite({str(db)!r})
+            claimed = []
+            while not claimed:
+                claimed = await adapters.queue.claim({{"a": ClaimSpec(lease=3600)}}, 10)
+                await asyncio.sleep(0.05)
+            print(claimed[0].id, flush=True)
+            await asyncio.sleep(3600)  # holds the lease for an hour... unless it dies
+
+        asyncio.run(main())
+    """
+    monkeypatch.setattr(sqlite_adapter, "STALE_AFTER", 1.5)
+    adapters = open_sqlite(db)
+    try:
+        await adapters.queue.publish(Event("e1", "t", {"n": 1}, "tr", None, time.time()), {"a": 0.0})
+        holder = _run_python(script)
+        assert holder.stdout is not None
+        leased_id = (await asyncio.to_thread(holder.stdout.readline)).strip()
+        assert await adapters.queue.claim({"a": ClaimSpec(60)}, 10) == []  # it holds the lease
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+        deadline = time.monotonic() + 10
+        claimed = []
+        while not claimed and time.monotonic() < deadline:
+            claimed = await adapters.queue.claim({"a": ClaimSpec(60)}, 10)
+            await asyncio.sleep(0.1)
+        assert [d.id for d in claimed] == [leased_id]
+        assert claimed[0].attempt == 2 and claimed[0].event.data == {"n": 1}
+    finally:
+        await adapters.close()
+
+
+SLOW = {
+    "steps/slow_step.py": """
+        import asyncio
+        config = {"type": "event", "name": "Slow", "subscribes": ["slow"]}
+        async def handler(input, ctx):
+            await ctx.state.set("started", str(input["n"]), True)
+            await asyncio.sleep(1.5)
+            await ctx.state.set("finished", str(input["n"]), True)
+    """,
+    "steps/go_step.py": """
+        config = {"type": "api", "name": "Go", "path": "/go/{n}", "method": "POST", "emits": ["slow"]}
+        async def handler(req, ctx):
+            await ctx.emit("slow", {"n": int(req.path_params["n"])})
+            return {"status": 202}
+    """,
+}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_sigterm_drains_running_handlers_then_exits(make_project: ProjectFactory, tmp_path: Path, workers: str) -> None:
+    root = make_project(SLOW)
+    db = root / ".stepline" / "stepline.db"
+    port = free_port()
+    server = start_server(root, port, tmp_path / "server.log", "--workers", workers, "--grace", "10")
+    try:
+        wait_until(lambda: healthy(port), 30, "the server")
+        for n in range(4):
+            assert httpx.post(f"http://127.0.0.1:{port}/go/{n}").status_code == 202
+        wait_until(
+            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'started'")[0][0] == 4,
+            10,
+            "the handlers to start",
+        )
+        server.send_signal(signal.SIGTERM) if workers == "1" else kill_group(server, signal.SIGTERM)
+        assert server.wait(timeout=30) == 0, (tmp_path / "server.log").read_text()
+    finally:
+        if server.poll() is None:
+            kill_group(server)
+    assert query(db, "SELECT COUNT(*) FROM state WHERE grp = 'finished'")[0][0] == 4
+    assert query(db, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+
+
+def test_a_cron_tick_fires_once_across_workers(make_project: ProjectFactory, tmp_path: Path) -> None:
+    root = make_project(
+        {
+            "steps/tick_step.py": """
+            import time
+            config = {"type": "cron", "name": "Tick", "cron": "* * * * * *"}
+            async def handler(ctx):
+                await ctx.state.increment("per_second", str(int(time.time())))
+        """
+        }
+    )
+    db = root / ".stepline" / "stepline.db"
+    port = free_port()
+    server = start_server(root, port, tmp_path / "server.log", "--workers", "2")
+    try:
+        wait_until(lambda: healthy(port), 30, "the server")
+        wait_until(
+            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'per_second'")[0][0] >= 4, 15, "four ticks"
+        )
+    finally:
+        kill_group(server, signal.SIGTERM)
+    counts = [int(v) for (v,) in query(db, "SELECT value FROM state WHERE grp = 'per_second'")]
+    assert counts and all(c == 1 for c in counts), counts
