@@ -107,9 +107,19 @@ class Stepline:
         self.scheduler.project_changed()
         return []
 
-    async def emit(self, topic: str, data: Any = None) -> Event:
+    async def emit(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> Event:
         """Emit from outside any step: starts a new trace."""
-        return await self.engine.emit_external(topic, data)
+        return await self.engine.emit_external(
+            topic, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key
+        )
 
     async def settle(self, timeout: float = 30.0) -> None:
         """Wait until every queued event has been handled."""

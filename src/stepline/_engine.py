@@ -176,11 +176,20 @@ class Engine:
         self._activity.set()
         return event
 
-    async def emit_external(self, topic: str, data: Any, trace_id: str | None = None) -> Event:
+    async def emit_external(
+        self,
+        topic: str,
+        data: Any,
+        trace_id: str | None = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> Event:
         """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
         trace_id = trace_id or new_id()
         self.record(TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"}))
-        return await self.emit(None, trace_id, topic, data)
+        return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key)
 
     # -- contexts ---------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ._app import Stepline
+from ._cli_runtime import dlq_app, traces_app
 from ._config import ApiConfig
 from ._console import console, out, print_problems, setup_logging
 from ._errors import ProjectLoadError
@@ -294,3 +295,7 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
 
 def main() -> None:
     app()
+
+
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(traces_app, name="traces")

@@ -1,0 +1,248 @@
+"""`stepline dlq` and `stepline traces`: the durable engine's dead letters and traces, from a terminal.
+
+They open the project's SQLite file directly, so they work whether or not a server is running."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from ._console import console, out
+from ._protocols import Adapters, DeadLetter, TraceRecord
+from .adapters import DEFAULT_DATABASE
+from .adapters.sqlite import open_sqlite
+
+T = TypeVar("T")
+
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/).")]
+DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+dlq_app = typer.Typer(help="Dead letters: deliveries that failed every retry.", no_args_is_help=True)
+traces_app = typer.Typer(help="Traces: everything that happened under one trace id.", invoke_without_command=True)
+
+
+def _with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
+    path = db or root / DEFAULT_DATABASE
+    if not path.exists():
+        console.print(
+            f"[red]No database at {path}.[/] Has the project run with the sqlite engine "
+            "(`stepline dev` or `stepline start`)? Pass --dir or --db to point at it."
+        )
+        raise typer.Exit(1)
+
+    async def run() -> T:
+        adapters = open_sqlite(path)
+        try:
+            return await work(adapters)
+        finally:
+            await adapters.close()
+
+    return asyncio.run(run())
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _dead_dict(d: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": d.delivery_id,
+        "step": d.step,
+        "topic": d.event.topic,
+        "traceId": d.event.trace_id,
+        "attempts": d.attempts,
+        "error": d.error,
+        "traceback": d.traceback,
+        "failedAt": d.failed_at,
+        "data": d.event.data,
+        "messageGroupId": d.event.message_group_id,
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+    """Every dead letter, oldest first."""
+    dead = _with_store(root, db, lambda a: a.queue.dead_letters())
+    if as_json:
+        out.print_json(json.dumps([_dead_dict(d) for d in dead]))
+        return
+    if not dead:
+        console.print("[green]No dead letters.[/]")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "step", "topic", "attempts", "failed", "error"):
+        table.add_column(column, overflow="fold")
+    for d in dead:
+        table.add_row(
+            d.delivery_id, d.step, d.event.topic, str(d.attempts), _when(d.failed_at), f"[red]{escape(d.error[:80])}[/]"
+        )
+    out.print(table)
+    console.print(f"{len(dead)} dead letters · [dim]stepline dlq show ID · stepline dlq replay ID|--all[/]")
+
+
+@dlq_app.command("show")
+def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+    """One dead letter: its error, traceback, attempts and input."""
+    dead = _with_store(root, db, lambda a: a.queue.dead_letters(100_000))
+    found = next((d for d in dead if d.delivery_id == delivery_id), None)
+    if found is None:
+        console.print(f"[red]No dead letter {delivery_id}.[/] `stepline dlq list` shows them.")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(json.dumps(_dead_dict(found)))
+        return
+    out.print(f"[bold]{found.delivery_id}[/]  step [bold]{found.step}[/]  topic {found.event.topic}")
+    out.print(f"trace {found.event.trace_id} · {found.attempts} attempts · failed {_when(found.failed_at)}")
+    out.print(f"[red]{escape(found.error)}[/]")
+    if found.traceback:
+        out.print(escape(found.traceback.rstrip()), style="dim")
+    out.print("input:")
+    out.print_json(json.dumps(found.event.data))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    delivery_id: Annotated[str | None, typer.Argument(help="The dead letter to replay.")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    root: DirOption = Path("."),
+    db: DbOption = None,
+) -> None:
+    """Put dead letters back in the queue, with a fresh retry budget."""
+    if (delivery_id is None) == (not replay_all):
+        console.print("[red]Give a dead letter id or --all.[/]")
+        raise typer.Exit(2)
+
+    async def replay(a: Adapters) -> int:
+        ids = [delivery_id] if delivery_id else [d.delivery_id for d in await a.queue.dead_letters(100_000)]
+        return sum([await a.queue.replay(i) for i in ids])
+
+    count = _with_store(root, db, replay)
+    if delivery_id and not count:
+        console.print(f"[red]No dead letter {delivery_id}.[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]replayed {count}[/]; a running server picks them up now")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    delivery_id: Annotated[str | None, typer.Argument(help="The dead letter to delete.")] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
+    root: DirOption = Path("."),
+    db: DbOption = None,
+) -> None:
+    """Delete dead letters for good."""
+    if (delivery_id is None) == (not purge_all):
+        console.print("[red]Give a dead letter id or --all.[/]")
+        raise typer.Exit(2)
+    count = _with_store(root, db, lambda a: a.queue.purge([delivery_id] if delivery_id else None))
+    console.print(f"purged {count}")
+
+
+@traces_app.callback()
+def traces_list(
+    ctx: typer.Context,
+    root: DirOption = Path("."),
+    db: DbOption = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent traces, newest first (`stepline traces show ID` for one)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    recent = _with_store(root, db, lambda a: a.traces.recent(limit))
+    if as_json:
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "traceId": s.trace_id,
+                        "entry": s.entry,
+                        "startedAt": s.started_at,
+                        "durationMs": round((s.last_at - s.started_at) * 1000, 3),
+                        "records": s.records,
+                        "errors": s.errors,
+                    }
+                    for s in recent
+                ]
+            )
+        )
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("trace", "entry", "started", "duration", "records", "status"):
+        table.add_column(column, no_wrap=column in ("trace", "started"))
+    for s in recent:
+        status = f"[red]{s.errors} failed[/]" if s.errors else "[green]ok[/]"
+        table.add_row(
+            s.trace_id,
+            escape(s.entry),
+            _when(s.started_at),
+            f"{(s.last_at - s.started_at) * 1000:.1f} ms",
+            str(s.records),
+            status,
+        )
+    out.print(table)
+
+
+@traces_app.command("show")
+def traces_show(trace_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+    """One trace as a tree: each handler attempt with what it emitted, changed and logged."""
+    records = _with_store(root, db, lambda a: a.traces.trace(trace_id))
+    if not records:
+        console.print(f"[red]No trace {trace_id}.[/] `stepline traces` lists recent ones.")
+        raise typer.Exit(1)
+    if as_json:
+        out.print_json(json.dumps([{"kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records]))
+        return
+    out.print(trace_tree(trace_id, records))
+
+
+def trace_tree(trace_id: str, records: list[TraceRecord]) -> Tree:
+    start = records[0].ts
+    entry = next((r.data.get("entry") for r in records if r.kind == "trigger"), None) or "?"
+    tree = Tree(f"[bold]{escape(str(entry))}[/]  [dim]trace {trace_id}[/]")
+    open_runs: dict[str, Tree] = {}
+    for r in records:
+        at = f"[dim]{(r.ts - start) * 1000:8.1f} ms[/] "
+        parent = open_runs.get(r.step or "", tree)
+        if r.kind == "start":
+            attempt = r.data.get("attempt")
+            label = f" (attempt {attempt})" if attempt and attempt > 1 else ""
+            topic = f" on {r.data['topic']}" if "topic" in r.data else ""
+            open_runs[r.step or ""] = tree.add(f"{at}[bold]{r.step}[/]{escape(topic)}{label}")
+        elif r.kind == "end":
+            if r.data.get("status") == "ok":
+                parent.add(f"{at}[green]ok[/] in {r.data.get('duration_ms', 0):.1f} ms")
+            else:
+                parent.add(f"{at}[red]{r.data.get('status')}: {escape(str(r.data.get('error', '')))}[/]")
+            open_runs.pop(r.step or "", None)
+        elif r.kind == "emit":
+            subs = ", ".join(r.data.get("subscribers", [])) or "no subscriber"
+            dup = " [yellow](duplicate, not queued)[/]" if r.data.get("duplicate") else ""
+            parent.add(f"{at}emit [cyan]{escape(r.data.get('topic', ''))}[/] → {escape(subs)}{dup}")
+        elif r.kind == "state":
+            parent.add(
+                f"{at}state {r.data.get('op')} {escape(str(r.data.get('group')))}/"
+                f"{escape(str(r.data.get('key') or ''))}"
+            )
+        elif r.kind == "log":
+            fields = r.data.get("fields") or {}
+            shown = "  " + " ".join(f"{k}={v!r}" for k, v in fields.items()) if fields else ""
+            parent.add(f"{at}{r.data.get('level', 'info')} {escape(str(r.data.get('message')))}[dim]{escape(shown)}[/]")
+        elif r.kind == "retry":
+            parent.add(f"{at}[yellow]retry in {r.data.get('delay')} s[/] after {escape(str(r.data.get('error')))}")
+        elif r.kind == "dead_letter":
+            tree.add(
+                f"{at}[red]dead letter[/] {r.step} after {r.data.get('attempts')} attempts "
+                f"[dim](stepline dlq show {r.data.get('delivery_id')})[/]"
+            )
+    return tree

@@ -1,0 +1,173 @@
+"""Delivery semantics through the engine, on every engine: delay, idempotency, FIFO under concurrency,
+per-step concurrency, atomic state, and a missed cron tick."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+
+import pytest
+
+from stepline import Stepline
+from stepline._scheduler import CronScheduler
+from stepline.adapters.memory import MemoryCronLock
+
+from .conftest import ProjectFactory
+
+ENGINES = ["memory", "sqlite"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: str) -> None:
+    root = make_project(
+        {
+            "steps/api_step.py": """
+            config = {"type": "api", "name": "Pay", "path": "/pay/{id}", "method": "POST", "emits": ["charge"]}
+            async def handler(req, ctx):
+                pay = req.path_params["id"]
+                await ctx.emit({"topic": "charge", "data": {"id": pay}, "idempotencyKey": pay, "delay": 0.3})
+                return {"status": 202}
+        """,
+            "steps/charge_step.py": """
+            import time
+            config = {"type": "event", "name": "Charge", "subscribes": ["charge"]}
+            async def handler(input, ctx):
+                await ctx.state.increment("charges", input["id"])
+                await ctx.state.set("at", input["id"], time.time())
+        """,
+        }
+    )
+    from stepline.testing import serve
+
+    async with serve(root, engine=engine) as app:
+        sent = time.time()
+        for _ in range(3):  # a client retrying: one charge
+            assert (await app.client.post("/pay/p1")).status_code == 202
+        await app.client.post("/pay/p2")
+        await app.settle()
+        assert await app.state("charges", "p1") == 1
+        assert await app.state("charges", "p2") == 1
+        assert await app.state("at", "p1") - sent >= 0.3
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectFactory, engine: str) -> None:
+    root = make_project(
+        {
+            "steps/ledger_step.py": """
+            import asyncio, random
+            config = {"type": "event", "name": "Ledger", "subscribes": ["entry"],
+                      "infrastructure": {"queue": {"type": "fifo", "maxRetries": 5,
+                                                   "backoff": {"initial": 0.01, "jitter": 0}}}}
+            failed = set()
+            async def handler(input, ctx):
+                await asyncio.sleep(random.random() / 200)
+                if input["n"] % 7 == 3 and (input["account"], input["n"]) not in failed:
+                    failed.add((input["account"], input["n"]))
+                    raise RuntimeError("flaky once")  # holds its group until the retry succeeds
+                seen = await ctx.state.get("ledger", input["account"]) or []
+                await ctx.state.set("ledger", input["account"], seen + [input["n"]])
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine, concurrency=16)  # type: ignore[arg-type]
+    async with sl.lifespan():
+        for n in range(30):
+            for account in ("a", "b", "c"):
+                await sl.emit("entry", {"account": account, "n": n}, message_group_id=account)
+        await sl.settle()
+        ledgers = await sl.engine.state.get_group("ledger")
+    assert ledgers == {account: list(range(30)) for account in ("a", "b", "c")}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_step_concurrency_limit(make_project: ProjectFactory, engine: str) -> None:
+    root = make_project(
+        {
+            "steps/c_step.py": """
+            import asyncio
+            running = {"now": 0, "max": 0}
+            config = {"type": "event", "name": "C", "subscribes": ["c"],
+                      "infrastructure": {"handler": {"concurrency": 2}}}
+            async def handler(input, ctx):
+                running["now"] += 1
+                running["max"] = max(running["max"], running["now"])
+                await asyncio.sleep(0.02)
+                running["now"] -= 1
+                await ctx.state.set("max", "value", running["max"])
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine)  # type: ignore[arg-type]
+    async with sl.lifespan():
+        for i in range(10):
+            await sl.emit("c", i)
+        await sl.settle()
+        assert await sl.engine.state.get("max", "value") == 2
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: str) -> None:
+    root = make_project(
+        {
+            "steps/count_step.py": """
+            config = {"type": "event", "name": "Count", "subscribes": ["hit"]}
+            async def handler(input, ctx):
+                await ctx.state.increment("stats", "hits")
+                await ctx.state.merge("stats", "seen", {str(input): True})
+                if await ctx.state.compare_and_set("stats", "first", None, input):
+                    await ctx.state.increment("stats", "winners")
+        """,
+            "steps/sync_step.py": """
+            config = {"type": "event", "name": "SyncCount", "subscribes": ["hit"]}
+            def handler(input, ctx):
+                ctx.state.increment("stats", "sync_hits", 2)
+        """,
+        }
+    )
+    sl = Stepline(root, engine=engine)  # type: ignore[arg-type]
+    async with sl.lifespan():
+        for i in range(50):
+            await sl.emit("hit", i)
+        await sl.settle()
+        stats = await sl.engine.state.get_group("stats")
+    assert stats["hits"] == 50 and stats["sync_hits"] == 100 and stats["winners"] == 1
+    assert stats["seen"] == {str(i): True for i in range(50)}
+
+
+async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory) -> None:
+    root = make_project(
+        {
+            "steps/nightly_step.py": """
+            config = {"type": "cron", "name": "Nightly", "cron": "0 2 * * *"}
+            async def handler(ctx):
+                await ctx.state.increment("runs", "nightly")
+        """,
+            "steps/hourly_step.py": """
+            config = {"type": "cron", "name": "Hourly", "cron": "0 * * * *", "missed": "skip"}
+            async def handler(ctx):
+                await ctx.state.increment("runs", "hourly")
+        """,
+        }
+    )
+    sl = Stepline(root, engine="memory")
+    lock = MemoryCronLock()
+    three_days_ago = time.time() - 3 * 86400
+    await lock.claim_tick("Nightly", three_days_ago)  # the last run anyone saw
+    await lock.claim_tick("Hourly", three_days_ago)
+    scheduler = CronScheduler(sl.engine, lock, clock=lambda: datetime.now(UTC))
+    await sl.engine.start()
+    task = asyncio.create_task(scheduler.run())
+    try:
+        async with asyncio.timeout(5):
+            while True:
+                if await sl.engine.state.get("runs", "nightly") is not None:
+                    break
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert await sl.engine.state.get_group("runs") == {"nightly": 1}  # three missed: run once; hourly skips
+        assert await lock.last_tick("Nightly") > three_days_ago
+    finally:
+        task.cancel()
+        await sl.engine.stop()
