@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from stepline._protocols import CronLock, EventQueue, StateStore, TraceStore
+from stepline.adapters import EngineName
 from stepline.adapters.memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
 from stepline.adapters.sqlite import open_sqlite
 
@@ -35,7 +36,9 @@ class Adapters:
     clock: FakeClock
 
 
-ENGINES = ["memory", "sqlite"]
+ENGINES: list[EngineName] = ["memory", "sqlite"]
+# Engines whose storage several processes share.
+SHARED_ENGINES: list[EngineName] = ["sqlite"]
 
 
 async def open_adapters(engine: str, tmp_path: Path, clock: FakeClock) -> Adapters:

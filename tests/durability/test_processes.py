@@ -25,28 +25,6 @@ def _run_python(code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
 
 
-async def test_increments_from_two_processes_are_not_lost(tmp_path: Path) -> None:
-    db = tmp_path / "stepline.db"
-    script = f"""
-        import asyncio
-        from stepline._protocols import Increment
-        from stepline.adapters.sqlite import open_sqlite
-
-        async def main():
-            adapters = open_sqlite({str(db)!r})
-            await asyncio.gather(*(adapters.state.update("g", "n", Increment()) for _ in range(400)))
-            for _ in range(100):
-                await adapters.state.update("g", "n", Increment())
-            print("ok")
-
-        asyncio.run(main())
-    """
-    procs = [_run_python(script) for _ in range(2)]
-    outputs = [p.communicate(timeout=60)[0] for p in procs]
-    assert outputs == ["ok\n", "ok\n"]
-    assert query(db, "SELECT value FROM state WHERE grp = 'g' AND key = 'n'") == [(b"1000",)]
-
-
 async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "stepline.db"
     script = f"""

@@ -1,9 +1,10 @@
-"""Delivery semantics through the engine, on every engine: delay, idempotency, FIFO under concurrency,
-per-step concurrency, atomic state, and a missed cron tick."""
+"""Delivery semantics through the whole engine, on every engine: retries with backoff, timeouts, dead
+letters and replay, delay, idempotency, FIFO under concurrency, per-step concurrency, atomic state."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime
 
@@ -11,15 +12,15 @@ import pytest
 
 from stepline import Stepline
 from stepline._scheduler import CronScheduler
+from stepline.adapters import EngineName
 from stepline.adapters.memory import MemoryCronLock
 
-from .conftest import ProjectFactory
-
-ENGINES = ["memory", "sqlite"]
+from ..conftest import ProjectFactory
+from .conftest import ENGINES
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: str) -> None:
+async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: EngineName) -> None:
     root = make_project(
         {
             "steps/api_step.py": """
@@ -52,7 +53,7 @@ async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: s
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectFactory, engine: str) -> None:
+async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectFactory, engine: EngineName) -> None:
     root = make_project(
         {
             "steps/ledger_step.py": """
@@ -71,7 +72,7 @@ async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectF
         """
         }
     )
-    sl = Stepline(root, engine=engine, concurrency=16)  # type: ignore[arg-type]
+    sl = Stepline(root, engine=engine, concurrency=16)
     async with sl.lifespan():
         for n in range(30):
             for account in ("a", "b", "c"):
@@ -82,7 +83,7 @@ async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectF
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_step_concurrency_limit(make_project: ProjectFactory, engine: str) -> None:
+async def test_step_concurrency_limit(make_project: ProjectFactory, engine: EngineName) -> None:
     root = make_project(
         {
             "steps/c_step.py": """
@@ -99,7 +100,7 @@ async def test_step_concurrency_limit(make_project: ProjectFactory, engine: str)
         """
         }
     )
-    sl = Stepline(root, engine=engine)  # type: ignore[arg-type]
+    sl = Stepline(root, engine=engine)
     async with sl.lifespan():
         for i in range(10):
             await sl.emit("c", i)
@@ -108,7 +109,7 @@ async def test_step_concurrency_limit(make_project: ProjectFactory, engine: str)
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: str) -> None:
+async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: EngineName) -> None:
     root = make_project(
         {
             "steps/count_step.py": """
@@ -126,7 +127,7 @@ async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: 
         """,
         }
     )
-    sl = Stepline(root, engine=engine)  # type: ignore[arg-type]
+    sl = Stepline(root, engine=engine)
     async with sl.lifespan():
         for i in range(50):
             await sl.emit("hit", i)
@@ -171,3 +172,71 @@ async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory)
     finally:
         task.cancel()
         await sl.engine.stop()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_retries_with_backoff_then_dead_letter_and_replay(
+    make_project: ProjectFactory, engine: EngineName
+) -> None:
+    root = make_project(
+        {
+            "steps/flaky_step.py": """
+            import time
+            config = {"type": "event", "name": "Flaky", "subscribes": ["job"],
+                      "infrastructure": {"queue": {"maxRetries": 3,
+                                                   "backoff": {"initial": 0.05, "multiplier": 2, "jitter": 0}}}}
+            async def handler(input, ctx):
+                await ctx.state.merge("attempts", input["id"], {str(time.time()): True})
+                if await ctx.state.get("fixed", "flaky") is None:
+                    raise ValueError("still broken")
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine)
+    async with sl.lifespan():
+        event = await sl.emit("job", {"id": "j1"})
+        await sl.settle()
+        times = sorted(float(t) for t in await sl.engine.state.get("attempts", "j1"))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert len(times) == 4  # the first attempt and three retries
+        for gap, planned in zip(gaps, [0.05, 0.1, 0.2], strict=True):
+            assert planned <= gap < planned + 0.25, (gaps, planned)
+        [dead] = await sl.dead_letters()
+        assert (dead.event.id, dead.attempts, dead.error) == (event.id, 4, "ValueError: still broken")
+        await sl.engine.state.set("fixed", "flaky", True)
+        assert await sl.replay() == 1
+        await sl.settle()
+        assert await sl.dead_letters() == []
+        assert len(await sl.engine.state.get("attempts", "j1")) == 5
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_handler_past_its_timeout_is_cancelled_and_retried(
+    make_project: ProjectFactory, engine: EngineName
+) -> None:
+    root = make_project(
+        {
+            "steps/slow_step.py": """
+            import asyncio
+            config = {"type": "event", "name": "Slow", "subscribes": ["slow"],
+                      "infrastructure": {"handler": {"timeout": 0.2},
+                                         "queue": {"maxRetries": 1, "backoff": {"initial": 0.01}}}}
+            async def handler(input, ctx):
+                n = await ctx.state.increment("runs", "slow")
+                try:
+                    await asyncio.sleep(5 if n == 1 else 0)
+                except asyncio.CancelledError:
+                    await ctx.state.set("cancelled", "slow", n)
+                    raise
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine)
+    async with sl.lifespan():
+        started = time.monotonic()
+        await sl.emit("slow", {})
+        await sl.settle()
+        assert time.monotonic() - started < 3
+        assert await sl.engine.state.get("runs", "slow") == 2
+        assert await sl.engine.state.get("cancelled", "slow") == 1
+        assert await sl.dead_letters() == []

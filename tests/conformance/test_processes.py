@@ -1,0 +1,47 @@
+"""Conformance for engines whose storage several processes share."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stepline.adapters import EngineName, open_adapters
+
+from .conftest import SHARED_ENGINES
+
+
+@pytest.mark.parametrize("engine", SHARED_ENGINES)
+async def test_increments_from_two_processes_are_not_lost(tmp_path: Path, engine: EngineName) -> None:
+    script = f"""
+        import asyncio
+        from pathlib import Path
+        from stepline._protocols import Increment
+        from stepline.adapters import open_adapters
+
+        async def main():
+            adapters = open_adapters({engine!r}, Path({str(tmp_path)!r}))
+            await asyncio.gather(*(adapters.state.update("g", "n", Increment()) for _ in range(400)))
+            for _ in range(100):
+                await adapters.state.update("g", "n", Increment())
+            await adapters.close()
+            print("ok")
+
+        asyncio.run(main())
+    """
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", textwrap.dedent(script), stdout=asyncio.subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outputs = [(await asyncio.wait_for(p.communicate(), 60))[0] for p in procs]
+    assert outputs == [b"ok\n", b"ok\n"]
+    adapters = open_adapters(engine, tmp_path)
+    try:
+        assert await adapters.state.get("g", "n") == 1000
+    finally:
+        await adapters.close()
