@@ -1,0 +1,26 @@
+"""POST /reports/{id}/approve: the human's yes. The flow resumes where the approval gate waits."""
+
+from .decision import awaiting_decision
+
+config = {
+    "type": "api",
+    "name": "ApproveReport",
+    "description": "A reviewer approves the drafted report",
+    "path": "/reports/:id/approve",
+    "method": "POST",
+    "emits": ["report.approved"],
+    "flows": ["financial-reporting"],
+}
+
+
+async def handler(req, ctx):
+    report_id = req.path_params["id"]
+    refused = await awaiting_decision(ctx, report_id)
+    if refused:
+        return refused
+    # compare-and-set: of two approvals racing, exactly one goes through
+    if not await ctx.state.compare_and_set(report_id, "status", "awaiting_approval", "approved"):
+        return {"status": 409, "body": {"error": f"report {report_id} was decided meanwhile"}}
+    await ctx.emit({"topic": "report.approved", "data": {"reportId": report_id}})
+    ctx.logger.info("report approved", {"reportId": report_id})
+    return {"status": 202, "body": {"reportId": report_id, "status": "approved"}}

@@ -1,0 +1,19 @@
+"""GET /reports/{id}: where a report stands, and its draft once there is one."""
+
+config = {
+    "type": "api",
+    "name": "GetReport",
+    "description": "Shows a report's status, draft and files",
+    "path": "/reports/{id}",
+    "method": "GET",
+    "flows": ["financial-reporting"],
+}
+
+
+async def handler(req, ctx):
+    report_id = req.path_params["id"]
+    report = await ctx.state.items(report_id)
+    if "status" not in report:
+        return {"status": 404, "body": {"error": f"no report {report_id}"}}
+    shown = ("status", "request", "draft", "figures", "reportPath", "emailPath", "rejection", "error")
+    return {"status": 200, "body": {"reportId": report_id, **{k: report[k] for k in shown if k in report}}}

@@ -1,0 +1,27 @@
+"""Writes the approved report as a self-contained HTML file."""
+
+from finance.render import output_dir, report_html
+
+config = {
+    "type": "event",
+    "name": "GenerateReport",
+    "description": "Renders the approved report to an HTML file",
+    "subscribes": ["report.approved"],
+    "emits": ["report.generated"],
+    "flows": ["financial-reporting"],
+}
+
+
+async def handler(input, ctx):
+    report_id = input["reportId"]
+    request = await ctx.state.get(report_id, "request")
+    page = report_html(
+        report_id, request["month"], await ctx.state.get(report_id, "draft"), await ctx.state.get(report_id, "figures")
+    )
+    folder = output_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{report_id}.html"
+    path.write_text(page)  # the same content on a retry: writing twice is harmless
+    await ctx.state.set(report_id, "reportPath", str(path))
+    ctx.logger.info("report written", {"reportId": report_id, "path": str(path)})
+    await ctx.emit({"topic": "report.generated", "data": {"reportId": report_id, "path": str(path)}})
