@@ -66,10 +66,12 @@ def create(
     template = resources.files("stepline") / "_template"
     with resources.as_file(template) as source:
         shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # Shipped under other names so that neither packaging nor pytest nor git treats them as the repo's own.
     for path in target.rglob("*.tmpl"):
         path.rename(path.with_suffix(""))
-    readme = target / "README.md"
-    readme.write_text(readme.read_text().replace("{{name}}", target.name))
+    (target / "gitignore").rename(target / ".gitignore")
+    for filled in (target / "README.md", target / "pyproject.toml"):
+        filled.write_text(filled.read_text().replace("{{name}}", target.name))
     console.print(
         f"[green]Created[/] {target}/ with an example flow and its tests. Next:\n"
         f"  cd {name}\n  stepline dev        # serves http://127.0.0.1:{DEFAULT_PORT}\n"

@@ -1,0 +1,16 @@
+"""Counts greetings. A second step on the flow: any number of steps can follow one topic."""
+
+config = {
+    "type": "event",
+    "name": "CountGreetings",
+    "description": "Keeps a running count of greetings",
+    "subscribes": ["hello.greeted"],
+    "emits": [],
+    "flows": ["hello"],
+}
+
+
+async def handler(input, ctx):
+    # increment is atomic, even with several workers running this step at once
+    total = await ctx.state.increment("stats", "greetings")
+    ctx.logger.info("greeted", {"greeting": input["greeting"], "total": total})
