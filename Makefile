@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_PORT ?= 3000
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck pytest bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ demo: install
 	$(BIN)/stepline dev --dir examples/financial-report --port $(DEMO_PORT)
 
 lint: install
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples bench
+	$(BIN)/ruff format --check src tests examples bench
 
 typecheck: install
 	$(BIN)/mypy
@@ -28,6 +28,9 @@ pytest: install
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+bench: install
+	$(BIN)/python bench/chain.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
