@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -16,7 +17,26 @@ class _Blocking:
         self._loop = loop
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: the handler outlived its engine (a timeout abandoned it)
+            coro.close()
+            raise EngineStoppedError() from None
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if not self._loop.is_running():  # it will never run: do not hang this thread for ever
+                    future.cancel()
+                    raise EngineStoppedError() from None
+
+
+class EngineStoppedError(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(
+            "the engine stopped while this sync handler ran (it was abandoned after its timeout, "
+            "or the process is shutting down); its ctx can no longer be used"
+        )
 
 
 class SyncState(_Blocking):

@@ -35,7 +35,9 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def supervise(root: Path, host: str, port: int, workers: int, *, db: Path | None, sync: str, grace: float) -> int:
+def supervise(
+    root: Path, host: str, port: int, workers: int, *, db: Path | None, sync: str, grace: float, keep_traces: float
+) -> int:
     sock = bind(host, port)
     fd = sock.fileno()
     command = [

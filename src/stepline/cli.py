@@ -82,16 +82,17 @@ def create(
 EngineOption = Annotated[str, typer.Option("--engine", help="sqlite (durable, the default) or memory.")]
 DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
 SyncOption = Annotated[str, typer.Option("--sync", help="normal (default) or full: fsync every commit.")]
+KeepOption = Annotated[float, typer.Option("--keep-traces", min=0.01, help="Days to keep traces.")]
 
 
-def _engine_options(engine: str, db: Path | None, sync: str) -> dict[str, Any]:
+def _engine_options(engine: str, db: Path | None, sync: str, keep_traces: float = 7.0) -> dict[str, Any]:
     if engine not in ("sqlite", "memory"):
         console.print(f"[red]--engine {engine!r} is not an engine;[/] use sqlite or memory")
         raise typer.Exit(2)
     if sync.upper() not in ("NORMAL", "FULL"):
         console.print(f"[red]--sync {sync!r} is not a setting;[/] use normal or full")
         raise typer.Exit(2)
-    return {"engine": engine, "database": db, "synchronous": sync.upper()}
+    return {"engine": engine, "database": db, "synchronous": sync.upper(), "trace_retention": keep_traces * 86400}
 
 
 @app.command()
@@ -102,12 +103,13 @@ def dev(
     engine: EngineOption = "sqlite",
     db: DbOption = None,
     sync: SyncOption = "normal",
+    keep_traces: KeepOption = 7.0,
 ) -> None:
     """Run the project in one process with hot reload, the admin API on."""
     from ._server import serve
 
     setup_logging()
-    stepline = _app(root, dev=True, **_engine_options(engine, db, sync))
+    stepline = _app(root, dev=True, **_engine_options(engine, db, sync, keep_traces))
     asyncio.run(serve(stepline, host, port, reload=True))
 
 
@@ -121,12 +123,13 @@ def start(
     db: DbOption = None,
     sync: SyncOption = "normal",
     grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
+    keep_traces: KeepOption = 7.0,
 ) -> None:
     """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set.
 
     SIGTERM drains: no new work is taken, running handlers get --grace seconds, then the process exits.
     """
-    options = _engine_options(engine, db, sync)
+    options = _engine_options(engine, db, sync, keep_traces)
     if workers > 1:
         if engine == "memory":
             console.print("[red]--workers needs a shared engine;[/] the memory engine lives in one process")
@@ -134,7 +137,7 @@ def start(
         from ._workers import supervise
 
         _load(root)  # fail here, once, with the problems listed, rather than in every worker
-        raise typer.Exit(supervise(root, host, port, workers, db=db, sync=sync, grace=grace))
+        raise typer.Exit(supervise(root, host, port, workers, db=db, sync=sync, grace=grace, keep_traces=keep_traces))
     _serve_start(root, host, port, options, grace)
 
 
@@ -155,12 +158,13 @@ def worker(
     db: DbOption = None,
     sync: SyncOption = "normal",
     grace: float = 30.0,
+    keep_traces: KeepOption = 7.0,
 ) -> None:
     """One worker process of `stepline start --workers N` (started by it, not by hand)."""
     from ._workers import die_with_parent
 
     die_with_parent()
-    _serve_start(root, "", 0, _engine_options("sqlite", db, sync), grace, fd=fd)
+    _serve_start(root, "", 0, _engine_options("sqlite", db, sync, keep_traces), grace, fd=fd)
 
 
 @app.command()

@@ -240,3 +240,29 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_retried(
         assert await sl.engine.state.get("runs", "slow") == 2
         assert await sl.engine.state.get("cancelled", "slow") == 1
         assert await sl.dead_letters() == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_sync_handler_past_its_timeout_is_abandoned_and_counted_failed(
+    make_project: ProjectFactory, engine: EngineName
+) -> None:
+    root = make_project(
+        {
+            "steps/stuck_step.py": """
+            import time
+            config = {"type": "event", "name": "Stuck", "subscribes": ["stuck"],
+                      "infrastructure": {"handler": {"timeout": 0.2}, "queue": {"maxRetries": 0}}}
+            def handler(input, ctx):
+                time.sleep(1.5)  # a thread cannot be cancelled: it is left to finish on its own
+                ctx.state.set("late", "stuck", True)
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine)
+    async with sl.lifespan():
+        started = time.monotonic()
+        await sl.emit("stuck", {})
+        await sl.settle()
+        assert time.monotonic() - started < 1.5
+        [dead] = await sl.dead_letters()
+        assert dead.error == "timed out after 0.2s" and dead.attempts == 1
