@@ -46,6 +46,7 @@ class Stepline:
         database: str | Path | None = None,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         trace_retention: float = 7 * DAY,
+        idempotency_window: float = DAY,
         adapters: Adapters | None = None,
     ) -> None:
         self.root = Path(root).resolve()
@@ -61,6 +62,7 @@ class Stepline:
             state=self.adapters.state,
             traces=self.adapters.traces,
             concurrency=concurrency,
+            idempotency_window=idempotency_window,
         )
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
         self.asgi = HttpApp(self.engine, dev=dev, admin_token=admin_token, on_startup=self.start, on_shutdown=self.stop)

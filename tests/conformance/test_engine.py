@@ -266,3 +266,24 @@ async def test_a_sync_handler_past_its_timeout_is_abandoned_and_counted_failed(
         assert time.monotonic() - started < 1.5
         [dead] = await sl.dead_letters()
         assert dead.error == "timed out after 0.2s" and dead.attempts == 1
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_the_idempotency_window_is_configurable(make_project: ProjectFactory, engine: EngineName) -> None:
+    root = make_project(
+        {
+            "steps/once_step.py": """
+            config = {"type": "event", "name": "Once", "subscribes": ["once"]}
+            async def handler(input, ctx):
+                await ctx.state.increment("runs", "once")
+        """
+        }
+    )
+    sl = Stepline(root, engine=engine, idempotency_window=0.2)
+    async with sl.lifespan():
+        await sl.emit("once", {}, idempotency_key="k")
+        await sl.emit("once", {}, idempotency_key="k")  # within the window: a repeat
+        await asyncio.sleep(0.3)
+        await sl.emit("once", {}, idempotency_key="k")  # the window has passed: accepted again
+        await sl.settle()
+        assert await sl.engine.state.get("runs", "once") == 2
