@@ -126,9 +126,7 @@ class HttpApp:
             if self.dev:
                 body["detail"] = f"{type(exc).__name__}: {exc}"
             return json_response(body, 500, {"x-trace-id": trace_id})
-        response = self._to_response(step, result, trace_id)
-        response.headers["x-trace-id"] = trace_id
-        return response
+        return self._to_response(step, result, trace_id)
 
     def _record_rejection(self, step: Step, request: Request, trace_id: str, exc: SchemaValidationError) -> None:
         now = time.time()
@@ -155,8 +153,10 @@ class HttpApp:
 
     def _to_response(self, step: Step, result: Any, trace_id: str) -> Response:
         if isinstance(result, Response):
+            result.headers["x-trace-id"] = trace_id
             return result
         status, body, headers = _unpack(result)
+        headers["x-trace-id"] = trace_id
         assert isinstance(step.config, ApiConfig)
         schema = step.config.response_schema.get(status)
         if schema is not None:
@@ -167,10 +167,10 @@ class HttpApp:
                 problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
                 if self.dev:
                     problem["detail"] = str(exc)
-                return json_response(problem, 500)
+                return json_response(problem, 500, {"x-trace-id": trace_id})
         if body is None:
             return Response(status_code=status, headers=headers)
-        content_type = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+        content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
         if isinstance(body, str | bytes) and content_type and "json" not in content_type:
             return Response(body, status, headers=headers)
         return json_response(body, status, headers)
@@ -270,9 +270,10 @@ def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
             raise SchemaValidationError("the request body", [FieldError("", "a JSON body is required")])
         body = config.body_schema.validate(body, "the request body")
     query: dict[str, Any] = {}
-    for key in request.query_params:
-        values = request.query_params.getlist(key)
-        query[key] = values[0] if len(values) == 1 else values
+    if request.scope["query_string"]:
+        for key in request.query_params:
+            values = request.query_params.getlist(key)
+            query[key] = values[0] if len(values) == 1 else values
     if config.query_params is not None and not isinstance(config.query_params, list):
         query = config.query_params.validate(config.query_params.coerce_strings(query), "the query string")
     elif isinstance(config.query_params, list):
@@ -285,7 +286,7 @@ def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
         body=body,
         path_params=dict(request.path_params),
         query_params=query,
-        headers={k.lower(): v for k, v in request.headers.items()},
+        headers=dict(request.headers.items()),  # ASGI header names are lower-case already
         raw_body=raw.decode("utf-8", errors="replace"),
         method=request.method,
         path=request.url.path,

@@ -31,9 +31,9 @@ class Step:
     def flows(self) -> list[str]:
         return self.config.flows
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+    def __post_init__(self) -> None:
+        # asked on every call: worked out once
+        self.is_async = inspect.iscoroutinefunction(self.handler)
 
 
 @dataclass

@@ -177,7 +177,7 @@ class StateStore(Protocol):
 TraceKind = Literal["trigger", "start", "end", "emit", "state", "log", "retry", "dead_letter"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TraceRecord:
     trace_id: str
     kind: TraceKind

@@ -68,15 +68,14 @@ CREATE TABLE IF NOT EXISTS state (
     value BLOB NOT NULL,
     PRIMARY KEY (grp, key)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trace_records (
+-- One row per trace per write: the records of a trace that arrive together are stored together
+-- (a JSON array), a few rows per request instead of one per record.
+CREATE TABLE IF NOT EXISTS trace_chunks (
     id INTEGER PRIMARY KEY,
     trace_id TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    step TEXT,
-    ts REAL NOT NULL,
-    data BLOB NOT NULL
+    records BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS trace_records_trace ON trace_records (trace_id, id);
+CREATE INDEX IF NOT EXISTS trace_chunks_trace ON trace_chunks (trace_id);
 CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT PRIMARY KEY,
     entry TEXT NOT NULL,

@@ -332,34 +332,37 @@ class SqliteTraceStore:
         self._db = db.acquire()
 
     async def append(self, records: Sequence[TraceRecord]) -> None:
-        rows = [(r.trace_id, r.kind, r.step, r.ts, _json.dumps(r.data)) for r in records]
-        summaries: dict[str, list[Any]] = {}
+        by_trace: dict[str, list[TraceRecord]] = {}
         for r in records:
-            s = summaries.get(r.trace_id)
-            if s is None:
-                summaries[r.trace_id] = [str(r.data.get("entry", r.step or "?")), r.ts, r.ts, 1, int(is_failure(r))]
-            else:
-                s[2] = max(s[2], r.ts)
-                s[3] += 1
-                s[4] += int(is_failure(r))
+            by_trace.setdefault(r.trace_id, []).append(r)
+        chunks = [(t, _json.dumps([[r.kind, r.step, r.ts, r.data] for r in rs])) for t, rs in by_trace.items()]
+        summaries = [
+            (
+                t,
+                str(rs[0].data.get("entry", rs[0].step or "?")),
+                rs[0].ts,
+                max(r.ts for r in rs),
+                len(rs),
+                sum(is_failure(r) for r in rs),
+            )
+            for t, rs in by_trace.items()
+        ]
 
         def append(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO trace_records (trace_id, kind, step, ts, data) VALUES (?,?,?,?,?)", rows)
+            conn.executemany("INSERT INTO trace_chunks (trace_id, records) VALUES (?, ?)", chunks)
             conn.executemany(
                 "INSERT INTO traces (trace_id, entry, started_at, last_at, records, errors) VALUES (?,?,?,?,?,?) "
                 "ON CONFLICT (trace_id) DO UPDATE SET last_at = MAX(last_at, excluded.last_at), "
                 "records = records + excluded.records, errors = errors + excluded.errors",
-                [(t, *s) for t, s in summaries.items()],
+                summaries,
             )
 
         await self._db.write(append)
 
     async def trace(self, trace_id: str) -> list[TraceRecord]:
         def trace(conn: sqlite3.Connection) -> list[TraceRecord]:
-            rows = conn.execute(
-                "SELECT trace_id, kind, step, ts, data FROM trace_records WHERE trace_id = ? ORDER BY id", (trace_id,)
-            )
-            return [TraceRecord(t, k, s, ts, _json.loads(d)) for t, k, s, ts, d in rows]
+            rows = conn.execute("SELECT records FROM trace_chunks WHERE trace_id = ? ORDER BY id", (trace_id,))
+            return [TraceRecord(trace_id, k, s, ts, d) for (chunk,) in rows for k, s, ts, d in _json.loads(chunk)]
 
         return await self._db.read(trace)
 
@@ -377,7 +380,7 @@ class SqliteTraceStore:
     async def prune(self, older_than: float) -> int:
         def prune(conn: sqlite3.Connection) -> int:
             conn.execute(
-                "DELETE FROM trace_records WHERE trace_id IN (SELECT trace_id FROM traces WHERE last_at < ?)",
+                "DELETE FROM trace_chunks WHERE trace_id IN (SELECT trace_id FROM traces WHERE last_at < ?)",
                 (older_than,),
             )
             return conn.execute("DELETE FROM traces WHERE last_at < ?", (older_than,)).rowcount

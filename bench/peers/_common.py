@@ -1,0 +1,157 @@
+"""What every driver shares. Standard library only: drivers run inside each system's own virtualenv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--chains", type=int, default=5000)
+    parser.add_argument("--hops", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--api-seconds", type=float, default=5.0)
+    parser.add_argument("--workdir", type=Path, required=True)
+    return parser.parse_args()
+
+
+def emit_result(result: dict[str, Any]) -> None:
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.005) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - not up yet, whatever the reason
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def latency_ms(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(values, 0.5) * 1000, "p99_ms": percentile(values, 0.99) * 1000}
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    kids = [int(p) for p in text.split()]
+    return kids + [g for k in kids for g in _children(k)]
+
+
+def rss_mb(*pids: int) -> float:
+    """Resident memory of these processes and all their descendants, in MB."""
+    total = 0
+    for pid in {p for root in pids for p in [root, *_children(root)]}:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+def wrk(url: str, seconds: float, connections: int = 32) -> dict[str, float]:
+    """GET `url` from `connections` connections for `seconds`: requests/s and latency percentiles."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if match is None:
+            raise ValueError(f"no {label}% line in wrk output:\n{out}")
+        value, unit = float(match.group(1)), match.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if rps is None:
+        raise ValueError(f"no Requests/sec in wrk output:\n{out}")
+    if errors:
+        raise RuntimeError(f"{errors.group(1)} failed responses:\n{out}")
+    return {"rps": float(rps.group(1)), "p50_ms": ms("50"), "p99_ms": ms("99")}
+
+
+class Sampler:
+    """The highest RSS seen while a workload runs (call `sample` from its waiting loop)."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.peak = 0.0
+        self._next = 0.0
+
+    def sample(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + 0.2
+            self.peak = max(self.peak, rss_mb(*self.pids))
+
+
+def spawn(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **(env or {})})
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, 15)
+            proc.wait(timeout=timeout)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def median_of(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def python() -> str:
+    return sys.executable

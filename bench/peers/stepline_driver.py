@@ -1,0 +1,162 @@
+"""Stepline on its embedded SQLite engine: `stepline start --workers N`, durable (synchronous=NORMAL)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+from _common import (
+    Sampler,
+    arguments,
+    emit_result,
+    free_port,
+    http_ok,
+    latency_ms,
+    rss_mb,
+    spawn,
+    stop,
+    wait_for,
+    wrk,
+)
+
+STEPS = {
+    "ping_step.py": '''
+config = {"type": "api", "name": "Ping", "path": "/ping", "method": "GET"}
+
+async def handler(req, ctx):
+    return {"status": 200, "body": {"ok": True}}
+''',
+    "hop_api_step.py": '''
+import time
+config = {"type": "api", "name": "HopApi", "path": "/hop/{id}", "method": "POST", "emits": ["hop"]}
+
+async def handler(req, ctx):
+    await ctx.emit("hop", {"id": req.path_params["id"], "t": time.time()})
+    return {"status": 202}
+''',
+    "hop_step.py": '''
+import time
+config = {"type": "event", "name": "Hop", "subscribes": ["hop"]}
+
+async def handler(input, ctx):
+    started = time.time()
+    await ctx.state.set("hops", input["id"], started - input["t"])
+''',
+    "chain_api_step.py": '''
+config = {"type": "api", "name": "StartChain", "path": "/chains/{id}", "method": "POST", "emits": ["chain.a"]}
+
+async def handler(req, ctx):
+    await ctx.emit("chain.a", {"id": req.path_params["id"]})
+    return {"status": 202}
+''',
+    "a_step.py": '''
+config = {"type": "event", "name": "A", "subscribes": ["chain.a"], "emits": ["chain.b"]}
+
+async def handler(input, ctx):
+    await ctx.emit("chain.b", input)
+''',
+    "b_step.py": '''
+config = {"type": "event", "name": "B", "subscribes": ["chain.b"], "emits": ["chain.c"]}
+
+async def handler(input, ctx):
+    await ctx.emit("chain.c", input)
+''',
+    "c_step.py": '''
+import time
+config = {"type": "event", "name": "C", "subscribes": ["chain.c"]}
+
+async def handler(input, ctx):
+    await ctx.state.increment("counter", "chains")
+    await ctx.state.set("done", input["id"], time.time())
+''',
+}
+
+
+def query(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def count(db: Path, group: str) -> int:
+    try:
+        return int(query(db, f"SELECT COUNT(*) FROM state WHERE grp = '{group}'")[0][0])  # type: ignore[call-overload]
+    except sqlite3.OperationalError:
+        return 0
+
+
+async def post_all(url: str, ids: list[str], sent: dict[str, float], concurrency: int = 32) -> None:
+    todo = list(ids)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        async def sender() -> None:
+            while todo:
+                chain = todo.pop()
+                sent[chain] = time.time()
+                (await client.post(f"/chains/{chain}")).raise_for_status()
+
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+
+
+def main() -> None:
+    args = arguments()
+    root = args.workdir / "project"
+    (root / "steps").mkdir(parents=True)
+    for name, source in STEPS.items():
+        (root / "steps" / name).write_text(source.lstrip())
+    db = root / ".stepline" / "stepline.db"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    stepline = str(Path(sys.executable).parent / "stepline")
+    launched = time.monotonic()
+    proc = spawn([stepline, "start", "--dir", str(root), "--host", "127.0.0.1", "--port", str(port),
+                  "--workers", str(args.workers)], args.workdir / "server.log")
+    try:
+        wait_for(lambda: http_ok(f"{url}/ping"), 60, "the first request")
+        startup = time.monotonic() - launched
+        time.sleep(1.0)
+        idle = rss_mb(proc.pid)
+
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for i in range(args.hops):
+                client.post(f"/hop/{i}").raise_for_status()
+                wait_for(lambda i=i: count(db, "hops") > i, 10, "a hop", interval=0.0005)
+        hops = [float(v) for (v,) in query(db, "SELECT value FROM state WHERE grp = 'hops'")]  # type: ignore[arg-type]
+
+        api = wrk(f"{url}/ping", args.api_seconds)
+
+        sampler = Sampler(proc.pid)
+        sent: dict[str, float] = {}
+        ids = [str(i) for i in range(args.chains)]
+        started = time.time()
+        poster = asyncio.new_event_loop()
+        import threading
+
+        thread = threading.Thread(target=lambda: poster.run_until_complete(post_all(url, ids, sent)))
+        thread.start()
+        while count(db, "done") < args.chains:
+            sampler.sample()
+            time.sleep(0.02)
+        thread.join()
+        done = {str(k): float(v) for k, v in query(db, "SELECT key, value FROM state WHERE grp = 'done'")}  # type: ignore[arg-type]
+        finished = max(done.values())
+        chain = {"throughput": args.chains / (finished - started),
+                 **latency_ms([done[i] - sent[i] for i in ids])}
+    finally:
+        stop(proc)
+    emit_result({
+        "api": api, "chain": chain, "hop": latency_ms(hops), "startup_s": startup,
+        "rss_idle_mb": idle, "rss_loaded_mb": sampler.peak,
+    })
+
+
+if __name__ == "__main__":
+    main()
