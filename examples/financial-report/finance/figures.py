@@ -25,9 +25,19 @@ def figures(crm: dict[str, Any], accounting: dict[str, Any], previous: dict[str,
         "churnedCustomers": crm["churnedCustomers"],
         "cash": accounting["cash"],
         "revenueGrowth": None,
+        "previousMonth": None,
     }
-    if previous is not None and previous["revenue"]:
-        out["revenueGrowth"] = round(revenue / float(previous["revenue"]) - 1, 4)
+    if previous is not None:
+        before = {name: float(value) for name, value in previous["costs"].items()}
+        out["previousMonth"] = {
+            "revenue": round(float(previous["revenue"]), 2),
+            "costs": {name: round(value, 2) for name, value in before.items()},
+            "totalCosts": round(sum(before.values()), 2),
+            "netIncome": round(float(previous["revenue"]) - sum(before.values()), 2),
+            "cash": previous["cash"],
+        }
+        if previous["revenue"]:
+            out["revenueGrowth"] = round(revenue / float(previous["revenue"]) - 1, 4)
     return out
 
 

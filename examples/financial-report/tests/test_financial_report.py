@@ -1,114 +1,244 @@
-"""The financial-report flow end to end, over HTTP against a real server."""
+"""The financial-report flow end to end, over HTTP against a real server (SQLite in a temporary folder)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
+import json
+from collections.abc import AsyncIterator
 from email.message import EmailMessage
 from email.policy import default
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stepline import load_project
 from stepline.testing import RunningApp, serve
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the example project, wherever pytest runs from
+REQUESTER = "ana@example.com"
 
 
-@pytest.fixture(autouse=True)
-def _folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
     monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
+    async with serve(ROOT, database=tmp_path / "stepline.db") as running:
+        yield running
 
 
-async def _request(app: RunningApp, month: str = "2026-10") -> dict[str, str]:
-    response = await app.client.post("/reports", json={"month": month, "requestedBy": "ana@example.com"})
+async def request_report(app: RunningApp, month: str = "2026-10") -> dict[str, str]:
+    """POST /reports and wait until the flow has gone as far as it goes on its own."""
+    response = await app.client.post("/reports", json={"month": month, "requestedBy": REQUESTER})
     assert response.status_code == 202, response.text
-    await app.settle()
     body: dict[str, str] = response.json()
+    assert set(body) == {"reportId", "traceId"}
+    await app.settle()
     return body
 
 
-async def test_the_whole_flow_from_request_to_email(tmp_path: Path) -> None:
-    async with serve(ROOT, database=tmp_path / "stepline.db") as app:
-        accepted = await _request(app)
-        report_id = accepted["reportId"]
-        report = (await app.client.get(f"/reports/{report_id}")).json()
-        assert report["status"] == "awaiting_approval"
-        assert report["draft"]["title"] == "Financial report, 2026-10"
-        assert report["figures"]["revenueGrowth"] is not None  # September is in the fixtures
-        assert report["figures"]["netIncome"] == round(
-            report["figures"]["revenue"] - report["figures"]["totalCosts"], 2
-        )
+async def get_report(app: RunningApp, report_id: str) -> dict[str, Any]:
+    response = await app.client.get(f"/reports/{report_id}")
+    assert response.status_code == 200, response.text
+    report: dict[str, Any] = response.json()
+    return report
 
-        # the trace of the request shows the whole journey, both fetches in parallel, the join, the analysis
-        trace = await app.trace(accepted["traceId"])
-        ran = [r.step for r in trace if r.kind == "end" and r.data["status"] == "ok"]
-        assert ran[0] == "RequestReport"
-        assert {"FetchCrmData", "FetchAccountingData", "AnalyzeReport"} <= set(ran)
-        assert ran.count("JoinReportData") == 2  # each fetch wakes the join; only one continues
-        emits = [r.data["topic"] for r in trace if r.kind == "emit"]
-        assert emits.count("report.data.ready") == 1
 
-        approved = await app.client.post(f"/reports/{report_id}/approve")
-        assert approved.status_code == 202
-        await app.settle()
-        report = (await app.client.get(f"/reports/{report_id}")).json()
-        assert report["status"] == "sent"
+# -- the happy path ---------------------------------------------------------------------------------
 
-    html = Path(report["reportPath"]).read_text()
-    assert Path(report["reportPath"]).parent == tmp_path / "output"
-    assert "Financial report, 2026-10" in html and f"{report['figures']['revenue']:,.2f}" in html
+
+async def test_the_whole_flow_from_request_to_email(app: RunningApp, tmp_path: Path) -> None:
+    report_id = (await request_report(app))["reportId"]
+    report = await get_report(app, report_id)
+    assert report["status"] == "awaiting_approval"
+    assert report["draft"]["title"] == "Financial report, 2026-10"
+    assert report["draft"]["summary"] and report["draft"]["highlights"]
+    numbers = report["figures"]
+    assert numbers["netIncome"] == round(numbers["revenue"] - numbers["totalCosts"], 2)
+    assert numbers["revenueGrowth"] is not None  # September is in the fixtures
+    assert len(numbers["topDeals"]) == 3
+
+    approved = await app.client.post(f"/reports/{report_id}/approve")
+    assert approved.status_code == 202
+    assert approved.json() == {"reportId": report_id, "status": "approved"}
+    await app.settle()
+    report = await get_report(app, report_id)
+    assert report["status"] == "sent"
+
+    page = Path(report["reportPath"])
+    assert page.parent == tmp_path / "output"
+    html = page.read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>") and "<table>" in html
+    assert "Financial report, 2026-10" in html
+    for value in (numbers["revenue"], numbers["totalCosts"], numbers["netIncome"], *numbers["costs"].values()):
+        assert f"{value:,.2f}" in html
+    assert all(name in html for name in numbers["costs"])
+    assert all(deal["customer"] in html for deal in numbers["topDeals"])
+    assert "<th class=num>2026-09</th>" in html  # the month before, side by side
+    assert f"{numbers['previousMonth']['revenue']:,.2f}" in html
+
     eml = Path(report["emailPath"])
-    assert eml.parent == tmp_path / "outbox"
+    assert eml.parent == tmp_path / "outbox" and eml.suffix == ".eml"
     message = email.message_from_bytes(eml.read_bytes(), policy=default)
     assert isinstance(message, EmailMessage)
-    assert message["To"] == "ana@example.com" and message["Subject"] == "Financial report, 2026-10"
+    assert message["To"] == REQUESTER
+    assert message["Subject"] == "Financial report, 2026-10"
     [attachment] = list(message.iter_attachments())
+    assert attachment.get_content_type() == "text/html"
     assert attachment.get_filename() == f"{report_id}.html"
     assert attachment.get_content() == html
 
 
-async def test_rejecting_a_report(tmp_path: Path) -> None:
-    async with serve(ROOT, database=tmp_path / "stepline.db") as app:
-        report_id = (await _request(app))["reportId"]
-        rejected = await app.client.post(f"/reports/{report_id}/reject", json={"reason": "costs look wrong"})
-        assert rejected.status_code == 202
-        await app.settle()
-        report = (await app.client.get(f"/reports/{report_id}")).json()
+async def test_the_request_trace_shows_the_fan_out_the_join_and_the_analysis(app: RunningApp) -> None:
+    trace = await app.trace((await request_report(app))["traceId"])
+    steps = {r.step for r in trace}
+    assert {"RequestReport", "FetchCrmData", "FetchAccountingData", "JoinReportData", "AnalyzeReport"} <= steps
+    assert not steps & {"ReportFetchFailed", "GenerateReport", "EmailReport"}
+
+    emits = [r for r in trace if r.kind == "emit"]
+    [requested] = [r for r in emits if r.data["topic"] == "report.requested"]
+    assert sorted(requested.data["subscribers"]) == ["FetchAccountingData", "FetchCrmData"]  # fan-out
+    fetched = sorted(r.data["data"]["source"] for r in emits if r.data["topic"] == "report.data.fetched")
+    assert fetched == ["accounting", "crm"]
+    # fan-in: each fetch wakes the join, both runs succeed, only one lets the analysis start
+    joins = [r for r in trace if r.kind == "end" and r.step == "JoinReportData"]
+    assert [r.data["status"] for r in joins] == ["ok", "ok"]
+    assert [r.step for r in emits if r.data["topic"] == "report.data.ready"] == ["JoinReportData"]
+    assert [r.data["status"] for r in trace if r.kind == "end" and r.step == "AnalyzeReport"] == ["ok"]
+
+
+async def test_the_approval_trace_generates_and_emails(app: RunningApp) -> None:
+    report_id = (await request_report(app))["reportId"]
+    approved = await app.client.post(f"/reports/{report_id}/approve")
+    await app.settle()
+    trace = await app.trace(approved.headers["x-trace-id"])
+    ran = [r.step for r in trace if r.kind == "end" and r.data["status"] == "ok"]
+    assert ran == ["ApproveReport", "GenerateReport", "EmailReport"]
+
+
+async def test_the_first_month_has_no_growth_figure(app: RunningApp) -> None:
+    report = await get_report(app, (await request_report(app, "2026-07"))["reportId"])
+    assert report["status"] == "awaiting_approval"
+    assert report["figures"]["revenueGrowth"] is None
+    assert any("no earlier month" in h for h in report["draft"]["highlights"])
+
+
+async def test_the_join_continues_once_when_both_parts_arrive_at_once(app: RunningApp) -> None:
+    report_id = "rpt-race"
+    fixtures = {name: json.loads((ROOT / "fixtures" / f"{name}.json").read_text()) for name in ("crm", "accounting")}
+    state = app.stepline.engine.state
+    await state.set(report_id, "request", {"month": "2026-10", "requestedBy": REQUESTER})
+    await state.set(report_id, "crm", fixtures["crm"]["2026-10"])
+    await state.set(report_id, "accounting", fixtures["accounting"]["2026-10"])
+    await state.set(report_id, "status", "fetching")
+
+    traces = await asyncio.gather(
+        app.emit("report.data.fetched", {"reportId": report_id, "source": "crm"}),
+        app.emit("report.data.fetched", {"reportId": report_id, "source": "accounting"}),
+    )
+    await app.settle()
+    records = [r for trace_id in traces for r in await app.trace(trace_id)]
+    assert len([r for r in records if r.kind == "end" and r.step == "JoinReportData"]) == 2
+    assert len([r for r in records if r.kind == "emit" and r.data["topic"] == "report.data.ready"]) == 1
+    assert len([r for r in records if r.kind == "end" and r.step == "AnalyzeReport"]) == 1
+    # both runs saw both parts (they were in state before either ran): the marker decided, not the timing
+    said = [r.data["message"] for r in records if r.kind == "log" and r.step == "JoinReportData"]
+    assert sorted(said) == ["both sources in; analysis starts", "the other delivery already continued"]
+    assert await app.state(report_id, "status") == "awaiting_approval"
+
+
+# -- the other endings ------------------------------------------------------------------------------
+
+
+async def test_rejecting_a_report_records_the_reason(app: RunningApp, tmp_path: Path) -> None:
+    report_id = (await request_report(app))["reportId"]
+    rejected = await app.client.post(f"/reports/{report_id}/reject", json={"reason": "costs look wrong"})
+    assert rejected.status_code == 202
+    await app.settle()
+    report = await get_report(app, report_id)
     assert (report["status"], report["rejection"]) == ("rejected", "costs look wrong")
-    assert not (tmp_path / "output").exists()
+    assert "reportPath" not in report
+    assert not (tmp_path / "output").exists() and not (tmp_path / "outbox").exists()
 
 
-async def test_a_month_without_data_fails_with_the_reason(tmp_path: Path) -> None:
-    async with serve(ROOT, database=tmp_path / "stepline.db") as app:
-        report_id = (await _request(app, "2025-01"))["reportId"]
-        report = (await app.client.get(f"/reports/{report_id}")).json()
+async def test_rejecting_without_a_body_gives_no_reason(app: RunningApp) -> None:
+    report_id = (await request_report(app))["reportId"]
+    assert (await app.client.post(f"/reports/{report_id}/reject")).status_code == 202
+    await app.settle()
+    report = await get_report(app, report_id)
+    assert (report["status"], report["rejection"]) == ("rejected", "no reason given")
+
+
+async def test_a_month_without_data_fails_with_the_reasons(app: RunningApp) -> None:
+    report_id = (await request_report(app, "2025-01"))["reportId"]
+    report = await get_report(app, report_id)
     assert report["status"] == "failed"
-    assert "has no data for 2025-01" in report["error"]
+    assert sorted(report["errors"]) == ["accounting", "crm"]
+    assert all("has no data for 2025-01" in error for error in report["errors"].values())
+    assert "draft" not in report
+    assert (await app.client.post(f"/reports/{report_id}/approve")).status_code == 409
 
 
-async def test_bad_requests_and_decisions(tmp_path: Path) -> None:
-    async with serve(ROOT, database=tmp_path / "stepline.db") as app:
-        bad_month = await app.client.post("/reports", json={"month": "October", "requestedBy": "ana@example.com"})
-        assert bad_month.status_code == 400 and bad_month.json()["errors"][0]["path"] == "month"
-        bad_email = await app.client.post("/reports", json={"month": "2026-10", "requestedBy": "ana"})
-        assert bad_email.status_code == 400 and bad_email.json()["errors"][0]["path"] == "requestedBy"
+# -- requests that are refused ----------------------------------------------------------------------
 
-        unknown = await app.client.post("/reports/rpt-nope/approve")
-        assert unknown.status_code == 404 and unknown.json() == {"error": "no report rpt-nope"}
-        assert (await app.client.get("/reports/rpt-nope")).status_code == 404
 
-        report_id = (await _request(app))["reportId"]
-        assert (await app.client.post(f"/reports/{report_id}/approve")).status_code == 202
-        twice = await app.client.post(f"/reports/{report_id}/approve")
-        assert twice.status_code == 409 and "not awaiting approval" in twice.json()["error"]
-        late_reject = await app.client.post(f"/reports/{report_id}/reject", json={})
-        assert late_reject.status_code == 409
+@pytest.mark.parametrize("month", ["October", "2026-13", "2026-1", "26-10", "2026-10-01", ""])
+async def test_a_bad_month_is_a_400(app: RunningApp, month: str) -> None:
+    response = await app.client.post("/reports", json={"month": month, "requestedBy": REQUESTER})
+    assert response.status_code == 400
+    [error] = response.json()["errors"]
+    assert error == {"path": "month", "message": "must be a month as YYYY-MM, like 2026-10"}
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [({"month": "2026-10", "requestedBy": "ana"}, "requestedBy"), ({"month": "2026-10"}, "requestedBy")],
+)
+async def test_a_bad_requester_is_a_400(app: RunningApp, body: dict[str, str], path: str) -> None:
+    response = await app.client.post("/reports", json=body)
+    assert response.status_code == 400
+    assert [e["path"] for e in response.json()["errors"]] == [path]
+
+
+async def test_a_bad_rejection_body_is_a_400(app: RunningApp) -> None:
+    report_id = (await request_report(app))["reportId"]
+    response = await app.client.post(f"/reports/{report_id}/reject", json={"reason": ""})
+    assert response.status_code == 400 and response.json()["errors"][0]["path"] == "reason"
+    assert await app.state(report_id, "status") == "awaiting_approval"
+
+
+@pytest.mark.parametrize("action", ["approve", "reject"])
+async def test_deciding_an_unknown_report_is_a_404(app: RunningApp, action: str) -> None:
+    response = await app.client.post(f"/reports/rpt-nope/{action}")
+    assert response.status_code == 404
+    assert response.json() == {"error": "no report rpt-nope"}
+
+
+async def test_getting_an_unknown_report_is_a_404(app: RunningApp) -> None:
+    response = await app.client.get("/reports/rpt-nope")
+    assert response.status_code == 404 and response.json() == {"error": "no report rpt-nope"}
+
+
+async def test_approving_twice_is_a_409(app: RunningApp) -> None:
+    report_id = (await request_report(app))["reportId"]
+    assert (await app.client.post(f"/reports/{report_id}/approve")).status_code == 202
+    twice = await app.client.post(f"/reports/{report_id}/approve")
+    assert twice.status_code == 409
+    assert "not awaiting approval" in twice.json()["error"]
+    assert (await app.client.post(f"/reports/{report_id}/reject", json={})).status_code == 409
+    await app.settle()
+    assert (await get_report(app, report_id))["status"] == "sent"
+
+
+# -- the project itself -----------------------------------------------------------------------------
 
 
 def test_the_project_loads_without_warnings() -> None:
+    # The gate's virtual edges make every topic both emitted and subscribed: nothing to warn about.
     project = load_project(ROOT)
     assert project.warnings == []
     assert len(project.steps) == 13
-    assert {s.name for s in project.steps.values() if s.type == "noop"} == {"ApprovalGate"}
+    assert {s.name for s in project.noop_steps} == {"ApprovalGate"}
+    assert project.flows == ["financial-reporting"]
+    assert all(s.config.description for s in project.steps.values())

@@ -1,11 +1,13 @@
 """POST /reports/{id}/approve: the human's yes. The flow resumes where the approval gate waits."""
 
+from stepline import ApiRequest, ApiResponse, Context
+
 from .decision import awaiting_decision
 
 config = {
     "type": "api",
     "name": "ApproveReport",
-    "description": "A reviewer approves the drafted report",
+    "description": "A reviewer approves the drafted report; the report is generated and emailed",
     "path": "/reports/:id/approve",
     "method": "POST",
     "emits": ["report.approved"],
@@ -13,7 +15,7 @@ config = {
 }
 
 
-async def handler(req, ctx):
+async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     report_id = req.path_params["id"]
     refused = await awaiting_decision(ctx, report_id)
     if refused:

@@ -1,5 +1,7 @@
 """GET /reports/{id}: where a report stands, and its draft once there is one."""
 
+from stepline import ApiRequest, ApiResponse, Context
+
 config = {
     "type": "api",
     "name": "GetReport",
@@ -10,10 +12,10 @@ config = {
 }
 
 
-async def handler(req, ctx):
+async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     report_id = req.path_params["id"]
     report = await ctx.state.items(report_id)
     if "status" not in report:
         return {"status": 404, "body": {"error": f"no report {report_id}"}}
-    shown = ("status", "request", "draft", "figures", "reportPath", "emailPath", "rejection", "error")
+    shown = ("status", "request", "draft", "figures", "reportPath", "emailPath", "rejection", "errors")
     return {"status": 200, "body": {"reportId": report_id, **{k: report[k] for k in shown if k in report}}}

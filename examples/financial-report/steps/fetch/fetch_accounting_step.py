@@ -1,8 +1,11 @@
 """Fetches the month's books from accounting (a fixture here). Runs in parallel with the CRM fetch."""
 
-from finance import sources
+from typing import Any
 
-from .models import ReportRequested
+from finance import sources
+from finance.events import ReportRequested
+
+from stepline import Context
 
 config = {
     "type": "event",
@@ -16,14 +19,24 @@ config = {
 }
 
 
-async def handler(input, ctx):
-    report_id = input["reportId"]
+async def handler(input: dict[str, Any], ctx: Context) -> None:
+    report_id, month = input["reportId"], input["month"]
     try:
-        data = sources.accounting(input["month"])
+        data = sources.accounting(month)
     except sources.MonthNotFound as exc:
-        await ctx.emit({"topic": "report.data.fetch_failed", "data": {"reportId": report_id, "error": str(exc)}})
+        ctx.logger.warn("no accounting data for the month", {"reportId": report_id, "month": month})
+        await ctx.emit(
+            {
+                "topic": "report.data.fetch_failed",
+                "data": {"reportId": report_id, "source": "accounting", "error": str(exc)},
+            }
+        )
         return
-    data = {**data, "previous": sources.accounting_or_none(sources.previous_month(input["month"]))}
+    # The month before, when accounting has it, for the growth figures (the first month has none).
+    data = {**data, "previous": sources.accounting_or_none(sources.previous_month(month))}
     await ctx.state.set(report_id, "accounting", data)
-    ctx.logger.info("accounting data fetched", {"reportId": report_id, "revenue": data["revenue"]})
+    ctx.logger.info(
+        "accounting data fetched",
+        {"reportId": report_id, "revenue": data["revenue"], "previousMonth": data["previous"] is not None},
+    )
     await ctx.emit({"topic": "report.data.fetched", "data": {"reportId": report_id, "source": "accounting"}})

@@ -1,6 +1,11 @@
 """Drafts the report from the fetched data. Plain code today; an LLM agent with tools in a later version."""
 
+from typing import Any
+
+from finance.events import ReportRef
 from finance.figures import draft, figures
+
+from stepline import Context
 
 config = {
     "type": "event",
@@ -8,11 +13,12 @@ config = {
     "description": "Computes the figures and drafts the report, then asks a human to approve it",
     "subscribes": ["report.data.ready"],
     "emits": ["report.draft.created"],
+    "input": ReportRef,
     "flows": ["financial-reporting"],
 }
 
 
-async def handler(input, ctx):
+async def handler(input: dict[str, Any], ctx: Context) -> None:
     report_id = input["reportId"]
     request = await ctx.state.get(report_id, "request")
     crm = await ctx.state.get(report_id, "crm")
@@ -21,6 +27,13 @@ async def handler(input, ctx):
     report = draft(request["month"], numbers)
     await ctx.state.set(report_id, "figures", numbers)
     await ctx.state.set(report_id, "draft", report)
-    await ctx.state.set(report_id, "status", "awaiting_approval")
-    ctx.logger.info("draft ready for approval", {"reportId": report_id, "netIncome": numbers["netIncome"]})
+    # Delivery is at-least-once: should this run again after a reviewer already decided, the status must
+    # not go back to awaiting_approval (a second approval would then be possible).
+    if not await ctx.state.compare_and_set(report_id, "status", "analyzing", "awaiting_approval"):
+        ctx.logger.info("draft refreshed; the report has moved on", {"reportId": report_id})
+        return
+    ctx.logger.info(
+        "draft ready for approval",
+        {"reportId": report_id, "revenue": numbers["revenue"], "netIncome": numbers["netIncome"]},
+    )
     await ctx.emit({"topic": "report.draft.created", "data": {"reportId": report_id, "title": report["title"]}})

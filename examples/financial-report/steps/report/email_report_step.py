@@ -1,20 +1,25 @@
 """Sends the report to whoever asked for it. "Sends" = writes an .eml file into the outbox folder."""
 
 from pathlib import Path
+from typing import Any
 
+from finance.events import ReportGenerated
 from finance.render import email, outbox_dir
+
+from stepline import Context
 
 config = {
     "type": "event",
     "name": "EmailReport",
-    "description": "Emails the report to the requester (into the outbox folder)",
+    "description": "Emails the report to the requester (an .eml file in the outbox folder)",
     "subscribes": ["report.generated"],
     "emits": [],
+    "input": ReportGenerated,
     "flows": ["financial-reporting"],
 }
 
 
-async def handler(input, ctx):
+async def handler(input: dict[str, Any], ctx: Context) -> None:
     report_id = input["reportId"]
     request = await ctx.state.get(report_id, "request")
     draft = await ctx.state.get(report_id, "draft")
@@ -22,7 +27,7 @@ async def handler(input, ctx):
     folder = outbox_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report_id}.eml"
-    path.write_bytes(bytes(message))
+    path.write_bytes(bytes(message))  # one file per report: a retry overwrites it, it does not send twice
     await ctx.state.set(report_id, "emailPath", str(path))
     await ctx.state.set(report_id, "status", "sent")
-    ctx.logger.info("report emailed", {"reportId": report_id, "to": request["requestedBy"]})
+    ctx.logger.info("report emailed", {"reportId": report_id, "to": request["requestedBy"], "path": str(path)})

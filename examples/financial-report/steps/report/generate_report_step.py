@@ -1,18 +1,24 @@
 """Writes the approved report as a self-contained HTML file."""
 
+from typing import Any
+
+from finance.events import ReportRef
 from finance.render import output_dir, report_html
+
+from stepline import Context
 
 config = {
     "type": "event",
     "name": "GenerateReport",
-    "description": "Renders the approved report to an HTML file",
+    "description": "Renders the approved report to an HTML file in the output folder",
     "subscribes": ["report.approved"],
     "emits": ["report.generated"],
+    "input": ReportRef,
     "flows": ["financial-reporting"],
 }
 
 
-async def handler(input, ctx):
+async def handler(input: dict[str, Any], ctx: Context) -> None:
     report_id = input["reportId"]
     request = await ctx.state.get(report_id, "request")
     page = report_html(
@@ -21,7 +27,7 @@ async def handler(input, ctx):
     folder = output_dir()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{report_id}.html"
-    path.write_text(page)  # the same content on a retry: writing twice is harmless
+    path.write_text(page, encoding="utf-8")  # the same content on a retry: writing twice is harmless
     await ctx.state.set(report_id, "reportPath", str(path))
-    ctx.logger.info("report written", {"reportId": report_id, "path": str(path)})
+    ctx.logger.info("report written", {"reportId": report_id, "path": str(path), "bytes": len(page)})
     await ctx.emit({"topic": "report.generated", "data": {"reportId": report_id, "path": str(path)}})
