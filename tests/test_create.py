@@ -38,6 +38,8 @@ def test_create_writes_a_project(tmp_path: Path) -> None:
     ]
     assert (root / "README.md").read_text().startswith("# demo\n")
     assert 'name = "demo"' in (root / "pyproject.toml").read_text()
+    assert not [p for p in root.rglob("*") if p.is_file() and "{{name}}" in p.read_text()]
+    assert ".stepline/" in (root / ".gitignore").read_text().splitlines()  # the dev database stays out of git
     assert "cd demo" in result.stderr and "stepline dev" in result.stderr
     check = subprocess.run([STEPLINE, "check", "--dir", str(root)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and "ok: 5 steps, 0 warnings" in check.stderr
@@ -54,6 +56,21 @@ def test_the_created_projects_own_tests_pass(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_the_created_project_type_checks(tmp_path: Path) -> None:
+    # The template is excluded from the repository's own mypy run (a created project's `steps` is not part of
+    # the stepline package), so its typed handlers are checked here, as the user would check them.
+    assert create(tmp_path, "demo").returncode == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--explicit-package-bases", "--cache-dir", os.devnull, "."],
+        cwd=tmp_path / "demo",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues found in 6 source files" in result.stdout
 
 
 def test_stepline_dev_serves_the_created_project(tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """Every day at 09:00 UTC: a cron step. It fires once per tick, however many workers run."""
 
+from stepline import Context
+
 config = {
     "type": "cron",
     "name": "DailySummary",
@@ -10,6 +12,6 @@ config = {
 }
 
 
-async def handler(ctx):
+async def handler(ctx: Context) -> None:
     total = await ctx.state.get("stats", "greetings") or 0
     ctx.logger.info("daily summary", {"greetings": total})

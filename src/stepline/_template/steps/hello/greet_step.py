@@ -1,5 +1,9 @@
 """Makes the greeting. An event step: it runs for every hello.requested, with retries if it fails."""
 
+from typing import Any
+
+from stepline import Context
+
 config = {
     "type": "event",
     "name": "Greet",
@@ -11,7 +15,7 @@ config = {
 }
 
 
-async def handler(input, ctx):
+async def handler(input: dict[str, Any], ctx: Context) -> None:
     greeting = f"Hello, {input['name']}!"
     # State outlives the request: GET /hello/{traceId} reads it back.
     await ctx.state.set("greetings", ctx.trace_id, greeting)

@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel, Field
 
+from stepline import ApiRequest, ApiResponse, Context
+
 
 class HelloRequest(BaseModel):
     name: str = Field(min_length=1, max_length=100)
@@ -19,7 +21,7 @@ config = {
 }
 
 
-async def handler(req, ctx):
+async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     # Emitting returns at once; the greeting is made in the background, durably, with retries.
     await ctx.emit({"topic": "hello.requested", "data": {"name": req.body["name"]}})
     ctx.logger.info("greeting requested", {"name": req.body["name"]})
