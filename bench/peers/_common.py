@@ -48,7 +48,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval:
         try:
             if predicate():
                 return
-        except Exception:  # noqa: BLE001 - not up yet, whatever the reason
+        except Exception:
             pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
@@ -98,8 +98,12 @@ def wrk(url: str, seconds: float, connections: int = 32) -> dict[str, float]:
     """GET `url` from `connections` connections for `seconds`: requests/s and latency percentiles."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
     def ms(label: str) -> float:
         match = re.search(rf"^\s+{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -132,11 +136,19 @@ class Sampler:
             self.peak = max(self.peak, rss_mb(*self.pids))
 
 
-def spawn(command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def spawn(
+    command: list[str], log: Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, **(env or {})})
+        return subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,  # a server that reads its terminal (Motia's build does) must not wait on ours
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:

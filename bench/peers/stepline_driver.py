@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import sys
 import time
 from pathlib import Path
 
 import httpx2 as httpx
-
 from _common import (
     Sampler,
     arguments,
@@ -26,55 +24,55 @@ from _common import (
 )
 
 STEPS = {
-    "ping_step.py": '''
+    "ping_step.py": """
 config = {"type": "api", "name": "Ping", "path": "/ping", "method": "GET"}
 
 async def handler(req, ctx):
     return {"status": 200, "body": {"ok": True}}
-''',
-    "hop_api_step.py": '''
+""",
+    "hop_api_step.py": """
 import time
 config = {"type": "api", "name": "HopApi", "path": "/hop/{id}", "method": "POST", "emits": ["hop"]}
 
 async def handler(req, ctx):
     await ctx.emit("hop", {"id": req.path_params["id"], "t": time.time()})
     return {"status": 202}
-''',
-    "hop_step.py": '''
+""",
+    "hop_step.py": """
 import time
 config = {"type": "event", "name": "Hop", "subscribes": ["hop"]}
 
 async def handler(input, ctx):
     started = time.time()
     await ctx.state.set("hops", input["id"], started - input["t"])
-''',
-    "chain_api_step.py": '''
+""",
+    "chain_api_step.py": """
 config = {"type": "api", "name": "StartChain", "path": "/chains/{id}", "method": "POST", "emits": ["chain.a"]}
 
 async def handler(req, ctx):
     await ctx.emit("chain.a", {"id": req.path_params["id"]})
     return {"status": 202}
-''',
-    "a_step.py": '''
+""",
+    "a_step.py": """
 config = {"type": "event", "name": "A", "subscribes": ["chain.a"], "emits": ["chain.b"]}
 
 async def handler(input, ctx):
     await ctx.emit("chain.b", input)
-''',
-    "b_step.py": '''
+""",
+    "b_step.py": """
 config = {"type": "event", "name": "B", "subscribes": ["chain.b"], "emits": ["chain.c"]}
 
 async def handler(input, ctx):
     await ctx.emit("chain.c", input)
-''',
-    "c_step.py": '''
+""",
+    "c_step.py": """
 import time
 config = {"type": "event", "name": "C", "subscribes": ["chain.c"]}
 
 async def handler(input, ctx):
     await ctx.state.increment("counter", "chains")
     await ctx.state.set("done", input["id"], time.time())
-''',
+""",
 }
 
 
@@ -117,8 +115,21 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     stepline = str(Path(sys.executable).parent / "stepline")
     launched = time.monotonic()
-    proc = spawn([stepline, "start", "--dir", str(root), "--host", "127.0.0.1", "--port", str(port),
-                  "--workers", str(args.workers)], args.workdir / "server.log")
+    proc = spawn(
+        [
+            stepline,
+            "start",
+            "--dir",
+            str(root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+        ],
+        args.workdir / "server.log",
+    )
     try:
         wait_for(lambda: http_ok(f"{url}/ping"), 60, "the first request")
         startup = time.monotonic() - launched
@@ -148,14 +159,19 @@ def main() -> None:
         thread.join()
         done = {str(k): float(v) for k, v in query(db, "SELECT key, value FROM state WHERE grp = 'done'")}  # type: ignore[arg-type]
         finished = max(done.values())
-        chain = {"throughput": args.chains / (finished - started),
-                 **latency_ms([done[i] - sent[i] for i in ids])}
+        chain = {"throughput": args.chains / (finished - started), **latency_ms([done[i] - sent[i] for i in ids])}
     finally:
         stop(proc)
-    emit_result({
-        "api": api, "chain": chain, "hop": latency_ms(hops), "startup_s": startup,
-        "rss_idle_mb": idle, "rss_loaded_mb": sampler.peak,
-    })
+    emit_result(
+        {
+            "api": api,
+            "chain": chain,
+            "hop": latency_ms(hops),
+            "startup_s": startup,
+            "rss_idle_mb": idle,
+            "rss_loaded_mb": sampler.peak,
+        }
+    )
 
 
 if __name__ == "__main__":

