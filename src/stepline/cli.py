@@ -60,7 +60,7 @@ def create(
 ) -> None:
     """Create a project that runs at once: an example flow and its tests."""
     target = Path(name)
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
         console.print(f"[red]{target} already exists and is not empty.[/] Choose another name.")
         raise typer.Exit(1)
     template = resources.files("stepline") / "_template"
@@ -71,7 +71,7 @@ def create(
         path.rename(path.with_suffix(""))
     (target / "gitignore").rename(target / ".gitignore")
     for filled in (target / "README.md", target / "pyproject.toml"):
-        filled.write_text(filled.read_text().replace("{{name}}", target.name))
+        filled.write_text(filled.read_text().replace("{{name}}", target.resolve().name))
     console.print(
         f"[green]Created[/] {target}/ with an example flow and its tests. Next:\n"
         f"  cd {name}\n  stepline dev        # serves http://127.0.0.1:{DEFAULT_PORT}\n"
