@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -167,3 +168,20 @@ def median_of(values: list[float]) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+async def post_chains(httpx: Any, url: str, ids: list[str], sent: dict[str, float], timeout: float = 60) -> None:
+    """POST /chains/{id} for every id from 32 concurrent senders, noting when each was sent.
+
+    `httpx` is the HTTP client module of the driver's environment (httpx or httpx2: the same API)."""
+    todo = list(ids)
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+
+        async def sender() -> None:
+            while todo:
+                cid = todo.pop()
+                sent[cid] = time.time()
+                (await client.post(f"/chains/{cid}")).raise_for_status()
+
+        await asyncio.gather(*(sender() for _ in range(32)))

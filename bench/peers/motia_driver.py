@@ -26,6 +26,7 @@ from _common import (
     free_port,
     http_ok,
     latency_ms,
+    post_chains,
     rss_mb,
     spawn,
     stop,
@@ -104,19 +105,6 @@ def install() -> Path:
     return modules
 
 
-async def post_all(url: str, ids: list[str], sent: dict[str, float]) -> None:
-    todo = list(ids)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=32)) as client:
-
-        async def sender() -> None:
-            while todo:
-                cid = todo.pop()
-                sent[cid] = time.time()
-                (await client.post(f"/chains/{cid}")).raise_for_status()
-
-        await asyncio.gather(*(sender() for _ in range(32)))
-
-
 def main() -> None:
     args = arguments()
     modules = install()
@@ -154,7 +142,7 @@ def main() -> None:
         sent: dict[str, float] = {}
         ids = [str(i) for i in range(args.chains)]
         started = time.time()
-        thread = threading.Thread(target=lambda: asyncio.run(post_all(url, ids, sent)))
+        thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=300)))
         thread.start()
         deadline = time.monotonic() + 1800
         while results.hlen("bench:done") < args.chains:

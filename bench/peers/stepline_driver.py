@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from _common import (
     free_port,
     http_ok,
     latency_ms,
+    post_chains,
     rss_mb,
     spawn,
     stop,
@@ -91,19 +93,6 @@ def count(db: Path, group: str) -> int:
         return 0
 
 
-async def post_all(url: str, ids: list[str], sent: dict[str, float], concurrency: int = 32) -> None:
-    todo = list(ids)
-    async with httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
-
-        async def sender() -> None:
-            while todo:
-                chain = todo.pop()
-                sent[chain] = time.time()
-                (await client.post(f"/chains/{chain}")).raise_for_status()
-
-        await asyncio.gather(*(sender() for _ in range(concurrency)))
-
-
 def main() -> None:
     args = arguments()
     root = args.workdir / "project"
@@ -148,10 +137,7 @@ def main() -> None:
         sent: dict[str, float] = {}
         ids = [str(i) for i in range(args.chains)]
         started = time.time()
-        poster = asyncio.new_event_loop()
-        import threading
-
-        thread = threading.Thread(target=lambda: poster.run_until_complete(post_all(url, ids, sent)))
+        thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=30)))
         thread.start()
         while count(db, "done") < args.chains:
             sampler.sample()

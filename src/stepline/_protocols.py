@@ -241,7 +241,7 @@ def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:
     first = records[0]
     entry = str(first.data.get("entry", first.step or "?"))
     errors = sum(1 for r in records if is_failure(r))
-    return TraceSummary(trace_id, entry, first.ts, records[-1].ts, len(records), errors)
+    return TraceSummary(trace_id, entry, first.ts, max(r.ts for r in records), len(records), errors)
 
 
 def is_failure(record: TraceRecord) -> bool:

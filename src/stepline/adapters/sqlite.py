@@ -30,7 +30,7 @@ from .._protocols import (
     TraceRecord,
     TraceSummary,
     UpdateResult,
-    is_failure,
+    summarize,
 )
 from ._sqlite_db import Database, Synchronous
 
@@ -337,15 +337,8 @@ class SqliteTraceStore:
             by_trace.setdefault(r.trace_id, []).append(r)
         chunks = [(t, _json.dumps([[r.kind, r.step, r.ts, r.data] for r in rs])) for t, rs in by_trace.items()]
         summaries = [
-            (
-                t,
-                str(rs[0].data.get("entry", rs[0].step or "?")),
-                rs[0].ts,
-                max(r.ts for r in rs),
-                len(rs),
-                sum(is_failure(r) for r in rs),
-            )
-            for t, rs in by_trace.items()
+            (t.trace_id, t.entry, t.started_at, t.last_at, t.records, t.errors)
+            for t in (summarize(trace_id, rs) for trace_id, rs in by_trace.items())
         ]
 
         def append(conn: sqlite3.Connection) -> None:
