@@ -24,6 +24,14 @@ def test_six_field_schedule_has_seconds_first() -> None:
     assert tick == datetime(2026, 1, 1, 0, 0, 15, tzinfo=UTC)
 
 
+def test_the_tick_at_or_before_a_moment_is_the_tick_itself() -> None:
+    every_second = CronSchedule("* * * * * *")
+    moment = datetime(2026, 1, 1, 0, 0, 7, 654321, tzinfo=UTC)
+    assert every_second.last_at_or_before(moment) == datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC)
+    every_minute = CronSchedule("* * * * *")
+    assert every_minute.last_at_or_before(moment) == datetime(2026, 1, 1, 0, 0, tzinfo=UTC)
+
+
 async def test_cron_step_fires_with_its_own_trace(make_project: ProjectFactory) -> None:
     root = make_project(
         {

@@ -33,6 +33,8 @@ class CronSchedule:
         local = moment.astimezone(self.zone)
         it = croniter(self.expression, local, second_at_beginning=self._seconds_first)
         if it.match(self.expression, local, second_at_beginning=self._seconds_first):
-            return local
+            # The tick itself, not the moment inside it: every worker must name a tick the same way,
+            # or the cron lock sees two ticks where there is one.
+            return local.replace(microsecond=0) if self._seconds_first else local.replace(second=0, microsecond=0)
         result: datetime = it.get_prev(datetime)
         return result
