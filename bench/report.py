@@ -12,25 +12,33 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART_VENV = ROOT / ".bench" / "venvs" / "chart"
 
 ROWS = [
-    ("API: requests/s (32 connections)", "api.rps", "{:,.0f}"),
-    ("API: p50 / p99 ms", ("api.p50_ms", "api.p99_ms"), "{:.2f}"),
-    ("Chain: completed chains/s", "chain.throughput", "{:,.1f}"),
-    ("Chain: request to completion p50 / p99 ms", ("chain.p50_ms", "chain.p99_ms"), "{:,.0f}"),
-    ("Single hop, unloaded: p50 / p99 ms", ("hop.p50_ms", "hop.p99_ms"), "{:.2f}"),
-    ("Idle RSS MB", "rss_idle_mb", "{:.0f}"),
-    ("Loaded RSS MB", "rss_loaded_mb", "{:.0f}"),
-    ("Launch to first request s", "startup_s", "{:.2f}"),
+    ("API: requests/s (32 connections)", "api.rps"),
+    ("API: p50 / p99 ms", ("api.p50_ms", "api.p99_ms")),
+    ("Chain: completed chains/s", "chain.throughput"),
+    ("Chain: request to completion p50 / p99 ms", ("chain.p50_ms", "chain.p99_ms")),
+    ("Single hop, unloaded: p50 / p99 ms", ("hop.p50_ms", "hop.p99_ms")),
+    ("Idle RSS MB", "rss_idle_mb"),
+    ("Loaded RSS MB", "rss_loaded_mb"),
+    ("Launch to first request s", "startup_s"),
+    ("Launch to first request, the example app s", "startup_example_s"),
 ]
 
 
-def _cell(summary: dict[str, Any], key: str | tuple[str, str], fmt: str) -> str:
+def figure(value: float) -> str:
+    """Three significant figures or so, whatever the scale: 6,512 requests/s, 86.4 chains/s, 0.52 ms."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
+
+
+def _cell(summary: dict[str, Any], key: str | tuple[str, str]) -> str:
     if isinstance(key, tuple):
-        parts = [_cell(summary, k, fmt) for k in key]
+        parts = [_cell(summary, k) for k in key]
         return " / ".join(parts) if any(p != "n/a" for p in parts) else "n/a"
     s = summary.get(key)
     if s is None:
         return "n/a"
-    return f"{fmt.format(s['median'])} <sub>({fmt.format(s['min'])}-{fmt.format(s['max'])})</sub>"
+    return f"{figure(s['median'])} <sub>({figure(s['min'])}-{figure(s['max'])})</sub>"
 
 
 def write_docs(results_json: Path, docs: Path) -> None:
@@ -55,27 +63,32 @@ def write_docs(results_json: Path, docs: Path) -> None:
         "| | " + " | ".join(results[k]["label"] for k in keys) + " |",
         "|---|" + "---|" * len(keys),
     ]
-    for label, key, fmt in ROWS:
-        lines.append(f"| {label} | " + " | ".join(_cell(results[k]["summary"], key, fmt) for k in keys) + " |")
+    for label, key in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell(results[k]["summary"], key) for k in keys) + " |")
     lines += ["", "## Against the targets", ""]
     lines += [f"- {line}" for line in data["ratios"]]
     lines += [
         "",
         "## The workloads",
         "",
-        '1. **API overhead**: `GET /ping` returning `{"ok": true}`, `wrk -t2 -c32 -d5s --latency`.',
+        '1. **API overhead**: `GET /ping` returning `{"ok": true}`, `wrk -t2 -c32 -d5s --latency` (Motia: `-d30s`,',
+        "   as its requests take seconds each under this load).",
         "2. **Three-step chain**: a request starts a chain of three steps; the last records that the chain is done.",
-        "   Stepline: `POST /chains/{id}` (an API step) emits to event steps A, B and C; C writes to state. DBOS:",
-        "   `POST /chains/{id}` starts a workflow of three steps (`DBOS.start_workflow`). Celery: `chain(a, b, c)`",
-        "   sent by the client. Temporal: the client starts a workflow of three activities. 32 concurrent senders;",
-        "   throughput is the chains divided by the time from the first request to the last completion, latency",
-        "   is from a chain's request to its completion.",
-        "3. **Single hop, unloaded**: 200 times, one at a time, the time from emitting (or starting a workflow,",
-        "   or sending a task) to the handler (step, activity, task) starting.",
+        "   Stepline: `POST /chains/{id}` (an API step) emits to event steps A, B and C; C increments a counter",
+        "   and records the chain in state. Motia: the same four steps in JavaScript; C records the chain in Redis.",
+        "   DBOS: `POST /chains/{id}` starts a workflow of three steps (`DBOS.start_workflow`). Celery:",
+        "   `chain(a, b, c)` sent by the client. Temporal: the client starts a workflow of three activities.",
+        "   32 concurrent senders; throughput is the chains divided by the time from the first request to the last",
+        "   completion, latency is from a chain's request to its completion.",
+        "3. **Single hop, unloaded**: 200 times (Motia: 50), one at a time, the time from emitting (or starting a",
+        "   workflow, or sending a task) to the handler (step, activity, task) starting.",
         "4. **Memory and start-up**: RSS of all the system's processes (the server, its workers; PostgreSQL and",
         "   Redis, shared services of the machine, not counted) one second after the first request succeeded,",
         "   and the highest RSS during the chain workload; the time from launching the system to its first",
-        "   answered request (Celery: first task run; Temporal: server and worker up).",
+        "   answered request (Celery: first task run; Temporal: server and worker up). For Stepline also the",
+        "   financial-report example app (`stepline start --dir examples/financial-report`), to its first answer.",
+        "",
+        "Stepline on Redis (1, 2 and 4 workers) has no column yet: the Redis engine is a later piece of work.",
         "",
         "## Versions and durability settings",
         "",
@@ -94,12 +107,13 @@ def write_docs(results_json: Path, docs: Path) -> None:
         "## Reproduce",
         "",
         "```bash",
-        "make bench                                  # every system, 5,000 chains, 3 runs (installs what it needs)",
+        "make bench            # every system, 3 runs, 5,000 chains (Motia 200); installs what it needs",
         ".venv/bin/python bench/run.py --systems stepline-1,dbos --runs 5",
         ".venv/bin/python bench/run.py --chains-for temporal=1000   # fewer chains for a slow system",
         "```",
         "",
-        "Each system is installed from the package registries into `.bench/venvs/<system>`; `wrk` from Debian.",
+        "Each system is installed from the package registries into `.bench/venvs/<system>` (Motia with npm into",
+        "`.bench/motia`); `wrk` from Debian.",
         "PostgreSQL and Redis are the machine's own services on their default ports.",
         "",
     ]

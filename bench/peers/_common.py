@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -23,6 +24,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def arguments() -> argparse.Namespace:
+    # SIGTERM (from run.py when a driver overruns) must unwind through the drivers' `finally: stop(...)`,
+    # or the server it started lives on, in a session of its own, and skews every later figure.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
     parser.add_argument("--chains", type=int, default=5000)
     parser.add_argument("--hops", type=int, default=200)
@@ -64,6 +68,17 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def http_served(url: str) -> bool:
+    """Whether the server answered at all, 4xx included (a 404 from a handler is a served request)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1):
+            return True
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -100,7 +115,7 @@ def wrk(url: str, seconds: float, connections: int = 32) -> dict[str, float]:
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+        ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
@@ -117,8 +132,9 @@ def wrk(url: str, seconds: float, connections: int = 32) -> dict[str, float]:
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if rps is None:
         raise ValueError(f"no Requests/sec in wrk output:\n{out}")
-    if errors:
-        raise RuntimeError(f"{errors.group(1)} failed responses:\n{out}")
+    timeouts = re.search(r"Socket errors:.*timeout (\d+)", out)
+    if errors or (timeouts and int(timeouts.group(1))):
+        raise RuntimeError(f"failed or timed-out requests:\n{out}")
     return {"rps": float(rps.group(1)), "p50_ms": ms("50"), "p99_ms": ms("99")}
 
 

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx2 as httpx
 from _common import (
+    HERE,
     Sampler,
     arguments,
     emit_result,
     free_port,
     http_ok,
+    http_served,
     latency_ms,
     post_chains,
     rss_mb,
@@ -24,6 +26,8 @@ from _common import (
     wait_for,
     wrk,
 )
+
+EXAMPLE = HERE.parent.parent / "examples" / "financial-report"
 
 STEPS = {
     "ping_step.py": """
@@ -93,6 +97,19 @@ def count(db: Path, group: str) -> int:
         return 0
 
 
+def example_startup(stepline: str, workdir: Path) -> float:
+    """Launch to first served request for the financial-report example (the issue's start-up target)."""
+    port = free_port()
+    launched = time.monotonic()
+    command = [stepline, "start", "--dir", str(EXAMPLE), "--host", "127.0.0.1", "--port", str(port)]
+    proc = spawn([*command, "--db", str(workdir / "example.db")], workdir / "example.log")
+    try:
+        wait_for(lambda: http_served(f"http://127.0.0.1:{port}/reports/none"), 60, "the example's first request")
+        return time.monotonic() - launched
+    finally:
+        stop(proc)
+
+
 def main() -> None:
     args = arguments()
     root = args.workdir / "project"
@@ -154,6 +171,7 @@ def main() -> None:
             "chain": chain,
             "hop": latency_ms(hops),
             "startup_s": startup,
+            "startup_example_s": example_startup(stepline, args.workdir),
             "rss_idle_mb": idle,
             "rss_loaded_mb": sampler.peak,
         }
