@@ -24,13 +24,18 @@ from ._errors import (
     SteplineError,
     UndeclaredEmitError,
 )
+from ._llm import LLM, LLMError, Reply, StructuredOutputError, TurnLimitError, Usage
 from ._loader import load_project
+from ._memory import Memory
 from ._project import Project, Step
 from ._request import ApiRequest, ApiResponse
+from ._settings import LLMSettings, Price
+from ._tools import Tool, ToolError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LLM",
     "ApiConfig",
     "ApiRequest",
     "ApiResponse",
@@ -41,13 +46,18 @@ __all__ = [
     "EventConfig",
     "HandlerSettings",
     "Infrastructure",
+    "LLMError",
+    "LLMSettings",
+    "Memory",
     "NoopConfig",
     "NotJSONError",
+    "Price",
     "Problem",
     "Project",
     "ProjectLoadError",
     "QueryParam",
     "QueueSettings",
+    "Reply",
     "SchemaValidationError",
     "State",
     "StateUpdateError",
@@ -56,7 +66,12 @@ __all__ = [
     "StepLogger",
     "Stepline",
     "SteplineError",
+    "StructuredOutputError",
+    "Tool",
+    "ToolError",
+    "TurnLimitError",
     "UndeclaredEmitError",
+    "Usage",
     "__version__",
     "load_project",
 ]

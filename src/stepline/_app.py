@@ -13,10 +13,12 @@ from typing import Any, Literal
 from ._engine import Engine
 from ._errors import Problem, ProjectLoadError
 from ._http import HttpApp
+from ._llm import LLMClient
 from ._loader import load_project
 from ._project import Project
 from ._protocols import Adapters, DeadLetter, Event
 from ._scheduler import CronScheduler
+from ._settings import LLMSettings, load_settings
 from .adapters import EngineName, open_adapters
 
 log = logging.getLogger("stepline")
@@ -48,10 +50,15 @@ class Stepline:
         trace_retention: float = 7 * DAY,
         idempotency_window: float = DAY,
         adapters: Adapters | None = None,
+        llm: LLMSettings | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.dev = dev
         self.project: Project = load_project(self.root)
+        self._llm_override = llm
+        self.settings = load_settings(self.root)
+        if llm is not None:
+            self.settings.llm = llm
         self.adapters = adapters or open_adapters(
             engine, self.root, database=Path(database) if database else None, synchronous=synchronous
         )
@@ -63,6 +70,7 @@ class Stepline:
             traces=self.adapters.traces,
             concurrency=concurrency,
             idempotency_window=idempotency_window,
+            llm=self.settings.llm,
         )
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
         self.asgi = HttpApp(self.engine, dev=dev, admin_token=admin_token, on_startup=self.start, on_shutdown=self.stop)
@@ -101,8 +109,12 @@ class Stepline:
         """Load the project again. On problems, keep the last good version running and return them."""
         try:
             project = load_project(self.root)
+            settings = load_settings(self.root)
         except ProjectLoadError as exc:
             return exc.problems
+        if self._llm_override is None and settings.llm != self.settings.llm:
+            self.engine.llm = LLMClient(settings.llm)  # calls under way finish on the old client
+            self.settings = settings
         self.project = project
         self.engine.replace_project(project)
         self.asgi.set_project(project)

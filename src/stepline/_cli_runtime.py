@@ -206,6 +206,26 @@ def traces_show(trace_id: str, root: DirOption = Path("."), db: DbOption = None,
     out.print(trace_tree(trace_id, records))
 
 
+def _llm_line(data: dict[str, Any]) -> str:
+    """One LLM call: model, tokens, cost, latency, retries, and what it asked for or said."""
+    parts = [f"llm [magenta]{escape(str(data.get('model')))}[/]"]
+    if "tokens_in" in data:
+        parts.append(f"{data['tokens_in']:,} → {data['tokens_out']:,} tokens")
+    if data.get("cost") is not None:
+        parts.append(f"${data['cost']:.4f}")
+    parts.append(f"{data.get('latency_ms', 0):,.0f} ms")
+    if data.get("retries"):
+        parts.append(f"[yellow]{data['retries']} retries[/]")
+    if data.get("status") == "error":
+        parts.append(f"[red]{escape(str(data.get('error')))}[/]")
+    elif data.get("tool_calls"):
+        parts.append("calls " + ", ".join(escape(str(c.get("name"))) for c in data["tool_calls"]))
+    elif data.get("reply"):
+        reply = str(data["reply"]).replace("\n", " ")
+        parts.append(f"[dim]{escape(reply[:70] + ('…' if len(reply) > 70 else ''))}[/]")
+    return "  ".join(parts)
+
+
 def trace_tree(trace_id: str, records: list[TraceRecord]) -> Tree:
     start = records[0].ts
     entry = next((r.data.get("entry") for r in records if r.kind == "trigger"), None) or "?"
@@ -240,6 +260,12 @@ def trace_tree(trace_id: str, records: list[TraceRecord]) -> Tree:
             parent.add(f"{at}{r.data.get('level', 'info')} {escape(str(r.data.get('message')))}[dim]{escape(shown)}[/]")
         elif r.kind == "retry":
             parent.add(f"{at}[yellow]retry in {r.data.get('delay')} s[/] after {escape(str(r.data.get('error')))}")
+        elif r.kind == "llm":
+            parent.add(at + _llm_line(r.data))
+        elif r.kind == "tool":
+            status = "[green]ok[/]" if r.data.get("status") == "ok" else f"[red]{escape(str(r.data.get('error')))}[/]"
+            args = escape(json.dumps(r.data.get("arguments", {}))[:80])
+            parent.add(f"{at}tool [magenta]{escape(str(r.data.get('tool')))}[/]({args}) {status}")
         elif r.kind == "dead_letter":
             tree.add(
                 f"{at}[red]dead letter[/] {r.step} after {r.data.get('attempts')} attempts "

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import _json
 from ._protocols import CompareAndSet, Increment, Merge, StateStore, TraceRecord
+
+if TYPE_CHECKING:
+    from ._llm import LLM
 
 log = logging.getLogger("stepline.step")
 
@@ -147,6 +150,7 @@ class Context:
         emitter: Emitter,
         state: State,
         logger: StepLogger,
+        llm: Callable[[Context], LLM] | None = None,
     ) -> None:
         self.step = step
         self.trace_id = trace_id
@@ -154,6 +158,17 @@ class Context:
         self.state = state
         self.logger = logger
         self._emitter = emitter
+        self._llm_factory = llm
+        self._llm: LLM | None = None
+
+    @property
+    def llm(self) -> LLM:
+        """The chat client of this step (see docs/agents.md), made on first use."""
+        if self._llm is None:
+            if self._llm_factory is None:
+                raise RuntimeError("this context has no LLM client (it was built outside an engine)")
+            self._llm = self._llm_factory(self)
+        return self._llm
 
     async def emit(
         self,

@@ -23,9 +23,11 @@ from ._config import ApiConfig, EventConfig
 from ._context import Context, State, StepLogger
 from ._errors import SchemaValidationError, UndeclaredEmitError
 from ._ids import new_id
+from ._llm import LLM, LLMClient
 from ._project import Project, Step
 from ._protocols import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
 from ._request import ApiRequest
+from ._settings import LLMSettings
 from ._sync import SyncContext
 
 log = logging.getLogger("stepline.engine")
@@ -47,8 +49,10 @@ class Engine:
         poll_interval: float = 1.0,
         idempotency_window: float = 86400.0,
         rand: Callable[[], float] = random.random,
+        llm: LLMSettings | None = None,
     ) -> None:
         self.project = project
+        self.llm = LLMClient(llm or LLMSettings())
         self.queue = queue
         self.state = state
         self.traces = traces
@@ -93,6 +97,7 @@ class Engine:
             await asyncio.gather(*pending, return_exceptions=True)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.flush()
+        await self.llm.close()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
     def replace_project(self, project: Project) -> None:
@@ -205,6 +210,7 @@ class Engine:
             emitter=self.emit,
             state=State(self.state, self.record, trace_id, step.name),
             logger=StepLogger(self.record, trace_id, step.name),
+            llm=lambda ctx: LLM(self.llm, self, ctx, self.record),
         )
 
     async def call(self, step: Step, ctx: Context, *args: Any) -> Any:

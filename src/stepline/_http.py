@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import orjson
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
@@ -23,7 +22,7 @@ from ._ids import new_id
 from ._openapi import openapi
 from ._project import Project, Step
 from ._protocols import TraceRecord
-from ._request import ApiRequest
+from ._request import ApiRequest, unpack_result
 
 log = logging.getLogger("stepline.http")
 
@@ -155,7 +154,7 @@ class HttpApp:
         if isinstance(result, Response):
             result.headers["x-trace-id"] = trace_id
             return result
-        status, body, headers = _unpack(result)
+        status, body, headers = unpack_result(result)
         headers["x-trace-id"] = trace_id
         assert isinstance(step.config, ApiConfig)
         schema = step.config.response_schema.get(status)
@@ -244,23 +243,6 @@ def _summary(s: Any) -> dict[str, Any]:
         "records": s.records,
         "errors": s.errors,
     }
-
-
-def _unpack(result: Any) -> tuple[int, Any, dict[str, str]]:
-    """A handler returns {"status", "body", "headers"}, plain data (200), a Pydantic model, or None (204)."""
-    if result is None:
-        return 204, None, {}
-    if (
-        isinstance(result, dict)
-        and isinstance(result.get("status"), int)
-        and set(result) <= {"status", "body", "headers"}
-    ):
-        return result["status"], _plain(result.get("body")), dict(result.get("headers") or {})
-    return 200, _plain(result), {}
-
-
-def _plain(body: Any) -> Any:
-    return body.model_dump(mode="json") if isinstance(body, BaseModel) else body
 
 
 def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:

@@ -6,6 +6,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from pydantic import BaseModel
+
 # The dict keys handlers written for other step frameworks use, mapped to the attribute names here.
 _KEYS = {
     "body": "body",
@@ -59,3 +61,20 @@ class ApiResponse(TypedDict, total=False):
     status: int
     body: Any
     headers: dict[str, str]
+
+
+def unpack_result(result: Any) -> tuple[int, Any, dict[str, str]]:
+    """A handler returns {"status", "body", "headers"}, plain data (200), a Pydantic model, or None (204)."""
+    if result is None:
+        return 204, None, {}
+    if (
+        isinstance(result, dict)
+        and isinstance(result.get("status"), int)
+        and set(result) <= {"status", "body", "headers"}
+    ):
+        return result["status"], _plain(result.get("body")), dict(result.get("headers") or {})
+    return 200, _plain(result), {}
+
+
+def _plain(body: Any) -> Any:
+    return body.model_dump(mode="json") if isinstance(body, BaseModel) else body

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from ._context import Context, State
+from ._llm import LLM, Messages, Reply
+from ._memory import Memory
+from ._tools import Tool
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Blocking:
@@ -72,6 +78,29 @@ class SyncState(_Blocking):
         return self._run(self._state.clear(group))
 
 
+class SyncLLM(_Blocking):
+    """`ctx.llm` in a sync handler: the same calls, blocking (streaming is for async handlers)."""
+
+    def __init__(self, llm: LLM, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._llm = llm
+
+    def chat(self, prompt: Messages, **kw: Any) -> Reply:
+        return self._run(self._llm.chat(prompt, **kw))
+
+    def structured(self, prompt: Messages, output: type[M], **kw: Any) -> M:
+        return self._run(self._llm.structured(prompt, output, **kw))
+
+    def run(self, prompt: Messages, *, tools: Sequence[Tool | Callable[..., Any]], **kw: Any) -> Reply:
+        return self._run(self._llm.run(prompt, tools=tools, **kw))
+
+    def conversation(self, **kw: Any) -> Memory:
+        return self._llm.conversation(**kw)
+
+    def memory(self, key: str, **kw: Any) -> Memory:
+        return self._llm.memory(key, **kw)
+
+
 class SyncContext(_Blocking):
     def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
@@ -81,6 +110,10 @@ class SyncContext(_Blocking):
         self.flows = ctx.flows
         self.logger = ctx.logger
         self.state = SyncState(ctx.state, loop)
+
+    @property
+    def llm(self) -> SyncLLM:
+        return SyncLLM(self._ctx.llm, self._loop)
 
     def emit(
         self,

@@ -27,9 +27,10 @@ import uvicorn
 
 from ._app import Stepline
 from ._protocols import TraceRecord
+from ._scripted_llm import Answer, ScriptedLLM
 from ._server import bind
 
-__all__ = ["RunningApp", "serve"]
+__all__ = ["Answer", "RunningApp", "ScriptedLLM", "serve"]
 
 
 @dataclass
