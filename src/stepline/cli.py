@@ -18,10 +18,11 @@ from ._app import Stepline
 from ._cli_runtime import dlq_app, traces_app
 from ._config import ApiConfig
 from ._console import console, out, print_problems, setup_logging
-from ._errors import ProjectLoadError
+from ._errors import Problem, ProjectLoadError
 from ._graph import as_json, mermaid, text_tree, trigger
 from ._loader import load_project
 from ._project import Project
+from ._settings import load_settings
 
 app = typer.Typer(
     name="stepline",
@@ -275,14 +276,22 @@ def routes(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
 
 @app.command()
 def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
-    """Load the project and list its problems; exit 1 if it cannot load."""
+    """Load the project and its stepline.toml and list their problems; exit 1 if it cannot load."""
+    problems: list[Problem] = []
+    project = None
     try:
         project = load_project(root)
     except ProjectLoadError as exc:
+        problems += exc.problems
+    try:
+        load_settings(root.resolve())
+    except ProjectLoadError as exc:
+        problems += exc.problems
+    if problems or project is None:
         if as_json_:
-            out.print_json(json.dumps({"ok": False, "problems": [p.to_dict() for p in exc.problems]}))
+            out.print_json(json.dumps({"ok": False, "problems": [p.to_dict() for p in problems]}))
         else:
-            print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+            print_problems(problems, f"[bold red]The project at {root.resolve()} cannot load:[/]")
         raise typer.Exit(1) from None
     if as_json_:
         out.print_json(

@@ -103,3 +103,14 @@ async def test_the_redaction_hook_cleans_what_the_trace_keeps_not_what_the_model
 def test_an_app_starts_without_any_llm_settings(make_project: ProjectFactory) -> None:
     app = Stepline(make_project({}), engine="memory")
     assert app.settings.llm.model is None
+
+
+def test_stepline_check_reports_bad_llm_settings(make_project: ProjectFactory) -> None:
+    from typer.testing import CliRunner
+
+    from stepline.cli import app
+
+    root = make_project({"stepline.toml": '[llm]\napi_key = "sk-1"\n'})
+    result = CliRunner().invoke(app, ["check", "--dir", str(root)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert "stepline.toml" in result.output and "llm.api_key" in result.output and "api_key_env" in result.output
