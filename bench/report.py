@@ -107,7 +107,7 @@ def write_docs(results_json: Path, docs: Path) -> None:
         "## Reproduce",
         "",
         "```bash",
-        "make bench            # every system, 3 runs, 5,000 chains (Temporal 1,000, Motia 60); installs what it needs",
+        "make bench            # every system, 3 runs, 5,000 chains (Motia 200); installs what it needs",
         ".venv/bin/python bench/run.py --systems stepline-1,dbos --runs 5",
         ".venv/bin/python bench/run.py --chains-for temporal=1000   # fewer chains for a slow system",
         "```",
