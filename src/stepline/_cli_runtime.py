@@ -31,7 +31,7 @@ dlq_app = typer.Typer(help="Dead letters: deliveries that failed every retry.", 
 traces_app = typer.Typer(help="Traces: everything that happened under one trace id.", invoke_without_command=True)
 
 
-def _with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
+def with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
     path = db or root / DEFAULT_DATABASE
     if not path.exists():
         console.print(
@@ -50,7 +50,7 @@ def _with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitabl
     return asyncio.run(run())
 
 
-def _when(ts: float) -> str:
+def when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
@@ -72,7 +72,7 @@ def _dead_dict(d: DeadLetter) -> dict[str, Any]:
 @dlq_app.command("list")
 def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
     """Every dead letter, oldest first."""
-    dead = _with_store(root, db, lambda a: a.queue.dead_letters())
+    dead = with_store(root, db, lambda a: a.queue.dead_letters())
     if as_json:
         out.print_json(json.dumps([_dead_dict(d) for d in dead]))
         return
@@ -84,7 +84,7 @@ def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOpti
         table.add_column(column, overflow="fold")
     for d in dead:
         table.add_row(
-            d.delivery_id, d.step, d.event.topic, str(d.attempts), _when(d.failed_at), f"[red]{escape(d.error[:80])}[/]"
+            d.delivery_id, d.step, d.event.topic, str(d.attempts), when(d.failed_at), f"[red]{escape(d.error[:80])}[/]"
         )
     out.print(table)
     console.print(f"{len(dead)} dead letters · [dim]stepline dlq show ID · stepline dlq replay ID|--all[/]")
@@ -93,7 +93,7 @@ def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOpti
 @dlq_app.command("show")
 def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
     """One dead letter: its error, traceback, attempts and input."""
-    dead = _with_store(root, db, lambda a: a.queue.dead_letters(100_000))
+    dead = with_store(root, db, lambda a: a.queue.dead_letters(100_000))
     found = next((d for d in dead if d.delivery_id == delivery_id), None)
     if found is None:
         console.print(f"[red]No dead letter {delivery_id}.[/] `stepline dlq list` shows them.")
@@ -102,7 +102,7 @@ def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None,
         out.print_json(json.dumps(_dead_dict(found)))
         return
     out.print(f"[bold]{found.delivery_id}[/]  step [bold]{found.step}[/]  topic {found.event.topic}")
-    out.print(f"trace {found.event.trace_id} · {found.attempts} attempts · failed {_when(found.failed_at)}")
+    out.print(f"trace {found.event.trace_id} · {found.attempts} attempts · failed {when(found.failed_at)}")
     out.print(f"[red]{escape(found.error)}[/]")
     if found.traceback:
         out.print(escape(found.traceback.rstrip()), style="dim")
@@ -126,7 +126,7 @@ def dlq_replay(
         ids = [delivery_id] if delivery_id else [d.delivery_id for d in await a.queue.dead_letters(100_000)]
         return sum([await a.queue.replay(i) for i in ids])
 
-    count = _with_store(root, db, replay)
+    count = with_store(root, db, replay)
     if delivery_id and not count:
         console.print(f"[red]No dead letter {delivery_id}.[/]")
         raise typer.Exit(1)
@@ -144,7 +144,7 @@ def dlq_purge(
     if (delivery_id is None) == (not purge_all):
         console.print("[red]Give a dead letter id or --all.[/]")
         raise typer.Exit(2)
-    count = _with_store(root, db, lambda a: a.queue.purge([delivery_id] if delivery_id else None))
+    count = with_store(root, db, lambda a: a.queue.purge([delivery_id] if delivery_id else None))
     console.print(f"purged {count}")
 
 
@@ -159,7 +159,7 @@ def traces_list(
     """Recent traces, newest first (`stepline traces show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    recent = _with_store(root, db, lambda a: a.traces.recent(limit))
+    recent = with_store(root, db, lambda a: a.traces.recent(limit))
     if as_json:
         out.print_json(
             json.dumps(
@@ -185,7 +185,7 @@ def traces_list(
         table.add_row(
             s.trace_id,
             escape(s.entry),
-            _when(s.started_at),
+            when(s.started_at),
             f"{(s.last_at - s.started_at) * 1000:.1f} ms",
             str(s.records),
             status,
@@ -196,7 +196,7 @@ def traces_list(
 @traces_app.command("show")
 def traces_show(trace_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
     """One trace as a tree: each handler attempt with what it emitted, changed and logged."""
-    records = _with_store(root, db, lambda a: a.traces.trace(trace_id))
+    records = with_store(root, db, lambda a: a.traces.trace(trace_id))
     if not records:
         console.print(f"[red]No trace {trace_id}.[/] `stepline traces` lists recent ones.")
         raise typer.Exit(1)

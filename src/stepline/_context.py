@@ -11,7 +11,9 @@ from . import _json
 from ._protocols import CompareAndSet, Increment, Merge, StateStore, TraceRecord
 
 if TYPE_CHECKING:
+    from ._approvals import Approvals
     from ._llm import LLM
+    from ._sandbox import CodeResult
 
 log = logging.getLogger("stepline.step")
 
@@ -160,6 +162,49 @@ class Context:
         self._emitter = emitter
         self._llm_factory = llm
         self._llm: LLM | None = None
+
+    @property
+    def approvals(self) -> Approvals:
+        """Ask a person for a decision and wait for it durably (see docs/agents.md)."""
+        from ._approvals import Approvals
+
+        return Approvals(self)
+
+    async def _emit_to_trace(self, trace_id: str, topic: str, data: Any) -> None:
+        # An approval's decision continues the trace that asked for it, not the decider's own.
+        await self._emitter(self.step, trace_id, topic, data)
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        timeout: float = 10.0,
+        memory: int = 256 * 1024 * 1024,
+        stdin: str = "",
+        files: dict[str, str] | None = None,
+    ) -> CodeResult:
+        """Run Python in a separate, limited process (see docs/agents.md for what it bounds and what not)."""
+        from ._sandbox import run_code
+
+        started = time.time()
+        result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
+        self.state._record(
+            TraceRecord(
+                self.trace_id,
+                "code",
+                self.step,
+                started,
+                {
+                    "code": code[:20_000],
+                    "exit_code": result.exit_code,
+                    "killed_by": result.killed_by,
+                    "duration_ms": round(result.duration * 1000, 2),
+                    "stdout": result.stdout[:2000],
+                    "stderr": result.stderr[-2000:],
+                },
+            )
+        )
+        return result
 
     @property
     def llm(self) -> LLM:

@@ -30,6 +30,8 @@ from ._request import ApiRequest
 from ._settings import LLMSettings
 from ._sync import SyncContext
 
+STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
+
 log = logging.getLogger("stepline.engine")
 
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
@@ -69,6 +71,8 @@ class Engine:
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepline-sync")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        self._stopped: set[str] = set()  # traces a person stopped (`stepline traces stop`)
+        self._stopped_read = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -308,6 +312,7 @@ class Engine:
 
     async def _work(self) -> None:
         while self._running:
+            await self._read_stopped()
             free = self.concurrency - len(self._inflight)
             deliveries = await self.queue.claim(self._specs(), free) if free > 0 else []
             for delivery in deliveries:
@@ -320,6 +325,13 @@ class Engine:
                 else:
                     self._activity.clear()
                     await self._activity.wait()
+
+    async def _read_stopped(self) -> None:
+        # Once a second at most: stopping is a person's act, and another process (the CLI) may do it.
+        now = time.monotonic()
+        if now - self._stopped_read >= 1.0:
+            self._stopped_read = now
+            self._stopped = set(await self.state.get_group(STOPPED_TRACES))
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -334,6 +346,10 @@ class Engine:
         if step is None or not isinstance(step.config, EventConfig):
             # The step went away in a reload after the delivery was claimed: keep it for later.
             await self.queue.retry(delivery, 1.0, f"step {delivery.step!r} is not loaded")
+            return
+        if event.trace_id in self._stopped:
+            # Kept, not dropped: `stepline traces resume` and a replay run it after all.
+            await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
             return
         config = step.config
         data = event.data

@@ -174,7 +174,7 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
-TraceKind = Literal["trigger", "start", "end", "emit", "state", "log", "retry", "dead_letter", "llm", "tool"]
+TraceKind = Literal["trigger", "start", "end", "emit", "state", "log", "retry", "dead_letter", "llm", "tool", "code"]
 
 
 @dataclass(slots=True)

@@ -9,9 +9,11 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from ._approvals import Approval, Approvals
 from ._context import Context, State
 from ._llm import LLM, Messages, Reply
 from ._memory import Memory
+from ._sandbox import CodeResult
 from ._tools import Tool
 
 T = TypeVar("T")
@@ -101,6 +103,29 @@ class SyncLLM(_Blocking):
         return self._llm.memory(key, **kw)
 
 
+class SyncApprovals(_Blocking):
+    """`ctx.approvals` in a sync handler, blocking."""
+
+    def __init__(self, approvals: Approvals, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._approvals = approvals
+
+    def request(self, name: str, key: str, *, topic: str, **kw: Any) -> Approval:
+        return self._run(self._approvals.request(name, key, topic=topic, **kw))
+
+    def decide(self, name: str, key: str, *, approved: bool, **kw: Any) -> Approval | None:
+        return self._run(self._approvals.decide(name, key, approved=approved, **kw))
+
+    def settle(self, event: dict[str, Any]) -> Approval | None:
+        return self._run(self._approvals.settle(event))
+
+    def get(self, name: str, key: str) -> Approval | None:
+        return self._run(self._approvals.get(name, key))
+
+    def pending(self, name: str | None = None) -> list[Approval]:
+        return self._run(self._approvals.pending(name))
+
+
 class SyncContext(_Blocking):
     def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
@@ -110,6 +135,13 @@ class SyncContext(_Blocking):
         self.flows = ctx.flows
         self.logger = ctx.logger
         self.state = SyncState(ctx.state, loop)
+
+    @property
+    def approvals(self) -> SyncApprovals:
+        return SyncApprovals(self._ctx.approvals, self._loop)
+
+    def run_code(self, code: str, **kw: Any) -> CodeResult:
+        return self._run(self._ctx.run_code(code, **kw))
 
     @property
     def llm(self) -> SyncLLM:

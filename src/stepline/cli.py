@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from ._app import Stepline
+from ._cli_loop import approvals, state_app
 from ._cli_runtime import dlq_app, traces_app
 from ._config import ApiConfig
 from ._console import console, out, print_problems, setup_logging
@@ -314,3 +315,5 @@ def main() -> None:
 
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(traces_app, name="traces")
+app.add_typer(state_app, name="state")
+app.command("approvals")(approvals)
