@@ -20,6 +20,8 @@ from ._cli_runtime import dlq_app, traces_app
 from ._config import ApiConfig
 from ._console import console, out, print_problems, setup_logging
 from ._errors import Problem, ProjectLoadError
+from ._eval_run import run_eval, run_table, summary_line
+from ._evals import load_evals, previous, save
 from ._graph import as_json, mermaid, text_tree, trigger
 from ._loader import load_project
 from ._project import Project
@@ -307,6 +309,39 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
     out.print(table)
     print_problems(project.warnings)
     console.print(f"[green]ok[/]: {len(project.steps)} steps, {len(project.warnings)} warnings")
+
+
+@app.command("eval")
+def eval_(
+    name: Annotated[str | None, typer.Argument(help="One eval (its file name in evals/, without .yaml).")] = None,
+    root: DirOption = Path("."),
+    as_json_: JsonOption = False,
+) -> None:
+    """Run the evals in evals/ through the real flow; exit 1 when a gate fails (for CI)."""
+    root = root.resolve()
+    try:
+        evals = load_evals(root, name)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, "[bold red]The evals cannot load:[/]")
+        raise typer.Exit(1) from None
+    if not evals:
+        console.print(f"No evals in {root / 'evals'}. docs/agents.md shows the format.")
+        raise typer.Exit(1)
+    runs = []
+    for ev in evals:
+        run = asyncio.run(run_eval(root, ev))
+        before = previous(root, ev.name)
+        save(root, run)
+        runs.append(run)
+        if not as_json_:
+            out.print(run_table(run))
+            out.print(summary_line(run, before))
+            for failure in run.gate_failures:
+                out.print(f"[red]gate failed:[/] {failure}")
+    if as_json_:
+        out.print_json(json.dumps([r.to_dict() for r in runs], default=str))
+    if any(r.gate_failures for r in runs):
+        raise typer.Exit(1)
 
 
 def main() -> None:
