@@ -26,6 +26,7 @@ from ._errors import (
 )
 from ._llm import LLM, LLMError, Reply, StructuredOutputError, TurnLimitError, Usage
 from ._loader import load_project
+from ._mcp import mcp_tools
 from ._memory import Memory
 from ._project import Project, Step
 from ._request import ApiRequest, ApiResponse
@@ -74,4 +75,5 @@ __all__ = [
     "Usage",
     "__version__",
     "load_project",
+    "mcp_tools",
 ]

@@ -24,6 +24,8 @@ from ._request import ApiRequest, unpack_result
 if TYPE_CHECKING:
     from ._context import Context
     from ._engine import Engine
+    from ._project import Step
+    from ._schema import Schema
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 Invoke = Callable[[dict[str, Any], "Context"], Awaitable[Any]]
@@ -47,7 +49,7 @@ class Tool:
     name: str
     description: str
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
-    kind: Literal["function", "step", "emit"] = "function"
+    kind: Literal["function", "step", "emit", "mcp"] = "function"
     target: str = ""  # the function's qualified name, the step's name or the topic
     invoke: Invoke | None = None  # None for a step or emit tool until it is resolved against the project
 
@@ -139,13 +141,17 @@ def result_text(result: Any) -> str:
 # -- step and emit tools --------------------------------------------------------------------------------
 
 
-def _api_step_tool(tool: Tool, engine: Engine) -> Tool:
-    step = engine.project.steps.get(tool.target)
+def api_step(engine: Engine, name: str) -> Step:
+    step = engine.project.steps.get(name)
     if step is None or not isinstance(step.config, ApiConfig):
         api = ", ".join(s.name for s in engine.project.api_steps) or "none"
-        raise ToolError(f"Tool.step({tool.target!r}): no API step of that name (API steps: {api})")
-    config = step.config
-    path_params = re.findall(r"{(\w+)(?::[^}]*)?}", config.path)
+        raise ToolError(f"Tool.step({name!r}): no API step of that name (API steps: {api})")
+    return step
+
+
+def api_parameters(config: ApiConfig) -> dict[str, Any]:
+    """An API step's inputs as one JSON Schema object: path parameters, `body` and `query`."""
+    path_params = _path_params(config)
     properties: dict[str, Any] = {p: {"type": "string"} for p in path_params}
     required = list(path_params)
     if config.body_schema is not None:
@@ -159,56 +165,84 @@ def _api_step_tool(tool: Tool, engine: Engine) -> Tool:
             "properties": {q.name: {"type": "string", "description": q.description or ""} for q in config.query_params},
             "required": [q.name for q in config.query_params if q.required],
         }
-    parameters = {"type": "object", "properties": properties, "required": required}
+    return {"type": "object", "properties": properties, "required": required}
+
+
+def api_request(config: ApiConfig, arguments: dict[str, Any]) -> ApiRequest:
+    """The request an HTTP call with these arguments would make, validated as the route validates it."""
+    path_params = _path_params(config)
+    missing = [p for p in path_params if not isinstance(arguments.get(p), str | int)]
+    if missing:
+        raise ToolArgumentsError(f"missing path parameter(s): {', '.join(missing)}")
+    body = arguments.get("body")
+    try:
+        if config.body_schema is not None:
+            body = config.body_schema.validate(body, "the body")
+        query = dict(arguments.get("query") or {})
+        if config.query_params is not None and not isinstance(config.query_params, list):
+            query = config.query_params.validate(query, "the query")
+    except SchemaValidationError as exc:
+        raise ToolArgumentsError(str(exc)) from None
+    path = config.path
+    for p in path_params:
+        path = re.sub(r"{" + p + r"(?::[^}]*)?}", str(arguments[p]), path)
+    return ApiRequest(
+        body=body,
+        path_params={p: str(arguments[p]) for p in path_params},
+        query_params=query,
+        method=config.method,
+        path=path,
+    )
+
+
+def topic_schema(engine: Engine, topic: str) -> Schema | None:
+    """The input schema of the topic's subscribers (the first that declares one)."""
+    return next(
+        (
+            s.config.input
+            for s in engine.project.subscribers(topic)
+            if isinstance(s.config, EventConfig) and s.config.input is not None
+        ),
+        None,
+    )
+
+
+def topic_data(engine: Engine, topic: str, arguments: Any) -> Any:
+    schema = topic_schema(engine, topic)
+    if schema is None:
+        return arguments
+    try:
+        return schema.validate(arguments, f"the data for topic {topic!r}")
+    except SchemaValidationError as exc:
+        raise ToolArgumentsError(str(exc)) from None
+
+
+def _path_params(config: ApiConfig) -> list[str]:
+    return re.findall(r"{(\w+)(?::[^}]*)?}", config.path)
+
+
+def _api_step_tool(tool: Tool, engine: Engine) -> Tool:
+    step = api_step(engine, tool.target)
+    config = step.config
+    assert isinstance(config, ApiConfig)
     description = tool.description or config.description or f"{config.method} {config.path}"
 
     async def invoke(arguments: dict[str, Any], ctx: Context) -> Any:
-        missing = [p for p in path_params if not isinstance(arguments.get(p), str | int)]
-        if missing:
-            raise ToolArgumentsError(f"missing path parameter(s): {', '.join(missing)}")
-        body = arguments.get("body")
-        try:
-            if config.body_schema is not None:
-                body = config.body_schema.validate(body, "the body")
-            query = dict(arguments.get("query") or {})
-            if config.query_params is not None and not isinstance(config.query_params, list):
-                query = config.query_params.validate(query, "the query")
-        except SchemaValidationError as exc:
-            raise ToolArgumentsError(str(exc)) from None
-        path = config.path
-        for p in path_params:
-            path = re.sub(r"{" + p + r"(?::[^}]*)?}", str(arguments[p]), path)
-        request = ApiRequest(
-            body=body,
-            path_params={p: str(arguments[p]) for p in path_params},
-            query_params=query,
-            method=config.method,
-            path=path,
-        )
+        request = api_request(config, arguments)
         status, response, _headers = unpack_result(await engine.call_api(step, request, trace_id=ctx.trace_id))
         return {"status": status, "body": response}
 
-    return Tool(tool.name, description, parameters, "step", tool.target, invoke)
+    return Tool(tool.name, description, api_parameters(config), "step", tool.target, invoke)
 
 
 def _emit_tool(tool: Tool, engine: Engine) -> Tool:
-    subscribers = engine.project.subscribers(tool.target)
-    schema = next(
-        (s.config.input for s in subscribers if isinstance(s.config, EventConfig) and s.config.input is not None),
-        None,
-    )
+    schema = topic_schema(engine, tool.target)
     parameters = schema.json_schema() if schema is not None else {"type": "object", "description": "the event's data"}
-    names = ", ".join(s.name for s in subscribers) or "no step yet"
+    names = ", ".join(s.name for s in engine.project.subscribers(tool.target)) or "no step yet"
     description = tool.description or f"Emit an event to topic {tool.target!r} (handled by {names})."
 
     async def invoke(arguments: dict[str, Any], ctx: Context) -> Any:
-        data = arguments
-        if schema is not None:
-            try:
-                data = schema.validate(arguments, f"the data for topic {tool.target!r}")
-            except SchemaValidationError as exc:
-                raise ToolArgumentsError(str(exc)) from None
-        await ctx.emit(tool.target, data)
+        await ctx.emit(tool.target, topic_data(engine, tool.target, arguments))
         return {"emitted": tool.target}
 
     return Tool(tool.name, description, parameters, "emit", tool.target, invoke)

@@ -311,6 +311,16 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
     console.print(f"[green]ok[/]: {len(project.steps)} steps, {len(project.warnings)} warnings")
 
 
+@app.command("mcp")
+def mcp(root: DirOption = Path("."), engine: EngineOption = "sqlite", db: DbOption = None) -> None:
+    """Serve the project's API steps and topics as MCP tools over stdin/stdout (for MCP clients)."""
+    from ._mcp import serve_stdio
+
+    setup_logging()  # to stderr: stdout carries the protocol
+    stepline = _app(root, dev=False, **_engine_options(engine, db, "normal"))
+    asyncio.run(serve_stdio(stepline))
+
+
 @app.command("eval")
 def eval_(
     name: Annotated[str | None, typer.Argument(help="One eval (its file name in evals/, without .yaml).")] = None,
