@@ -42,7 +42,7 @@ def figures(crm: dict[str, Any], accounting: dict[str, Any], previous: dict[str,
 
 
 def draft(month: str, numbers: dict[str, Any]) -> dict[str, Any]:
-    """Title, summary and highlights in words: the part an LLM agent will write in a later version."""
+    """Title, summary and highlights from a template: the draft when no model is configured."""
     growth = numbers["revenueGrowth"]
     trend = "no earlier month to compare" if growth is None else f"{growth:+.1%} on the month before"
     biggest_cost = max(numbers["costs"], key=numbers["costs"].get)

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from stepline import load_project
-from stepline.testing import RunningApp, serve
+from stepline import LLMSettings, load_project
+from stepline.testing import Answer, RunningApp, ScriptedLLM, serve
 
 ROOT = Path(__file__).resolve().parent.parent  # the example project, wherever pytest runs from
 REQUESTER = "ana@example.com"
@@ -24,7 +24,8 @@ REQUESTER = "ana@example.com"
 async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
     monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
-    async with serve(ROOT, database=tmp_path / "stepline.db") as running:
+    # No model: the analyst drafts from its template (the agent's own test below scripts a model).
+    async with serve(ROOT, database=tmp_path / "stepline.db", llm=LLMSettings()) as running:
         yield running
 
 
@@ -106,6 +107,37 @@ async def test_the_request_trace_shows_the_fan_out_the_join_and_the_analysis(app
     assert [r.data["status"] for r in joins] == ["ok", "ok"]
     assert [r.step for r in emits if r.data["topic"] == "report.data.ready"] == ["JoinReportData"]
     assert [r.data["status"] for r in trace if r.kind == "end" and r.step == "AnalyzeReport"] == ["ok"]
+
+
+async def test_the_analyst_agent_reads_the_data_computes_with_a_tool_and_drafts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
+    draft = {
+        "title": "Financial report, 2026-10",
+        "summary": "A good month.",
+        "highlights": ["Revenue up.", "Costs flat.", "Three big deals."],
+    }
+    with ScriptedLLM(
+        Answer.tool_calls_of([("read_data", {"source": "crm"}), ("read_data", {"source": "accounting"})]),
+        Answer.tool_call("compute_figures", {}),
+        "Revenue grew; costs held; the pipeline is healthy.",
+        json.dumps({"title": "Financial report, 2026-10", "summary": "A good month.", "highlights": ["Revenue up."]}),
+        json.dumps(draft),  # the first draft had one highlight, not three: repaired
+    ) as llm:
+        async with serve(ROOT, database=tmp_path / "stepline.db", llm=llm.settings()) as app:
+            ids = await request_report(app)
+            report = await get_report(app, ids["reportId"])
+            trace = await app.trace(ids["traceId"])
+    assert report["status"] == "awaiting_approval" and report["draft"] == draft
+    tools = [(r.data["tool"], r.data["status"]) for r in trace if r.kind == "tool"]
+    assert tools == [("read_data", "ok"), ("read_data", "ok"), ("compute_figures", "ok")]
+    calls = [r.data["call"] for r in trace if r.kind == "llm"]
+    assert calls == ["tools", "tools", "tools", "structured", "structured"]
+    # the model got the real data and figures back from its tools
+    computed = json.loads(llm.requests[2]["messages"][-1]["content"])
+    assert computed == report["figures"]
+    assert "dealsWon" in llm.requests[1]["messages"][-2]["content"]
 
 
 async def test_the_approval_trace_generates_and_emails(app: RunningApp) -> None:

@@ -1,9 +1,10 @@
-"""Drafts the report from the fetched data. Plain code today; an LLM agent with tools in a later version."""
+"""Computes the figures and has the analyst agent draft the report (finance/analyst.py), then waits for a person."""
 
 from typing import Any
 
+from finance.analyst import write_draft
 from finance.events import ReportRef
-from finance.figures import draft, figures
+from finance.figures import figures
 
 from stepline import Context
 
@@ -15,6 +16,7 @@ config = {
     "emits": ["report.draft.created"],
     "input": ReportRef,
     "flows": ["financial-reporting"],
+    "infrastructure": {"handler": {"timeout": 180}},  # a few model calls; a slow provider takes a while
 }
 
 
@@ -24,7 +26,7 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     crm = await ctx.state.get(report_id, "crm")
     accounting = await ctx.state.get(report_id, "accounting")
     numbers = figures(crm, accounting, accounting.get("previous"))
-    report = draft(request["month"], numbers)
+    report = await write_draft(ctx, report_id, request["month"], numbers)
     await ctx.state.set(report_id, "figures", numbers)
     await ctx.state.set(report_id, "draft", report)
     # Delivery is at-least-once: should this run again after a reviewer already decided, the status must
