@@ -1,0 +1,1 @@
+"""The research desk's own package: the plan model and the prompts of its three agents."""

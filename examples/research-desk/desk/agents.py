@@ -1,0 +1,20 @@
+"""The three agents of the desk: what each is told, and the plan the planner returns."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+PLANNER = (
+    "You plan research for an investment committee. Split the question into one task for a market "
+    "analyst and one for a risk analyst, each a single, specific instruction."
+)
+MARKET = "You are a market analyst. Answer your task in three sentences, with the figures you rely on."
+RISK = "You are a risk analyst. Name the two or three largest risks for your task, one sentence each."
+EDITOR = "You are the editor. Combine the analysts' findings into one answer of at most five sentences."
+
+SPECIALISTS = {"market": MARKET, "risk": RISK}
+
+
+class Plan(BaseModel):
+    market: str = Field(description="the market analyst's task")
+    risk: str = Field(description="the risk analyst's task")
