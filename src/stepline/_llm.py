@@ -110,7 +110,8 @@ class LLMClient:
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
         self._client: AsyncOpenAI | None = None
-        self._redactor: Redactor | bool | None = False  # False: not looked up yet
+        self._redactor: Redactor | None = None
+        self._redactor_loaded = False  # imported on first use: the hook lives in the project's code
 
     @property
     def client(self) -> AsyncOpenAI:
@@ -126,9 +127,10 @@ class LLMClient:
         return self._client
 
     def redact(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if self._redactor is False:
+        if not self._redactor_loaded:
             self._redactor = self.settings.redactor()
-        if self._redactor is None or self._redactor is True:
+            self._redactor_loaded = True
+        if self._redactor is None:
             return messages
         return self._redactor([dict(m) for m in messages])
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+from stepline import Context
 
 PLANNER = (
     "You plan research for an investment committee. Split the question into one task for a market "
@@ -18,3 +22,10 @@ SPECIALISTS = {"market": MARKET, "risk": RISK}
 class Plan(BaseModel):
     market: str = Field(description="the market analyst's task")
     risk: str = Field(description="the risk analyst's task")
+
+
+async def research(specialist: str, task: dict[str, Any], ctx: Context) -> None:
+    """A specialist's whole job: answer its task in its own voice, then hand the finding to the editor."""
+    reply = await ctx.llm.chat(task["task"], system=SPECIALISTS[specialist])
+    await ctx.state.set(task["questionId"], f"finding.{specialist}", reply.text)
+    await ctx.emit("finding.ready", {"questionId": task["questionId"], "from": specialist})

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from desk.agents import SPECIALISTS
+from desk.agents import research
 
 from stepline import Context
 
@@ -17,6 +17,4 @@ config = {
 
 
 async def handler(input: dict[str, Any], ctx: Context) -> None:
-    reply = await ctx.llm.chat(input["task"], system=SPECIALISTS["risk"])
-    await ctx.state.set(input["questionId"], "finding.risk", reply.text)
-    await ctx.emit("finding.ready", {"questionId": input["questionId"], "from": "risk"})
+    await research("risk", input, ctx)
