@@ -72,6 +72,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._stopped: set[str] = set()  # traces a person stopped (`stepline traces stop`)
+        self._listeners: set[asyncio.Queue[TraceRecord]] = set()  # live views (the Workbench)
         self._stopped_read = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -123,9 +124,24 @@ class Engine:
 
     # -- traces ----------------------------------------------------------------------------------
 
+    def subscribe(self, queue: asyncio.Queue[TraceRecord]) -> Callable[[], None]:
+        """Every trace record from now on also goes to `queue` (dropped when it is full); returns the undo."""
+        self._listeners.add(queue)
+        return lambda: self._listeners.discard(queue)
+
+    def _tell(self, record: TraceRecord) -> None:
+        for queue in list(self._listeners):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
     def record(self, record: TraceRecord) -> None:
         """Buffer a trace record (from any thread); a background task writes them in batches."""
         self._buffer.append(record)
+        if self._listeners:
+            if self._loop is None or threading.get_ident() == self._loop_thread:
+                self._tell(record)
+            else:
+                self._loop.call_soon_threadsafe(self._tell, record)
         if self._loop is None or threading.get_ident() == self._loop_thread:
             self._flushed.set()
         else:

@@ -23,6 +23,7 @@ from ._openapi import openapi
 from ._project import Project, Step
 from ._protocols import TraceRecord
 from ._request import ApiRequest, unpack_result
+from ._workbench_api import WorkbenchApi
 
 log = logging.getLogger("stepline.http")
 
@@ -92,6 +93,7 @@ class HttpApp:
             Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
             Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
             Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
+            *WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token).routes(),
         ]
         for step in project.api_steps:
             assert isinstance(step.config, ApiConfig)

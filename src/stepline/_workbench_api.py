@@ -1,0 +1,305 @@
+"""The Workbench's JSON API, under /__workbench/api: the graph, traces, logs, state, dead letters, and the
+actions a person takes (emit, run a cron step, replay, stop a trace, edit state). Usable on its own.
+
+On in `stepline dev`. In `stepline start` it is off unless an admin token is set, and then every
+request must carry it as a bearer token. No CORS headers are sent: the page is served from the same
+origin, and another origin cannot read the answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ._config import ApiConfig, CronConfig, EventConfig
+from ._engine import STOPPED_TRACES
+from ._graph import as_json, trigger
+from ._protocols import TraceRecord
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+PREFIX = "/__workbench/api"
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, media_type="application/json")
+
+
+def _record(r: TraceRecord) -> dict[str, Any]:
+    return {"traceId": r.trace_id, "kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data}
+
+
+class WorkbenchApi:
+    def __init__(self, engine: Engine, *, dev: bool, token: str | None) -> None:
+        self.engine = engine
+        self.dev = dev
+        self.token = token
+
+    @property
+    def enabled(self) -> bool:
+        return self.dev or bool(self.token)
+
+    def routes(self) -> list[Route]:
+        table: list[tuple[str, Endpoint, str]] = [
+            ("/graph", self.graph, "GET"),
+            ("/steps/{name}", self.step, "GET"),
+            ("/traces", self.traces, "GET"),
+            ("/traces/{trace_id}", self.trace, "GET"),
+            ("/traces/{trace_id}/stop", self.stop_trace, "POST"),
+            ("/traces/{trace_id}/resume", self.resume_trace, "POST"),
+            ("/logs", self.logs, "GET"),
+            ("/state", self.state_groups, "GET"),
+            ("/state/{group}", self.state_group, "GET"),
+            ("/state/{group}/{key}", self.state_put, "PUT"),
+            ("/state/{group}/{key}", self.state_delete, "DELETE"),
+            ("/dead-letters", self.dead_letters, "GET"),
+            ("/dead-letters/replay", self.replay, "POST"),
+            ("/emit", self.emit, "POST"),
+            ("/cron/{name}/run", self.run_cron, "POST"),
+            ("/live", self.live, "GET"),
+        ]
+        return [Route(PREFIX + path, self._guard(endpoint), methods=[method]) for path, endpoint, method in table]
+
+    def _guard(self, endpoint: Endpoint) -> Endpoint:
+        async def guarded(request: Request) -> Response:
+            if not self.dev:
+                if not self.token:
+                    return json_response({"error": "the Workbench is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
+                sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(sent.encode(), self.token.encode()):
+                    return json_response({"error": "missing or wrong bearer token"}, 401)
+            return await endpoint(request)
+
+        return guarded
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    async def graph(self, request: Request) -> Response:
+        return json_response(as_json(self.engine.project, request.query_params.get("flow")))
+
+    async def step(self, request: Request) -> Response:
+        step = self.engine.project.steps.get(request.path_params["name"])
+        if step is None:
+            return json_response({"error": f"no step {request.path_params['name']!r}"}, 404)
+        config = step.config
+        schemas: dict[str, Any] = {}
+        if isinstance(config, ApiConfig):
+            if config.body_schema is not None:
+                schemas["body"] = config.body_schema.json_schema()
+            schemas["responses"] = {str(k): v.json_schema() for k, v in config.response_schema.items()}
+        if isinstance(config, EventConfig) and config.input is not None:
+            schemas["input"] = config.input.json_schema()
+        runs = await self._recent_runs(step.name)
+        failed = sum(1 for r in runs if r["status"] != "ok")
+        return json_response(
+            {
+                "name": step.name,
+                "type": step.type,
+                "trigger": trigger(step),
+                "file": str(step.file),
+                "description": config.description,
+                "flows": step.flows,
+                "config": config.model_dump(mode="json", by_alias=True, exclude={"body_schema", "input"}),
+                "schemas": schemas,
+                "recentRuns": runs,
+                "errorRate": failed / len(runs) if runs else None,
+            }
+        )
+
+    async def _recent_runs(self, step: str, traces: int = 100) -> list[dict[str, Any]]:
+        runs: list[dict[str, Any]] = []
+        for summary in await self.engine.traces.recent(traces):
+            for r in await self.engine.traces.trace(summary.trace_id):
+                if r.kind == "end" and r.step == step:
+                    runs.append(
+                        {
+                            "traceId": r.trace_id,
+                            "ts": r.ts,
+                            **{k: r.data.get(k) for k in ("status", "duration_ms", "error")},
+                        }
+                    )
+        return sorted(runs, key=lambda r: r["ts"], reverse=True)[:50]
+
+    async def traces(self, request: Request) -> Response:
+        await self.engine.flush()
+        limit = _int(request, "limit", 50)
+        return json_response(
+            [
+                {
+                    "traceId": s.trace_id,
+                    "entry": s.entry,
+                    "startedAt": s.started_at,
+                    "lastAt": s.last_at,
+                    "records": s.records,
+                    "errors": s.errors,
+                }
+                for s in await self.engine.traces.recent(limit)
+            ]
+        )
+
+    async def trace(self, request: Request) -> Response:
+        await self.engine.flush()
+        records = await self.engine.traces.trace(request.path_params["trace_id"])
+        if not records:
+            return json_response({"error": "no such trace"}, 404)
+        stopped = await self.engine.state.get(STOPPED_TRACES, request.path_params["trace_id"]) is not None
+        return json_response({"stopped": stopped, "records": [_record(r) for r in records]})
+
+    async def logs(self, request: Request) -> Response:
+        """Log records of recent traces, newest last; filter by trace, step, level and text."""
+        await self.engine.flush()
+        q = request.query_params
+        trace_ids = (
+            [q["trace"]]
+            if q.get("trace")
+            else [s.trace_id for s in await self.engine.traces.recent(_int(request, "traces", 100))]
+        )
+        level, step, text = q.get("level"), q.get("step"), (q.get("text") or "").lower()
+        found = []
+        for trace_id in trace_ids:
+            for r in await self.engine.traces.trace(trace_id):
+                if r.kind != "log" or (step and r.step != step) or (level and r.data.get("level") != level):
+                    continue
+                if (
+                    text
+                    and text not in str(r.data.get("message", "")).lower()
+                    and text not in orjson.dumps(r.data.get("fields")).decode().lower()
+                ):
+                    continue
+                found.append(_record(r))
+        found.sort(key=lambda r: r["ts"])
+        return json_response(found[-_int(request, "limit", 500) :])
+
+    async def state_groups(self, request: Request) -> Response:
+        return json_response(await self.engine.state.groups())
+
+    async def state_group(self, request: Request) -> Response:
+        return json_response(await self.engine.state.get_group(request.path_params["group"]))
+
+    async def dead_letters(self, request: Request) -> Response:
+        dead = await self.engine.queue.dead_letters(_int(request, "limit", 200))
+        return json_response(
+            [
+                {
+                    "id": d.delivery_id,
+                    "step": d.step,
+                    "topic": d.event.topic,
+                    "traceId": d.event.trace_id,
+                    "attempts": d.attempts,
+                    "error": d.error,
+                    "traceback": d.traceback,
+                    "failedAt": d.failed_at,
+                    "data": d.event.data,
+                }
+                for d in dead
+            ]
+        )
+
+    async def live(self, request: Request) -> Response:
+        """Server-sent events: every trace record as it is written, in batches at most 4 times a second."""
+        queue: asyncio.Queue[TraceRecord] = asyncio.Queue(maxsize=10_000)
+        unsubscribe = self.engine.subscribe(queue)
+
+        async def stream() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\n"
+                while True:
+                    try:
+                        first = await asyncio.wait_for(queue.get(), 15)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    batch = [first]
+                    await asyncio.sleep(0.25)
+                    while not queue.empty():
+                        batch.append(queue.get_nowait())
+                    yield b"data: " + orjson.dumps([_record(r) for r in batch]) + b"\n\n"
+            finally:
+                unsubscribe()
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"cache-control": "no-cache"})
+
+    # -- acting -------------------------------------------------------------------------------------
+
+    async def state_put(self, request: Request) -> Response:
+        try:
+            value = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return json_response({"error": f"the body must be the new value, as JSON: {exc}"}, 400)
+        group, key = request.path_params["group"], request.path_params["key"]
+        await self.engine.state.set(group, key, value)
+        return json_response({"group": group, "key": key, "value": value})
+
+    async def state_delete(self, request: Request) -> Response:
+        if not await self.engine.state.delete(request.path_params["group"], request.path_params["key"]):
+            return json_response({"error": "no such value"}, 404)
+        return Response(status_code=204)
+
+    async def replay(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if ids is None and not (isinstance(body, dict) and body.get("all")):
+            return json_response({"error": 'send {"ids": [...]} or {"all": true}'}, 400)
+        if ids is None:
+            ids = [d.delivery_id for d in await self.engine.queue.dead_letters(100_000)]
+        replayed = [i for i in ids if await self.engine.queue.replay(str(i))]
+        return json_response({"replayed": len(replayed), "ids": replayed})
+
+    async def emit(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict) or not isinstance(body.get("topic"), str) or not body["topic"]:
+            return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
+        event = await self.engine.emit_external(body["topic"], body.get("data"))
+        subscribers = [s.name for s in self.engine.project.subscribers(event.topic)]
+        return json_response({"traceId": event.trace_id, "subscribers": subscribers}, 202)
+
+    async def run_cron(self, request: Request) -> Response:
+        step = self.engine.project.steps.get(request.path_params["name"])
+        if step is None or not isinstance(step.config, CronConfig):
+            return json_response({"error": f"no cron step {request.path_params['name']!r}"}, 404)
+        trace_id = await self.engine.run_cron(step)
+        return json_response({"traceId": trace_id}, 202)
+
+    async def stop_trace(self, request: Request) -> Response:
+        body = await _json_body(request, allow_empty=True)
+        reason = body.get("reason", "") if isinstance(body, dict) else ""
+        await self.engine.state.set(
+            STOPPED_TRACES, request.path_params["trace_id"], {"at": time.time(), "reason": reason}
+        )
+        return json_response({"stopped": request.path_params["trace_id"]})
+
+    async def resume_trace(self, request: Request) -> Response:
+        if not await self.engine.state.delete(STOPPED_TRACES, request.path_params["trace_id"]):
+            return json_response({"error": "that trace was not stopped"}, 404)
+        return json_response({"resumed": request.path_params["trace_id"]})
+
+
+def _int(request: Request, name: str, default: int) -> int:
+    try:
+        return max(1, min(int(request.query_params.get(name, default)), 10_000))
+    except ValueError:
+        return default
+
+
+async def _json_body(request: Request, allow_empty: bool = False) -> Any:
+    raw = await request.body()
+    if not raw and allow_empty:
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return json_response({"error": f"the body is not JSON: {exc}"}, 400)
