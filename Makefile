@@ -4,14 +4,23 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_PORT ?= 3000
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install browser demo test lint typecheck pytest bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-install: $(BIN)/.installed
+# The Workbench page: built from workbench/ with npm into the package (git-ignored, shipped in the wheel).
+WORKBENCH := src/stepline/_workbench_static/index.html
+$(WORKBENCH): workbench/package.json workbench/package-lock.json workbench/vite.config.ts workbench/index.html $(wildcard workbench/src/*)
+	cd workbench && npm ci --no-audit --no-fund --loglevel=error && npx vite build --logLevel warn
+
+# The Workbench's browser tests drive Debian's Chromium (Playwright cannot download browsers here).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium >/dev/null)
+
+install: $(BIN)/.installed $(WORKBENCH)
 
 demo: install
 	@echo "Starting the financial-report example: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C stops it)"
@@ -24,7 +33,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-pytest: install
+pytest: install browser
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -36,4 +45,4 @@ bench: install
 	$(BIN)/python bench/run.py --chains-for motia=200
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache workbench/node_modules src/stepline/_workbench_static

@@ -87,13 +87,15 @@ class HttpApp:
     # -- routes ----------------------------------------------------------------------------------
 
     def _build(self, project: Project) -> Router:
+        workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token)
         routes = [
             Route("/openapi.json", self._openapi, methods=["GET"]),
             Route("/__stepline/health", self._health, methods=["GET"]),
             Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
             Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
             Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
-            *WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token).routes(),
+            *workbench.routes(),
+            workbench.page(),
         ]
         for step in project.api_steps:
             assert isinstance(step.config, ApiConfig)

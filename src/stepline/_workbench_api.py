@@ -12,22 +12,27 @@ import asyncio
 import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from ._config import ApiConfig, CronConfig, EventConfig
 from ._engine import STOPPED_TRACES
 from ._graph import as_json, trigger
 from ._protocols import TraceRecord
+from ._schema import Schema
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
 PREFIX = "/__workbench/api"
+STATIC = Path(__file__).parent / "_workbench_static"
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -72,15 +77,48 @@ class WorkbenchApi:
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
-            if not self.dev:
-                if not self.token:
-                    return json_response({"error": "the Workbench is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
-                sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(sent.encode(), self.token.encode()):
-                    return json_response({"error": "missing or wrong bearer token"}, 401)
-            return await endpoint(request)
+            refused = self.refuse(request)
+            return refused if refused is not None else await endpoint(request)
 
         return guarded
+
+    def refuse(self, request: Request) -> Response | None:
+        """None if the request may go on; else the 403 or 401 to send."""
+        if self.dev:
+            return None
+        if not self.token:
+            return json_response({"error": "the Workbench is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not sent and request.url.path.endswith("/live"):
+            sent = request.query_params.get("token", "")  # EventSource cannot send headers
+        if not hmac.compare_digest(sent.encode(), self.token.encode()):
+            return json_response({"error": "missing or wrong bearer token"}, 401)
+        return None
+
+    def page(self) -> Route | Mount:
+        """The page itself, from the files built into the package; a hint when they were not built."""
+        if not (STATIC / "index.html").exists():
+
+            async def missing(request: Request) -> Response:
+                return Response(
+                    "The Workbench page is not built in this install: run `make install` (it builds workbench/).",
+                    404,
+                    media_type="text/plain",
+                )
+
+            return Route("/__workbench/{rest:path}", missing)
+        files = StaticFiles(directory=STATIC, html=True)
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            if not self.dev and not self.token:
+                # Off in start mode without a token; with one, the page loads and asks the API with it.
+                await json_response({"error": "the Workbench is off; set STEPLINE_ADMIN_TOKEN"}, 403)(
+                    scope, receive, send
+                )
+                return
+            await files(scope, receive, send)
+
+        return Mount("/__workbench", app=app)
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -109,7 +147,7 @@ class WorkbenchApi:
                 "file": str(step.file),
                 "description": config.description,
                 "flows": step.flows,
-                "config": config.model_dump(mode="json", by_alias=True, exclude={"body_schema", "input"}),
+                "config": _plain(config.model_dump(by_alias=True)),
                 "schemas": schemas,
                 "recentRuns": runs,
                 "errorRate": failed / len(runs) if runs else None,
@@ -286,6 +324,19 @@ class WorkbenchApi:
         if not await self.engine.state.delete(STOPPED_TRACES, request.path_params["trace_id"]):
             return json_response({"error": "that trace was not stopped"}, 404)
         return json_response({"resumed": request.path_params["trace_id"]})
+
+
+def _plain(value: Any) -> Any:
+    """A step config as JSON: schemas as JSON Schema, functions (middleware) by name."""
+    if isinstance(value, Schema):
+        return value.json_schema()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if callable(value):
+        return getattr(value, "__qualname__", repr(value))
+    return value
 
 
 def _int(request: Request, name: str, default: int) -> int:

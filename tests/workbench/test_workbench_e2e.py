@@ -1,0 +1,161 @@
+"""The Workbench in a real headless Chromium (Debian's), against the financial-report example app."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from stepline import LLMSettings, load_project
+from stepline._workbench_api import STATIC
+from stepline.testing import RunningApp, serve
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "financial-report"
+ARTIFACTS = ROOT / "test-artifacts" / "workbench"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = [
+    pytest.mark.skipif(not (STATIC / "index.html").exists(), reason="the Workbench is not built: make install"),
+    pytest.mark.timeout(120),
+]
+
+
+@pytest.fixture
+async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
+    monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
+    monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
+    async with serve(EXAMPLE, database=tmp_path / "stepline.db", llm=LLMSettings()) as running:
+        yield running
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make browser` installs Debian's chromium")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def page(app: RunningApp, browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1500, "height": 950})
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(f"{app.url}/__workbench/")
+    yield page
+    await context.close()
+    assert errors == [], errors
+
+
+async def shot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+async def test_the_graph_shows_every_step_and_every_topic_edge(page: Page) -> None:
+    project = load_project(EXAMPLE)
+    nodes = page.get_by_test_id("graph-node")
+    await expect(nodes).to_have_count(len(project.steps))
+    shown = {await n.get_attribute("data-step") for n in await nodes.all()}
+    assert shown == set(project.steps)
+    edges = page.locator(".react-flow__edge")
+    await expect(edges).to_have_count(len(project.edges()))
+    virtual = sum(1 for e in project.edges() if e.virtual)
+    await expect(page.locator(".react-flow__edge.virtual")).to_have_count(virtual)
+    await expect(page.locator(".react-flow__edge-text", has_text="report.data.ready")).to_have_count(1)
+    await expect(page.locator(".node-noop")).to_have_count(1)  # the approval gate: a human
+    await shot(page, "graph")
+
+    # a node opens its details
+    await page.locator('[data-step="RequestReport"]').click()
+    await expect(page.get_by_test_id("step-RequestReport")).to_contain_text("POST /reports")
+
+
+async def start_report_from_the_tester(page: Page) -> str:
+    await page.get_by_test_id("tab-endpoints").click()
+    tester = page.get_by_test_id("tester-RequestReport")
+    await tester.get_by_test_id("field-body.month").fill("2026-10")
+    await tester.get_by_test_id("field-body.requestedBy").fill("ana@example.com")
+    await tester.get_by_test_id("send").click()
+    await expect(tester.get_by_test_id("response")).to_contain_text("202")
+    await tester.get_by_test_id("response-trace").click()
+    view = page.get_by_test_id("trace-view")
+    await expect(view).to_be_visible()
+    trace_id = await view.get_attribute("data-trace-id")
+    assert trace_id
+    return trace_id
+
+
+async def test_the_endpoint_tester_starts_a_flow_whose_trace_arrives_live(page: Page) -> None:
+    trace_id = await start_report_from_the_tester(page)
+    # the flow runs on after the response: the timeline fills in from the live feed
+    bars = page.get_by_test_id("waterfall-bar")
+    for step in ("RequestReport", "FetchCrmData", "FetchAccountingData", "JoinReportData", "AnalyzeReport"):
+        await expect(bars.and_(page.locator(f'[data-step="{step}"]')).first).to_be_visible(timeout=15_000)
+    await expect(page.get_by_test_id("mark-emit").first).to_be_visible()
+    # the join runs twice at once (one per source); both runs end, neither is left drawn as running
+    await expect(bars.and_(page.locator('[data-step="JoinReportData"]'))).to_have_count(2)
+    await expect(page.locator(".bar.running")).to_have_count(0)
+    await expect(page.locator(f'[data-testid="trace-row"][data-trace-id="{trace_id}"]')).to_be_visible()
+    await expect(page.locator(".node.hit")).to_have_count(5)  # the path the trace took, on its graph
+    await shot(page, "trace")
+
+
+async def test_logs_filter_by_trace(page: Page, app: RunningApp) -> None:
+    first = await start_report_from_the_tester(page)
+    other = (await app.client.post("/reports", json={"month": "2026-09", "requestedBy": "bo@example.com"})).json()
+    await app.settle()
+    await page.get_by_test_id("tab-logs").click()
+    trace_filter = page.get_by_test_id("log-trace")
+    await expect(trace_filter).to_have_value(first)  # opened from a trace: filtered to it already
+    await trace_filter.fill("")
+    lines = page.get_by_test_id("log-line")
+    await expect(lines.filter(has_text=other["traceId"][-8:]).first).to_be_visible()
+    await trace_filter.fill(first)
+    await expect(lines.filter(has_text=other["traceId"][-8:])).to_have_count(0)
+    await expect(lines.first).to_be_visible()
+    for link in await lines.locator("a").all():
+        assert first.endswith(await link.inner_text())
+    await page.get_by_test_id("log-level").select_option("info")
+    await expect(lines.first).to_be_visible()
+    await shot(page, "logs")
+
+
+async def test_a_dead_letter_is_replayed_from_the_page(page: Page, app: RunningApp) -> None:
+    # An event the analysis cannot take (no reportId): its input check dead-letters it at once.
+    await app.stepline.emit("report.data.ready", {"month": "2026-10"})
+    await app.settle()
+    await page.get_by_test_id("tab-dead").click()
+    letter = page.get_by_test_id("dead-letter")
+    await expect(letter).to_have_count(1)
+    await expect(letter).to_contain_text("AnalyzeReport")
+    await letter.get_by_test_id("replay-one").click()
+    await expect(page.get_by_test_id("replay-note")).to_have_text("Replayed 1.")
+    await app.settle()
+    (dead,) = await app.stepline.dead_letters()
+    records = await app.trace(dead.event.trace_id)
+    assert [r.kind for r in records].count("dead_letter") == 2  # it ran again, and failed again, visibly
+
+
+async def test_a_state_value_is_edited(page: Page, app: RunningApp) -> None:
+    report = (await app.client.post("/reports", json={"month": "2026-10", "requestedBy": "ana@example.com"})).json()
+    await app.settle()
+    await page.get_by_test_id("tab-state").click()
+    await page.get_by_test_id("state-groups").get_by_text(report["reportId"]).click()
+    item = page.locator('[data-testid="state-item"][data-key="status"]')
+    await expect(item.get_by_test_id("state-value")).to_have_text('"awaiting_approval"')
+    await item.get_by_test_id("state-edit").click()
+    await item.get_by_test_id("state-editor").fill('"on_hold"')
+    await item.get_by_test_id("state-save").click()
+    await expect(item.get_by_test_id("state-value")).to_have_text('"on_hold"')
+    assert await app.state(report["reportId"], "status") == "on_hold"

@@ -1,0 +1,67 @@
+// The Workbench API (docs/workbench-api.md). Same origin: no CORS, no token in dev.
+export const API = "/__workbench/api";
+
+export type Step = {
+  name: string;
+  type: "api" | "event" | "cron" | "noop";
+  trigger: string;
+  file: string;
+  flows: string[];
+  emits: string[];
+  virtualEmits: string[];
+};
+export type Edge = { source: string; target: string; topic: string; virtual: boolean };
+export type Graph = { flows: string[]; steps: Step[]; edges: Edge[] };
+export type TraceSummary = {
+  traceId: string;
+  entry: string;
+  startedAt: number;
+  lastAt: number;
+  records: number;
+  errors: number;
+};
+export type TraceRecord = { traceId: string; kind: string; step: string | null; ts: number; data: Record<string, any> };
+export type DeadLetter = {
+  id: string;
+  step: string;
+  topic: string;
+  traceId: string;
+  attempts: number;
+  error: string;
+  traceback: string | null;
+  failedAt: number;
+  data: unknown;
+};
+
+// In `stepline start` the API needs the admin token: open the page as /__workbench/?token=... once.
+function token(): string | null {
+  const given = new URLSearchParams(window.location.search).get("token");
+  if (given) sessionStorage.setItem("stepline-token", given);
+  return given ?? sessionStorage.getItem("stepline-token");
+}
+
+export async function call<T>(path: string, init: RequestInit = {}): Promise<T> {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  const t = token();
+  if (t) headers.authorization = `Bearer ${t}`;
+  const response = await fetch(API + path, { ...init, headers: { ...headers, ...(init.headers as object) } });
+  const text = await response.text();
+  const body = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error(body?.error ?? `${response.status} ${response.statusText}`);
+  return body as T;
+}
+
+export const post = <T,>(path: string, body?: unknown) =>
+  call<T>(path, { method: "POST", body: body === undefined ? undefined : JSON.stringify(body) });
+
+/** Live trace records over server-sent events; returns the function that stops listening. */
+export function live(onRecords: (records: TraceRecord[]) => void): () => void {
+  const t = token(); // EventSource sends no headers: the token goes in the query
+  const source = new EventSource(API + "/live" + (t ? `?token=${encodeURIComponent(t)}` : ""));
+  source.onmessage = (message) => onRecords(JSON.parse(message.data));
+  return () => source.close();
+}
+
+export function when(ts: number): string {
+  return new Date(ts * 1000).toLocaleTimeString();
+}
