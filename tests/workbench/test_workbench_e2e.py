@@ -159,3 +159,39 @@ async def test_a_state_value_is_edited(page: Page, app: RunningApp) -> None:
     await item.get_by_test_id("state-save").click()
     await expect(item.get_by_test_id("state-value")).to_have_text('"on_hold"')
     assert await app.state(report["reportId"], "status") == "on_hold"
+
+
+async def test_a_graph_of_60_steps_is_laid_out_without_overlaps(browser: Browser, tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    (root / "steps").mkdir(parents=True)
+    (root / "steps" / "start_step.py").write_text(
+        'config = {"type": "api", "name": "Start", "path": "/start", "method": "POST", "emits": ["t0"]}\n'
+        "async def handler(req, ctx):\n    return None\n"
+    )
+    for i in range(59):  # a chain with a branch every fifth step
+        emits = [f"t{i + 1}"] + ([f"side{i}"] if i % 5 == 0 else [])
+        subscribes = [f"t{i}"] if i % 5 != 1 else [f"t{i}", f"side{i - 1}"]
+        (root / "steps" / f"s{i}_step.py").write_text(
+            f'config = {{"type": "event", "name": "S{i}", "subscribes": {subscribes}, "emits": {emits}}}\n'
+            "async def handler(input, ctx):\n    return None\n"
+        )
+    async with serve(root, engine="memory") as app:
+        page = await browser.new_page(viewport={"width": 1500, "height": 950})
+        await page.goto(f"{app.url}/__workbench/")
+        nodes = page.get_by_test_id("graph-node")
+        await expect(nodes).to_have_count(60)
+        boxes = [await n.bounding_box() for n in await nodes.all()]
+        assert all(b is not None for b in boxes)
+        overlaps = [
+            (i, j)
+            for i, a in enumerate(boxes)
+            for j, b in enumerate(boxes[i + 1 :], i + 1)
+            if a
+            and b
+            and a["x"] < b["x"] + b["width"]
+            and b["x"] < a["x"] + a["width"]
+            and a["y"] < b["y"] + b["height"]
+            and b["y"] < a["y"] + a["height"]
+        ]
+        assert overlaps == []
+        await page.close()
