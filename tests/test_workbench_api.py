@@ -159,3 +159,18 @@ async def test_no_cross_origin_reads(make_project: ProjectFactory) -> None:
     async with serve(make_project(PROJECT), engine="memory") as app:
         r = await app.client.get(f"{API}/graph", headers={"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
+
+
+@pytest.mark.parametrize(("dev", "token", "status"), [(True, None, 200), (False, None, 403), (False, "s3cret", 200)])
+async def test_the_page_is_served_in_dev_and_off_in_start_without_a_token(
+    make_project: ProjectFactory, dev: bool, token: str | None, status: int
+) -> None:
+    from stepline._workbench_api import STATIC
+
+    if not (STATIC / "index.html").exists():
+        pytest.skip("the Workbench is not built: make install")
+    async with serve(make_project(PROJECT), engine="memory", dev=dev, admin_token=token) as app:
+        r = await app.client.get("/__workbench/")
+    assert r.status_code == status
+    if status == 200:
+        assert "<title>Stepline Workbench</title>" in r.text
