@@ -152,6 +152,7 @@ class Context:
         emitter: Emitter,
         state: State,
         logger: StepLogger,
+        record: Recorder,
         llm: Callable[[Context], LLM] | None = None,
     ) -> None:
         self.step = step
@@ -162,6 +163,7 @@ class Context:
         self._emitter = emitter
         self._llm_factory = llm
         self._llm: LLM | None = None
+        self._record = record
 
     @property
     def approvals(self) -> Approvals:
@@ -188,7 +190,7 @@ class Context:
 
         started = time.time()
         result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
-        self.state._record(
+        self._record(
             TraceRecord(
                 self.trace_id,
                 "code",

@@ -231,6 +231,7 @@ class Engine:
             state=State(self.state, self.record, trace_id, step.name),
             logger=StepLogger(self.record, trace_id, step.name),
             llm=lambda ctx: LLM(self.llm, self, ctx, self.record),
+            record=self.record,
         )
 
     async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
