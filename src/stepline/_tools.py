@@ -65,7 +65,13 @@ class Tool:
         name = name or fn.__name__
         _check_name(name)
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
-        hints = typing.get_type_hints(fn, include_extras=True)
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except NameError as exc:  # a type defined inside a function, out of reach of the annotations
+            raise ToolError(
+                f"tool {name!r}: a type in its signature cannot be resolved ({exc}); "
+                "define the types it uses at module level"
+            ) from None
         fields: dict[str, Any] = {}
         wants_ctx = False
         for param in inspect.signature(fn).parameters.values():

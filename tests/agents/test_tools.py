@@ -218,3 +218,17 @@ def test_traces_show_prints_the_llm_calls_and_tool_runs(make_project: ProjectFac
         "It is 5.",
     ):
         assert expected in result.stdout, result.stdout
+
+
+def test_a_type_out_of_reach_is_named() -> None:
+    def make() -> object:
+        class Local:
+            pass
+
+        def tool(x: Local) -> None:  # with postponed annotations, "Local" cannot be resolved later
+            """A tool."""
+
+        return tool
+
+    with pytest.raises(ToolError, match=r"cannot be resolved .*define the types it uses at module level"):
+        Tool.function(make())  # type: ignore[arg-type]
