@@ -24,6 +24,7 @@ install: $(BIN)/.installed $(WORKBENCH)
 
 demo: install
 	@echo "Starting the financial-report example: http://127.0.0.1:$(DEMO_PORT)  (Ctrl-C stops it)"
+	@echo "The Workbench: http://127.0.0.1:$(DEMO_PORT)/__workbench/"
 	$(BIN)/stepline dev --dir examples/financial-report --port $(DEMO_PORT)
 
 lint: install
