@@ -39,11 +39,11 @@ pytest: install browser
 
 test: lint typecheck pytest
 
-# The side-by-side suite (docs/benchmarks.md), about an hour on 2 cores. Motia runs a process per step
-# call, under 1 chain/s here: 200 chains keep its three runs to minutes, not hours (5,000 would take 2 h
-# a run). `bench/chain.py` is the quick Stepline-only bench.
+# The side-by-side suite (docs/benchmarks.md), about 50 minutes on 2 cores. Motia runs a process per
+# step call, well under 1 chain/s here (and slower as its Redis fills): 50 chains keep its three runs to
+# minutes, not hours. `bench/chain.py` is the quick Stepline-only bench.
 bench: install
-	$(BIN)/python bench/run.py --chains-for motia=200
+	$(BIN)/python bench/run.py --chains-for motia=50
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache workbench/node_modules src/stepline/_workbench_static

@@ -15,7 +15,7 @@ def main(results_json: str, out: str) -> None:
     with open(results_json) as f:
         results = json.load(f)["results"]
     keys = [k for k in results if "chain.throughput" in results[k]["summary"]]
-    labels = [results[k]["label"].replace(" + ", "\n+ ").replace(", ", "\n") for k in keys]
+    labels = [results[k]["label"].replace(" + ", "\n+ ").replace(", ", "\n").replace(" (", "\n(") for k in keys]
     colors = ["#2e7d32" if k.startswith("stepline") else "#90a4ae" for k in keys]
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
 

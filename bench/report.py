@@ -65,6 +65,13 @@ def write_docs(results_json: Path, docs: Path) -> None:
     ]
     for label, key in ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell(results[k]["summary"], key) for k in keys) + " |")
+    separate = [results[k]["label"] for k in keys if results[k].get("separate_run")]
+    if separate:
+        lines += [
+            "",
+            f"*{', '.join(separate)}: measured in a second invocation on the same machine, right after the "
+            "others (`bench/run.py --systems ... --merge`), not in the same run.*",
+        ]
     lines += ["", "## Against the targets", ""]
     lines += [f"- {line}" for line in data["ratios"]]
     lines += [
@@ -107,7 +114,7 @@ def write_docs(results_json: Path, docs: Path) -> None:
         "## Reproduce",
         "",
         "```bash",
-        "make bench            # every system, 3 runs, 5,000 chains (Motia 200); installs what it needs",
+        "make bench            # every system, 3 runs, 5,000 chains (Motia 50); installs what it needs",
         ".venv/bin/python bench/run.py --systems stepline-1,dbos --runs 5",
         ".venv/bin/python bench/run.py --chains-for temporal=1000   # fewer chains for a slow system",
         "```",

@@ -235,6 +235,11 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(s.key for s in SYSTEMS))
     parser.add_argument("--no-docs", action="store_true", help="print only; do not rewrite docs/benchmarks.md")
     parser.add_argument("--json", type=Path, default=ROOT / ".bench" / "results.json")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other systems' results in --json and replace only these systems' (a re-run of one peer)",
+    )
     args = parser.parse_args()
     overrides = {k: int(v) for k, v in (item.split("=", 1) for item in args.chains_for)}
     chosen = [s for s in SYSTEMS if s.key in args.systems.split(",")]
@@ -270,6 +275,11 @@ def main() -> None:
             "summary": summarize(runs),
         }
 
+    if args.merge and args.json.exists():
+        for entry in results.values():
+            entry["separate_run"] = date.today().isoformat()  # said so in the docs: not the same run
+        kept = json.loads(args.json.read_text())["results"]
+        results = {k: results.get(k, v) for k, v in kept.items()} | results
     table = Table(title="median (min - max)", header_style="bold")
     table.add_column("")
     for key in results:
