@@ -6,7 +6,6 @@ trace within a second, and a corrected value on its next read."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -17,7 +16,7 @@ from ._approvals import GROUP as APPROVALS
 from ._approvals import pending_in
 from ._cli_runtime import DbOption, DirOption, JsonOption, traces_app, when, with_store
 from ._console import console, out
-from ._engine import STOPPED_TRACES
+from ._engine import resume_trace, stop_trace
 
 state_app = typer.Typer(help="Read and correct state values (JSON) by group and key.", no_args_is_help=True)
 
@@ -30,8 +29,7 @@ def traces_stop(
     db: DbOption = None,
 ) -> None:
     """Stop a trace: its next deliveries go to the dead letters instead of running."""
-    mark = {"at": time.time(), "reason": reason}
-    with_store(root, db, lambda a: a.state.set(STOPPED_TRACES, trace_id, mark))
+    with_store(root, db, lambda a: stop_trace(a.state, trace_id, reason))
     console.print(
         f"Stopped trace {trace_id}: deliveries still to come go to the dead letters (within a second).\n"
         f"[dim]Undo with `stepline traces resume {trace_id}`, then `stepline dlq replay` what you want run.[/]"
@@ -41,7 +39,7 @@ def traces_stop(
 @traces_app.command("resume")
 def traces_resume(trace_id: str, root: DirOption = Path("."), db: DbOption = None) -> None:
     """Lift a stop: the trace's deliveries run again (replay its dead letters to run those too)."""
-    if not with_store(root, db, lambda a: a.state.delete(STOPPED_TRACES, trace_id)):
+    if not with_store(root, db, lambda a: resume_trace(a.state, trace_id)):
         console.print(f"[yellow]Trace {trace_id} was not stopped.[/]")
         raise typer.Exit(1)
     console.print(f"Resumed trace {trace_id}.")

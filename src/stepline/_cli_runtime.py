@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ._console import console, out
-from ._protocols import Adapters, DeadLetter, TraceRecord
+from ._protocols import Adapters, TraceRecord
 from .adapters import DEFAULT_DATABASE
 from .adapters.sqlite import open_sqlite
 
@@ -54,27 +54,12 @@ def when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _dead_dict(d: DeadLetter) -> dict[str, Any]:
-    return {
-        "id": d.delivery_id,
-        "step": d.step,
-        "topic": d.event.topic,
-        "traceId": d.event.trace_id,
-        "attempts": d.attempts,
-        "error": d.error,
-        "traceback": d.traceback,
-        "failedAt": d.failed_at,
-        "data": d.event.data,
-        "messageGroupId": d.event.message_group_id,
-    }
-
-
 @dlq_app.command("list")
 def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
     """Every dead letter, oldest first."""
     dead = with_store(root, db, lambda a: a.queue.dead_letters())
     if as_json:
-        out.print_json(json.dumps([_dead_dict(d) for d in dead]))
+        out.print_json(json.dumps([d.to_dict() for d in dead]))
         return
     if not dead:
         console.print("[green]No dead letters.[/]")
@@ -99,7 +84,7 @@ def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None,
         console.print(f"[red]No dead letter {delivery_id}.[/] `stepline dlq list` shows them.")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json.dumps(_dead_dict(found)))
+        out.print_json(json.dumps(found.to_dict()))
         return
     out.print(f"[bold]{found.delivery_id}[/]  step [bold]{found.step}[/]  topic {found.event.topic}")
     out.print(f"trace {found.event.trace_id} · {found.attempts} attempts · failed {when(found.failed_at)}")

@@ -32,6 +32,17 @@ from ._sync import SyncContext
 
 STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
 
+
+async def stop_trace(state: StateStore, trace_id: str, reason: str = "") -> None:
+    """A person stops a trace: engines reading `state` dead-letter its next deliveries (within a second)."""
+    await state.set(STOPPED_TRACES, trace_id, {"at": time.time(), "reason": reason})
+
+
+async def resume_trace(state: StateStore, trace_id: str) -> bool:
+    """Lift a stop; False if the trace was not stopped."""
+    return await state.delete(STOPPED_TRACES, trace_id)
+
+
 log = logging.getLogger("stepline.engine")
 
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from ._access import refusal
 from ._config import ApiConfig
 from ._engine import Engine
 from ._errors import FieldError, SchemaValidationError
@@ -23,7 +23,7 @@ from ._openapi import openapi
 from ._project import Project, Step
 from ._protocols import TraceRecord
 from ._request import ApiRequest, unpack_result
-from ._workbench_api import WorkbenchApi
+from ._workbench_api import WorkbenchApi, emit_request
 
 log = logging.getLogger("stepline.http")
 
@@ -202,26 +202,13 @@ class HttpApp:
         """The admin API is open in dev; in start mode it needs a configured token, sent as a bearer token."""
 
         async def guarded(request: Request) -> Response:
-            if not self.dev:
-                if not self.admin_token:
-                    return json_response({"error": "the admin API is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
-                sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                if not hmac.compare_digest(sent.encode(), self.admin_token.encode()):
-                    return json_response({"error": "missing or wrong bearer token"}, 401)
-            return await endpoint(request)
+            refused = refusal(request, dev=self.dev, token=self.admin_token, what="the admin API")
+            return refused if refused is not None else await endpoint(request)
 
         return guarded
 
     async def _emit(self, request: Request) -> Response:
-        try:
-            payload = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
-            return json_response({"error": f"body is not JSON: {exc}"}, 400)
-        if not isinstance(payload, dict) or not isinstance(payload.get("topic"), str) or not payload["topic"]:
-            return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
-        event = await self.engine.emit_external(payload["topic"], payload.get("data"))
-        subscribers = [s.name for s in self.engine.project.subscribers(event.topic)]
-        return json_response({"traceId": event.trace_id, "eventId": event.id, "subscribers": subscribers}, 202)
+        return await emit_request(self.engine, request)
 
     async def _traces(self, request: Request) -> Response:
         await self.engine.flush()

@@ -56,6 +56,21 @@ class DeadLetter:
     traceback: str | None
     failed_at: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """As the CLI's --json and the Workbench API show it."""
+        return {
+            "id": self.delivery_id,
+            "step": self.step,
+            "topic": self.event.topic,
+            "traceId": self.event.trace_id,
+            "attempts": self.attempts,
+            "error": self.error,
+            "traceback": self.traceback,
+            "failedAt": self.failed_at,
+            "data": self.event.data,
+            "messageGroupId": self.event.message_group_id,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:

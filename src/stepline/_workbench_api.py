@@ -9,8 +9,6 @@ origin, and another origin cannot read the answers.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +20,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from ._access import refusal
 from ._config import ApiConfig, CronConfig, EventConfig
-from ._engine import STOPPED_TRACES
+from ._engine import STOPPED_TRACES, resume_trace, stop_trace
 from ._graph import as_json, trigger
 from ._protocols import TraceRecord
 from ._schema import Schema
@@ -84,16 +83,8 @@ class WorkbenchApi:
 
     def refuse(self, request: Request) -> Response | None:
         """None if the request may go on; else the 403 or 401 to send."""
-        if self.dev:
-            return None
-        if not self.token:
-            return json_response({"error": "the Workbench is off; set STEPLINE_ADMIN_TOKEN to enable it"}, 403)
-        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not sent and request.url.path.endswith("/live"):
-            sent = request.query_params.get("token", "")  # EventSource cannot send headers
-        if not hmac.compare_digest(sent.encode(), self.token.encode()):
-            return json_response({"error": "missing or wrong bearer token"}, 401)
-        return None
+        live = request.url.path.endswith("/live")  # EventSource cannot send headers: ?token= there
+        return refusal(request, dev=self.dev, token=self.token, what="the Workbench", query_token=live)
 
     def page(self) -> Route | Mount:
         """The page itself, from the files built into the package; a hint when they were not built."""
@@ -226,22 +217,7 @@ class WorkbenchApi:
 
     async def dead_letters(self, request: Request) -> Response:
         dead = await self.engine.queue.dead_letters(_int(request, "limit", 200))
-        return json_response(
-            [
-                {
-                    "id": d.delivery_id,
-                    "step": d.step,
-                    "topic": d.event.topic,
-                    "traceId": d.event.trace_id,
-                    "attempts": d.attempts,
-                    "error": d.error,
-                    "traceback": d.traceback,
-                    "failedAt": d.failed_at,
-                    "data": d.event.data,
-                }
-                for d in dead
-            ]
-        )
+        return json_response([d.to_dict() for d in dead])
 
     async def live(self, request: Request) -> Response:
         """Server-sent events: every trace record as it is written, in batches at most 4 times a second."""
@@ -296,14 +272,7 @@ class WorkbenchApi:
         return json_response({"replayed": len(replayed), "ids": replayed})
 
     async def emit(self, request: Request) -> Response:
-        body = await _json_body(request)
-        if isinstance(body, Response):
-            return body
-        if not isinstance(body, dict) or not isinstance(body.get("topic"), str) or not body["topic"]:
-            return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
-        event = await self.engine.emit_external(body["topic"], body.get("data"))
-        subscribers = [s.name for s in self.engine.project.subscribers(event.topic)]
-        return json_response({"traceId": event.trace_id, "subscribers": subscribers}, 202)
+        return await emit_request(self.engine, request)
 
     async def run_cron(self, request: Request) -> Response:
         step = self.engine.project.steps.get(request.path_params["name"])
@@ -315,15 +284,26 @@ class WorkbenchApi:
     async def stop_trace(self, request: Request) -> Response:
         body = await _json_body(request, allow_empty=True)
         reason = body.get("reason", "") if isinstance(body, dict) else ""
-        await self.engine.state.set(
-            STOPPED_TRACES, request.path_params["trace_id"], {"at": time.time(), "reason": reason}
-        )
+        await stop_trace(self.engine.state, request.path_params["trace_id"], reason)
         return json_response({"stopped": request.path_params["trace_id"]})
 
     async def resume_trace(self, request: Request) -> Response:
-        if not await self.engine.state.delete(STOPPED_TRACES, request.path_params["trace_id"]):
+        if not await resume_trace(self.engine.state, request.path_params["trace_id"]):
             return json_response({"error": "that trace was not stopped"}, 404)
         return json_response({"resumed": request.path_params["trace_id"]})
+
+
+async def emit_request(engine: Engine, request: Request) -> Response:
+    """`{"topic", "data"}` emitted from outside any step (the admin API and the Workbench both take it)."""
+    try:
+        payload = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        return json_response({"error": f"body is not JSON: {exc}"}, 400)
+    if not isinstance(payload, dict) or not isinstance(payload.get("topic"), str) or not payload["topic"]:
+        return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
+    event = await engine.emit_external(payload["topic"], payload.get("data"))
+    subscribers = [s.name for s in engine.project.subscribers(event.topic)]
+    return json_response({"traceId": event.trace_id, "eventId": event.id, "subscribers": subscribers}, 202)
 
 
 def _plain(value: Any) -> Any:
