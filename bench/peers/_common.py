@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -201,3 +202,34 @@ async def post_chains(httpx: Any, url: str, ids: list[str], sent: dict[str, floa
                 (await client.post(f"/chains/{cid}")).raise_for_status()
 
         await asyncio.gather(*(sender() for _ in range(32)))
+
+
+def run_chains(
+    httpx: Any,
+    url: str,
+    chains: int,
+    done_count: Callable[[], int],
+    done_times: Callable[[], dict[str, float]],
+    sampler: Sampler,
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    limit: float = 1800,
+) -> dict[str, float]:
+    """The chain workload: POST `chains` chains from 32 senders (in a thread), sample RSS until
+    `done_count()` reaches `chains`, then throughput and request-to-done latency from `done_times()`
+    (chain id -> the time it was done)."""
+    sent: dict[str, float] = {}
+    ids = [str(i) for i in range(chains)]
+    started = time.time()
+    thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=timeout)))
+    thread.start()
+    deadline = time.monotonic() + limit
+    while (finished := done_count()) < chains:
+        sampler.sample()
+        time.sleep(interval)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{finished} of {chains} chains done after {limit:.0f} s")
+    thread.join()
+    done = done_times()
+    return {"throughput": chains / (max(done.values()) - started), **latency_ms([done[i] - sent[i] for i in ids])}

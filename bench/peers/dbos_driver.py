@@ -5,9 +5,7 @@ default), so an accepted workflow survives a crash and resumes."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,8 +18,8 @@ from _common import (
     free_port,
     http_ok,
     latency_ms,
-    post_chains,
     rss_mb,
+    run_chains,
     spawn,
     stop,
     wait_for,
@@ -159,21 +157,12 @@ def main() -> None:
         api = wrk(f"{url}/ping", args.api_seconds)
 
         sampler = Sampler(proc.pid)
-        sent: dict[str, float] = {}
-        ids = [str(i) for i in range(args.chains)]
-        started = time.time()
-        thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=60)))
-        thread.start()
-        while count("bench_done") < args.chains:
-            sampler.sample()
-            time.sleep(0.05)
-        thread.join()
-        with psycopg.connect(URL) as conn:
-            done = {k: float(v) for k, v in conn.execute("SELECT id, ts FROM bench_done").fetchall()}
-        result = {
-            "throughput": args.chains / (max(done.values()) - started),
-            **latency_ms([done[i] - sent[i] for i in ids]),
-        }
+
+        def done_times() -> dict[str, float]:
+            with psycopg.connect(URL) as conn:
+                return {k: float(v) for k, v in conn.execute("SELECT id, ts FROM bench_done").fetchall()}
+
+        result = run_chains(httpx, url, args.chains, lambda: count("bench_done"), done_times, sampler, timeout=60)
     finally:
         stop(proc)
     emit_result(

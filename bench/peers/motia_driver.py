@@ -9,13 +9,11 @@ invocation (API and event alike) in a Node.js process of its own, spawned for th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import shutil
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -28,8 +26,8 @@ from _common import (
     emit_result,
     http_ok,
     latency_ms,
-    post_chains,
     rss_mb,
+    run_chains,
     spawn,
     stop,
     wait_for,
@@ -175,23 +173,15 @@ def main() -> None:
         hops = [float(v) for v in results.hvals("bench:hops")]
         api = wrk(f"{url}/ping", args.api_seconds)
         sampler = Sampler(proc.pid)
-        sent: dict[str, float] = {}
-        ids = [str(i) for i in range(args.chains)]
-        started = time.time()
-        thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=300)))
-        thread.start()
-        deadline = time.monotonic() + 1800
-        while results.hlen("bench:done") < args.chains:
-            sampler.sample()
-            time.sleep(0.05)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{results.hlen('bench:done')} of {args.chains} chains done after 30 min")
-        thread.join()
-        done = {k.decode(): float(v) for k, v in results.hgetall("bench:done").items()}
-        chain = {
-            "throughput": args.chains / (max(done.values()) - started),
-            **latency_ms([done[i] - sent[i] for i in ids]),
-        }
+        chain = run_chains(
+            httpx,
+            url,
+            args.chains,
+            lambda: int(results.hlen("bench:done")),
+            lambda: {k.decode(): float(v) for k, v in results.hgetall("bench:done").items()},
+            sampler,
+            timeout=300,
+        )
     finally:
         stop(proc)
         engine.flushdb()

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,8 +17,8 @@ from _common import (
     http_ok,
     http_served,
     latency_ms,
-    post_chains,
     rss_mb,
+    run_chains,
     spawn,
     stop,
     wait_for,
@@ -151,18 +149,16 @@ def main() -> None:
         api = wrk(f"{url}/ping", args.api_seconds)
 
         sampler = Sampler(proc.pid)
-        sent: dict[str, float] = {}
-        ids = [str(i) for i in range(args.chains)]
-        started = time.time()
-        thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=30)))
-        thread.start()
-        while count(db, "done") < args.chains:
-            sampler.sample()
-            time.sleep(0.02)
-        thread.join()
-        done = {str(k): float(v) for k, v in query(db, "SELECT key, value FROM state WHERE grp = 'done'")}  # type: ignore[arg-type]
-        finished = max(done.values())
-        chain = {"throughput": args.chains / (finished - started), **latency_ms([done[i] - sent[i] for i in ids])}
+        chain = run_chains(
+            httpx,
+            url,
+            args.chains,
+            lambda: count(db, "done"),
+            lambda: {str(k): float(v) for k, v in query(db, "SELECT key, value FROM state WHERE grp = 'done'")},  # type: ignore[arg-type]
+            sampler,
+            timeout=30,
+            interval=0.02,
+        )
     finally:
         stop(proc)
     emit_result(
