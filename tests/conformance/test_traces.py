@@ -45,3 +45,36 @@ async def test_prune_drops_whole_old_traces(adapters: Adapters) -> None:
     assert await t.prune(older_than=5.0) == 1
     assert await t.trace("old") == []
     assert [s.trace_id for s in await t.recent()] == ["new"]
+
+
+async def test_a_trace_written_in_parts_reads_as_one(adapters: Adapters) -> None:
+    t = adapters.traces
+    await t.append(
+        [TraceRecord("a", "trigger", "Api", 1.0, {"entry": "POST /a"}), TraceRecord("a", "start", "Api", 1.1)]
+    )
+    await t.append([TraceRecord("b", "trigger", None, 2.0, {"entry": "emit b"})])
+    await t.append([TraceRecord("a", "end", "Api", 3.0, {"status": "error"}), TraceRecord("b", "log", "B", 3.5)])
+    await t.append([TraceRecord("a", "end", "A2", 4.0, {"status": "ok"})])
+    assert [r.kind for r in await t.trace("a")] == ["trigger", "start", "end", "end"]
+    recent = await t.recent()
+    # Newest by start: a trace's later parts do not move it up the list.
+    assert [s.trace_id for s in recent] == ["b", "a"]
+    summary = recent[1]
+    assert (summary.entry, summary.started_at, summary.last_at, summary.records, summary.errors) == (
+        "POST /a",
+        1.0,
+        4.0,
+        4,
+        1,
+    )
+
+
+async def test_prune_keeps_a_trace_with_any_recent_record(adapters: Adapters) -> None:
+    t = adapters.traces
+    await t.append([TraceRecord("long", "trigger", "A", 1.0, {"entry": "x"})])
+    await t.append([TraceRecord("short", "trigger", "A", 2.0, {"entry": "y"})])
+    await t.append([TraceRecord("long", "end", "A", 20.0, {"status": "ok"})])
+    assert await t.prune(older_than=10.0) == 1
+    assert [r.kind for r in await t.trace("long")] == ["trigger", "end"]
+    assert await t.trace("short") == []
+    assert await t.prune(older_than=10.0) == 0

@@ -68,24 +68,20 @@ CREATE TABLE IF NOT EXISTS state (
     value BLOB NOT NULL,
     PRIMARY KEY (grp, key)
 ) WITHOUT ROWID;
--- One row per trace per write: the records of a trace that arrive together are stored together
--- (a JSON array), a few rows per request instead of one per record.
-CREATE TABLE IF NOT EXISTS trace_chunks (
+-- One row per trace per write: the records of a trace that arrive together are stored together (a
+-- JSON array) with their summary, so a request costs one row. A trace's summary is the sum of its
+-- parts, computed when read: a summary row kept up to date cost a second write per request.
+CREATE TABLE IF NOT EXISTS trace_parts (
     id INTEGER PRIMARY KEY,
     trace_id TEXT NOT NULL,
-    records BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trace_chunks_trace ON trace_chunks (trace_id);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
     entry TEXT NOT NULL,
-    started_at REAL NOT NULL,
+    first_at REAL NOT NULL,
     last_at REAL NOT NULL,
     records INTEGER NOT NULL,
-    errors INTEGER NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS traces_started ON traces (started_at);
-CREATE INDEX IF NOT EXISTS traces_last ON traces (last_at);
+    errors INTEGER NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id);
 CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL);
 """
@@ -165,6 +161,7 @@ class Database:
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA cache_size=-16000")  # 16 MB
         conn.executescript(SCHEMA)
+        _migrate_traces(conn)
         return conn
 
     def _run(self) -> None:
@@ -257,6 +254,27 @@ class Database:
         for job, (ok, value) in zip(batch, results, strict=True):
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
                 job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+
+
+def _migrate_traces(conn: sqlite3.Connection) -> None:
+    """Databases written before trace_parts keep traces in two tables (trace_chunks, traces): move them over."""
+    conn.execute("BEGIN IMMEDIATE")  # several workers may open an old file at once: one migrates
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'").fetchone():
+            conn.execute(
+                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
+                "SELECT trace_id, COALESCE(records->'$[0][3]'->>'entry', records->>'$[0][1]', '?'), "
+                "records->>'$[0][2]', (SELECT MAX(value->>2) FROM json_each(records)), "
+                "json_array_length(records), (SELECT COUNT(*) FROM json_each(records) "
+                "WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), records "
+                "FROM trace_chunks ORDER BY id"
+            )
+            conn.execute("DROP TABLE trace_chunks")
+            conn.execute("DROP TABLE IF EXISTS traces")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -335,35 +335,50 @@ class SqliteTraceStore:
         by_trace: dict[str, list[TraceRecord]] = {}
         for r in records:
             by_trace.setdefault(r.trace_id, []).append(r)
-        chunks = [(t, _json.dumps([[r.kind, r.step, r.ts, r.data] for r in rs])) for t, rs in by_trace.items()]
-        summaries = [
-            (t.trace_id, t.entry, t.started_at, t.last_at, t.records, t.errors)
-            for t in (summarize(trace_id, rs) for trace_id, rs in by_trace.items())
-        ]
+        parts = []
+        for trace_id, rs in by_trace.items():
+            s = summarize(trace_id, rs)
+            parts.append(
+                (
+                    trace_id,
+                    s.entry,
+                    s.started_at,
+                    s.last_at,
+                    s.records,
+                    s.errors,
+                    [[r.kind, r.step, r.ts, r.data] for r in rs],
+                )
+            )
+        # The whole batch is one JSON parameter that SQLite unpacks itself: one statement, run with the
+        # GIL released, instead of a row at a time between the engine's requests.
+        batch = _json.dumps(parts, "a trace record")
 
         def append(conn: sqlite3.Connection) -> None:
-            conn.executemany("INSERT INTO trace_chunks (trace_id, records) VALUES (?, ?)", chunks)
-            conn.executemany(
-                "INSERT INTO traces (trace_id, entry, started_at, last_at, records, errors) VALUES (?,?,?,?,?,?) "
-                "ON CONFLICT (trace_id) DO UPDATE SET last_at = MAX(last_at, excluded.last_at), "
-                "records = records + excluded.records, errors = errors + excluded.errors",
-                summaries,
+            conn.execute(
+                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
+                "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->6 "
+                "FROM json_each(?)",
+                (batch,),
             )
 
         await self._db.write(append)
 
     async def trace(self, trace_id: str) -> list[TraceRecord]:
         def trace(conn: sqlite3.Connection) -> list[TraceRecord]:
-            rows = conn.execute("SELECT records FROM trace_chunks WHERE trace_id = ? ORDER BY id", (trace_id,))
-            return [TraceRecord(trace_id, k, s, ts, d) for (chunk,) in rows for k, s, ts, d in _json.loads(chunk)]
+            rows = conn.execute("SELECT data FROM trace_parts WHERE trace_id = ? ORDER BY id", (trace_id,))
+            return [TraceRecord(trace_id, k, s, ts, d) for (part,) in rows for k, s, ts, d in _json.loads(part)]
 
         return await self._db.read(trace)
 
     async def recent(self, limit: int = 50) -> list[TraceSummary]:
+        # A trace starts at its first part: walk the parts newest first, keep those with no earlier part.
         def recent(conn: sqlite3.Connection) -> list[TraceSummary]:
             rows = conn.execute(
-                "SELECT trace_id, entry, started_at, last_at, records, errors FROM traces "
-                "ORDER BY started_at DESC LIMIT ?",
+                "WITH firsts AS (SELECT id, trace_id, entry FROM trace_parts p WHERE NOT EXISTS "
+                "(SELECT 1 FROM trace_parts q WHERE q.trace_id = p.trace_id AND q.id < p.id) "
+                "ORDER BY id DESC LIMIT ?) "
+                "SELECT f.trace_id, f.entry, MIN(p.first_at), MAX(p.last_at), SUM(p.records), SUM(p.errors) "
+                "FROM firsts f JOIN trace_parts p ON p.trace_id = f.trace_id GROUP BY f.id ORDER BY f.id DESC",
                 (limit,),
             )
             return [TraceSummary(*row) for row in rows]
@@ -371,12 +386,20 @@ class SqliteTraceStore:
         return await self._db.read(recent)
 
     async def prune(self, older_than: float) -> int:
+        # Parts are written in time order, give or take a flush: the old ones are the first rows, so the
+        # scan stops at the first recent part instead of reading the whole table.
         def prune(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "DELETE FROM trace_chunks WHERE trace_id IN (SELECT trace_id FROM traces WHERE last_at < ?)",
-                (older_than,),
-            )
-            return conn.execute("DELETE FROM traces WHERE last_at < ?", (older_than,)).rowcount
+            row = conn.execute(
+                "SELECT id FROM trace_parts WHERE last_at >= ? ORDER BY id LIMIT 1", (older_than,)
+            ).fetchone()
+            old = conn.execute(
+                "SELECT trace_id FROM trace_parts WHERE trace_id IN "
+                "(SELECT DISTINCT trace_id FROM trace_parts WHERE id < ?) "
+                "GROUP BY trace_id HAVING MAX(last_at) < ?",
+                (row[0] if row else (1 << 62), older_than),
+            ).fetchall()
+            conn.executemany("DELETE FROM trace_parts WHERE trace_id = ?", old)
+            return len(old)
 
         return await self._db.write(prune)
 
