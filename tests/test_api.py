@@ -236,3 +236,21 @@ async def test_admin_api_is_off_in_start_mode_without_a_token(make_project: Proj
     async with serve(root, dev=False) as app:
         r = await app.client.post("/__stepline/emit", json={"topic": "p"})
         assert r.status_code == 403 and "STEPLINE_ADMIN_TOKEN" in r.json()["error"]
+
+
+async def test_a_catch_all_step_does_not_shadow_the_built_in_routes(make_project: ProjectFactory) -> None:
+    root = make_project(
+        {
+            "steps/any_step.py": """
+            config = {"type": "api", "name": "Any", "path": "/{name}", "method": "GET"}
+            async def handler(req, ctx):
+                return {"status": 200, "body": {"name": req.path_params["name"]}}
+        """
+        }
+    )
+    async with serve(root) as app:
+        assert (await app.client.get("/__stepline/health")).json()["status"] == "ok"
+        assert "paths" in (await app.client.get("/openapi.json")).json()
+        assert (await app.client.get("/__private")).json() == {"name": "__private"}  # not a built-in prefix
+        assert (await app.client.get("/__stepline/nothing")).status_code == 404
+        assert (await app.client.post("/hello")).status_code == 405

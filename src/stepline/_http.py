@@ -19,6 +19,7 @@ from ._config import ApiConfig
 from ._engine import Engine
 from ._errors import FieldError, SchemaValidationError
 from ._ids import new_id
+from ._loader import RESERVED_PREFIXES
 from ._openapi import openapi
 from ._project import Project, Step
 from ._protocols import TraceRecord
@@ -56,6 +57,7 @@ class HttpApp:
         self.admin_token = admin_token
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
+        self._builtin = self._build_builtin()
         self._router = self._build(engine.project)
 
     def set_project(self, project: Project) -> None:
@@ -65,7 +67,10 @@ class HttpApp:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
             return
-        await self._router(scope, receive, send)
+        # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
+        # need not walk past two dozen built-in routes first.
+        builtin = _route_path(scope).startswith(RESERVED_PREFIXES)
+        await (self._builtin if builtin else self._router)(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -86,17 +91,22 @@ class HttpApp:
 
     # -- routes ----------------------------------------------------------------------------------
 
-    def _build(self, project: Project) -> Router:
+    def _build_builtin(self) -> Router:
         workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token)
-        routes = [
-            Route("/openapi.json", self._openapi, methods=["GET"]),
-            Route("/__stepline/health", self._health, methods=["GET"]),
-            Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
-            Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
-            Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
-            *workbench.routes(),
-            workbench.page(),
-        ]
+        return Router(
+            [
+                Route("/openapi.json", self._openapi, methods=["GET"]),
+                Route("/__stepline/health", self._health, methods=["GET"]),
+                Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
+                Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
+                Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
+                *workbench.routes(),
+                workbench.page(),
+            ]
+        )
+
+    def _build(self, project: Project) -> Router:
+        routes = []
         for step in project.api_steps:
             assert isinstance(step.config, ApiConfig)
             routes.append(Route(step.config.path, self._endpoint(step), methods=[step.config.method], name=step.name))
@@ -135,7 +145,11 @@ class HttpApp:
         now = time.time()
         self.engine.record(
             TraceRecord(
-                trace_id, "trigger", step.name, now, {"entry": f"{request.method} {request.url.path}", "type": "api"}
+                trace_id,
+                "trigger",
+                step.name,
+                now,
+                {"entry": f"{request.method} {request.scope['path']}", "type": "api"},
             )
         )
         self.engine.record(
@@ -225,6 +239,13 @@ class HttpApp:
         )
 
 
+def _route_path(scope: Scope) -> str:
+    """The path below the mount point, as routing sees it (a mounted app's scope path includes its prefix)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
 def _summary(s: Any) -> dict[str, Any]:
     return {
         "trace_id": s.trace_id,
@@ -262,7 +283,7 @@ def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
         headers=dict(request.headers.items()),  # ASGI header names are lower-case already
         raw_body=raw.decode("utf-8", errors="replace"),
         method=request.method,
-        path=request.url.path,
+        path=request.scope["path"],
     )
 
 
