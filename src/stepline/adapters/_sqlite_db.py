@@ -261,13 +261,13 @@ def _migrate_traces(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")  # several workers may open an old file at once: one migrates
     try:
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'").fetchone():
+            # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
             conn.execute(
                 "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
-                "SELECT trace_id, COALESCE(records->'$[0][3]'->>'entry', records->>'$[0][1]', '?'), "
-                "records->>'$[0][2]', (SELECT MAX(value->>2) FROM json_each(records)), "
-                "json_array_length(records), (SELECT COUNT(*) FROM json_each(records) "
-                "WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), records "
-                "FROM trace_chunks ORDER BY id"
+                "SELECT trace_id, COALESCE(r->'$[0][3]'->>'entry', r->>'$[0][1]', '?'), r->>'$[0][2]', "
+                "(SELECT MAX(value->>2) FROM json_each(r)), json_array_length(r), (SELECT COUNT(*) "
+                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r "
+                "FROM (SELECT id, trace_id, CAST(records AS TEXT) AS r FROM trace_chunks) ORDER BY id"
             )
             conn.execute("DROP TABLE trace_chunks")
             conn.execute("DROP TABLE IF EXISTS traces")

@@ -351,7 +351,7 @@ class SqliteTraceStore:
             )
         # The whole batch is one JSON parameter that SQLite unpacks itself: one statement, run with the
         # GIL released, instead of a row at a time between the engine's requests.
-        batch = _json.dumps(parts, "a trace record")
+        batch = _json.dumps(parts, "a trace record").decode()  # text: SQLite 3.45+ reads a BLOB as JSONB
 
         def append(conn: sqlite3.Connection) -> None:
             conn.execute(
