@@ -1,9 +1,9 @@
 """API overhead, A/B: Stepline's GET /ping against FastAPI's, in alternating rounds on the same machine.
 
-    python bench/api_ab.py [--rounds 6] [--seconds 5] [--before PATH]
+    python bench/api_ab.py [--rounds 6] [--seconds 5] [--before PATH ...]
 
 Both servers stay up; each round runs wrk (2 threads, 32 connections) against one, then the other, so a
-change in the machine's speed lands on both. With --before, a second Stepline runs from another checkout
+change in the machine's speed lands on both. Each --before runs another Stepline from another checkout
 (`git worktree add /tmp/before <rev>`), its `src/` first on the path: a change measured against the code
 before it, in the same run. Prints each round and the medians; FastAPI's venv is run.py's.
 """
@@ -49,14 +49,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--before", type=Path, help="another Stepline checkout to measure beside this one")
+    parser.add_argument(
+        "--before", type=Path, action="append", default=[], help="another Stepline checkout to measure beside this one"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="stepline-api-ab-"))
     fastapi_python = venv_python(next(s for s in SYSTEMS if s.key == "fastapi"))
     servers: dict[str, tuple[str, subprocess.Popen[bytes]]] = {}
     try:
-        for name, src in [("stepline", None), *([("before", args.before / "src")] if args.before else [])]:
+        for name, src in [*((path.name, path / "src") for path in args.before), ("stepline", None)]:
             project = work / name
             (project / "steps").mkdir(parents=True)
             (project / "steps" / "ping_step.py").write_text(PING_STEP.lstrip())
