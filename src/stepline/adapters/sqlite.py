@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ HEARTBEAT = 1.0
 # A worker silent this long is taken for dead, and its leases are handed out again.
 STALE_AFTER = 5.0
 _POLL = 0.05
+_PRUNE_ROWS = 5000  # trace parts looked at per pruning transaction
 
 _EVENT = "id, step, event_id, topic, data, trace_id, emitted_by, created_at, message_group_id"
 _EVENT_COLUMNS = f"{_EVENT}, attempts"
@@ -387,21 +389,33 @@ class SqliteTraceStore:
 
     async def prune(self, older_than: float) -> int:
         # Parts are written in time order, give or take a flush: the old ones are the first rows, so the
-        # scan stops at the first recent part instead of reading the whole table.
-        def prune(conn: sqlite3.Connection) -> int:
-            row = conn.execute(
+        # scan stops at the first recent part instead of reading the whole table. They go a range of
+        # rows per transaction, so a large prune never holds up the writer for long.
+        def bounds(conn: sqlite3.Connection) -> tuple[int, int]:
+            first = conn.execute("SELECT MIN(id) FROM trace_parts").fetchone()[0]
+            recent = conn.execute(
                 "SELECT id FROM trace_parts WHERE last_at >= ? ORDER BY id LIMIT 1", (older_than,)
             ).fetchone()
+            end = recent[0] if recent else conn.execute("SELECT MAX(id) + 1 FROM trace_parts").fetchone()[0]
+            return (first or 0), (end or 0)
+
+        def prune_range(lo: int, hi: int, conn: sqlite3.Connection) -> int:
             old = conn.execute(
                 "SELECT trace_id FROM trace_parts WHERE trace_id IN "
-                "(SELECT DISTINCT trace_id FROM trace_parts WHERE id < ?) "
+                "(SELECT trace_id FROM trace_parts WHERE id >= ? AND id < ?) "
                 "GROUP BY trace_id HAVING MAX(last_at) < ?",
-                (row[0] if row else (1 << 62), older_than),
+                (lo, hi, older_than),
             ).fetchall()
             conn.executemany("DELETE FROM trace_parts WHERE trace_id = ?", old)
             return len(old)
 
-        return await self._db.write(prune)
+        lo, end = await self._db.read(bounds)
+        removed = 0
+        while lo < end:
+            hi = min(lo + _PRUNE_ROWS, end)
+            removed += await self._db.write(partial(prune_range, lo, hi))
+            lo = hi
+        return removed
 
     async def close(self) -> None:
         await self._db.release()
