@@ -43,7 +43,7 @@ test: lint typecheck pytest
 # step call, well under 1 chain/s here (and slower as its Redis fills): 50 chains keep its three runs to
 # minutes, not hours. `bench/chain.py` is the quick Stepline-only bench.
 bench: install
-	$(BIN)/python bench/run.py --chains-for motia=50
+	$(BIN)/python bench/run.py --chains-for motia=50 --chains-for motia-python=50
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache workbench/node_modules src/stepline/_workbench_static

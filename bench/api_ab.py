@@ -22,27 +22,13 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from _common import free_port, http_ok, spawn, stop, wait_for, wrk
+from fastapi_driver import APP as FASTAPI_APP
 from run import SYSTEMS, venv_python
+from stepline_driver import STEPS
+
+PING_STEP = STEPS["ping_step.py"]
 
 console = Console()
-
-PING_STEP = """
-config = {"type": "api", "name": "Ping", "path": "/ping", "method": "GET"}
-
-async def handler(req, ctx):
-    return {"status": 200, "body": {"ok": True}}
-"""
-
-FASTAPI_APP = """
-from fastapi import FastAPI
-
-app = FastAPI()
-
-
-@app.get("/ping")
-async def ping():
-    return {"ok": True}
-"""
 
 
 def main() -> None:

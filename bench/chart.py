@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 
 import matplotlib
 
@@ -15,9 +16,9 @@ def main(results_json: str, out: str) -> None:
     with open(results_json) as f:
         results = json.load(f)["results"]
     keys = [k for k in results if "chain.throughput" in results[k]["summary"]]
-    labels = [results[k]["label"].replace(" + ", "\n+ ").replace(", ", "\n").replace(" (", "\n(") for k in keys]
+    labels = [_wrapped(results[k]["label"]) for k in keys]
     colors = ["#2e7d32" if k.startswith("stepline") else "#90a4ae" for k in keys]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(max(12, 1.8 * len(keys)), 4.8))
 
     throughput = [results[k]["summary"]["chain.throughput"]["median"] for k in keys]
     bars = left.bar(labels, throughput, color=colors)
@@ -39,6 +40,12 @@ def main(results_json: str, out: str) -> None:
         axis.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def _wrapped(label: str) -> str:
+    """A system's label on a few short lines, so that neighbouring labels under the bars do not overlap."""
+    lines = label.replace(" + ", "\n+ ").replace(", ", "\n").replace(" (", "\n(").splitlines()
+    return "\n".join(part for line in lines for part in textwrap.wrap(line, 13))
 
 
 if __name__ == "__main__":

@@ -70,8 +70,8 @@ def write_docs(results_json: Path, docs: Path) -> None:
     if separate:
         lines += [
             "",
-            f"*{', '.join(separate)}: measured in a second invocation on the same machine, right after the "
-            "others (`bench/run.py --systems ... --merge`), not in the same run.*",
+            f"*{', '.join(separate)}: measured in a second invocation on the same machine, the same day "
+            "(`bench/run.py --systems ... --merge`), not in the same run.*",
         ]
     lines += ["", "## Against the targets", ""]
     lines += [f"- {line}" for line in data["ratios"]]
@@ -83,7 +83,8 @@ def write_docs(results_json: Path, docs: Path) -> None:
         "   as its requests take seconds each under this load).",
         "2. **Three-step chain**: a request starts a chain of three steps; the last records that the chain is done.",
         "   Stepline: `POST /chains/{id}` (an API step) emits to event steps A, B and C; C increments a counter",
-        "   and records the chain in state. Motia: the same four steps in JavaScript; C records the chain in Redis.",
+        "   and records the chain in state. Motia: the same four steps in JavaScript, and again in Python (Motia",
+        "   runs both); C records the chain in Redis.",
         "   DBOS: `POST /chains/{id}` starts a workflow of three steps (`DBOS.start_workflow`). Celery:",
         "   `chain(a, b, c)` sent by the client. Temporal: the client starts a workflow of three activities.",
         "   32 concurrent senders; throughput is the chains divided by the time from the first request to the last",

@@ -108,6 +108,14 @@ SYSTEMS = [
         # longer API run (a 5 s one ends before most requests do) and (make bench) fewer chains.
         args=["--hops", "50", "--api-seconds", "30"],
     ),
+    System(
+        "motia-python",
+        "Motia (default engine) + Redis, Python steps",
+        "motia_driver.py",
+        "not durable as run: as above",
+        packages=["httpx", "redis"],
+        args=["--hops", "50", "--api-seconds", "30", "--python"],
+    ),
 ]
 
 
@@ -317,7 +325,7 @@ def target_ratios(results: dict[str, Any]) -> list[str]:
     """The targets of the benchmark issue, each as a measured ratio (or why it could not be measured)."""
     lines = []
     ours = median(results, "stepline-1", "chain.throughput")
-    for peer, goal in (("dbos", 10), ("temporal", 10), ("motia", 3), ("celery", None)):
+    for peer, goal in (("dbos", 10), ("temporal", 10), ("motia", 3), ("motia-python", None), ("celery", None)):
         theirs = median(results, peer, "chain.throughput")
         if ours and theirs:
             ratio = ours / theirs

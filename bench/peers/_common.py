@@ -24,11 +24,14 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def arguments() -> argparse.Namespace:
+def arguments(configure: Callable[[argparse.ArgumentParser], object] | None = None) -> argparse.Namespace:
+    """The options run.py passes every driver; `configure` adds a driver's own."""
     # SIGTERM (from run.py when a driver overruns) must unwind through the drivers' `finally: stop(...)`,
     # or the server it started lives on, in a session of its own, and skews every later figure.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser()
+    if configure is not None:
+        configure(parser)
     parser.add_argument("--chains", type=int, default=5000)
     parser.add_argument("--hops", type=int, default=200)
     parser.add_argument("--workers", type=int, default=1)
