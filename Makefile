@@ -39,7 +39,7 @@ pytest: install browser
 
 test: lint typecheck pytest
 
-# The side-by-side suite (docs/benchmarks.md), about 50 minutes on 2 cores. Motia runs a process per
+# The side-by-side suite (docs/benchmarks.md), about an hour on 2 cores. Motia runs a process per
 # step call, well under 1 chain/s here (and slower as its Redis fills): 50 chains keep its three runs to
 # minutes, not hours. `bench/chain.py` is the quick Stepline-only bench.
 bench: install
