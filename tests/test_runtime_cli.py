@@ -107,3 +107,44 @@ def test_traces_list_and_show(make_project: ProjectFactory) -> None:
 def test_no_database_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["traces", "--dir", str(tmp_path)])
     assert result.exit_code == 1 and "No database at" in result.output
+
+
+FAN_OUT = {
+    "steps/fan_step.py": """
+        config = {"type": "api", "name": "Fan", "path": "/fan", "method": "POST", "emits": ["item"]}
+        async def handler(req, ctx):
+            for n in (1, 2):
+                await ctx.emit("item", {"n": n})
+            return {"status": 202, "body": {"traceId": ctx.trace_id}}
+    """,
+    "steps/item_step.py": """
+        import asyncio
+        config = {"type": "event", "name": "Item", "subscribes": ["item"]}
+        async def handler(input, ctx):
+            ctx.logger.info(f"begin {input['n']}")
+            await asyncio.sleep(0.4 if input["n"] == 1 else 0.1)  # the runs overlap; 2 ends first
+            await ctx.state.set("items", str(input["n"]), True)
+            ctx.logger.info(f"done {input['n']}")
+    """,
+}
+
+
+def test_traces_show_keeps_overlapping_runs_of_one_step_apart(make_project: ProjectFactory) -> None:
+    from stepline._cli_runtime import trace_tree
+    from stepline.testing import serve
+
+    async def fan() -> tuple[str, list[object]]:
+        async with serve(make_project(FAN_OUT)) as running:
+            trace_id = (await running.client.post("/fan")).json()["traceId"]
+            await running.settle()
+            return trace_id, await running.trace(trace_id)
+
+    trace_id, records = asyncio.run(fan())
+    runs = [node for node in trace_tree(trace_id, records).children if "Item" in str(node.label)]  # type: ignore[arg-type]
+    assert len(runs) == 2
+    for run in runs:
+        lines = [str(child.label) for child in run.children]
+        n = "1" if any("begin 1" in line for line in lines) else "2"
+        shown = [line.split("ms[/] ", 1)[1] for line in lines]
+        expected = [f"info begin {n}", f"state set items/{n}", f"info done {n}", "[green]ok[/]"]
+        assert len(shown) == len(expected) and all(a.startswith(b) for a, b in zip(shown, expected, strict=True)), lines

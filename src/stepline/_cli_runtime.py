@@ -215,21 +215,23 @@ def trace_tree(trace_id: str, records: list[TraceRecord]) -> Tree:
     start = records[0].ts
     entry = next((r.data.get("entry") for r in records if r.kind == "trigger"), None) or "?"
     tree = Tree(f"[bold]{escape(str(entry))}[/]  [dim]trace {trace_id}[/]")
-    open_runs: dict[str, Tree] = {}
+    # A run is its step and its delivery: two deliveries of one step in one trace (a fan-out) can overlap.
+    open_runs: dict[tuple[str, str | None], Tree] = {}
     for r in records:
         at = f"[dim]{(r.ts - start) * 1000:8.1f} ms[/] "
-        parent = open_runs.get(r.step or "", tree)
+        run = (r.step or "", r.data.get("delivery_id"))
+        parent = open_runs.get(run, tree)
         if r.kind == "start":
             attempt = r.data.get("attempt")
             label = f" (attempt {attempt})" if attempt and attempt > 1 else ""
             topic = f" on {r.data['topic']}" if "topic" in r.data else ""
-            open_runs[r.step or ""] = tree.add(f"{at}[bold]{r.step}[/]{escape(topic)}{label}")
+            open_runs[run] = tree.add(f"{at}[bold]{r.step}[/]{escape(topic)}{label}")
         elif r.kind == "end":
             if r.data.get("status") == "ok":
                 parent.add(f"{at}[green]ok[/] in {r.data.get('duration_ms', 0):.1f} ms")
             else:
                 parent.add(f"{at}[red]{r.data.get('status')}: {escape(str(r.data.get('error', '')))}[/]")
-            open_runs.pop(r.step or "", None)
+            open_runs.pop(run, None)
         elif r.kind == "emit":
             subs = ", ".join(r.data.get("subscribers", [])) or "no subscriber"
             dup = " [yellow](duplicate, not queued)[/]" if r.data.get("duplicate") else ""

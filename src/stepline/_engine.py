@@ -20,7 +20,7 @@ from typing import Any
 
 from . import _json
 from ._config import ApiConfig, EventConfig
-from ._context import Context, State, StepLogger
+from ._context import Context, Recorder, State, StepLogger
 from ._errors import SchemaValidationError, UndeclaredEmitError
 from ._ids import new_id
 from ._llm import LLM, LLMClient
@@ -187,6 +187,8 @@ class Engine:
         message_group_id: str | None = None,
         delay: float = 0.0,
         idempotency_key: str | None = None,
+        *,
+        delivery_id: str | None = None,
     ) -> Event:
         """Accept an event: every current subscriber of `topic` gets a delivery.
 
@@ -210,6 +212,8 @@ class Engine:
             record["delay"] = delay
         if idempotency_key is not None:
             record |= {"idempotency_key": idempotency_key, "duplicate": not accepted}
+        if delivery_id is not None:
+            record["delivery_id"] = delivery_id
         self.record(TraceRecord(trace_id, "emit", step, event.created_at, record))
         if not subscribers and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
@@ -233,16 +237,19 @@ class Engine:
 
     # -- contexts ---------------------------------------------------------------------------------
 
-    def context(self, step: Step, trace_id: str) -> Context:
+    def context(self, step: Step, trace_id: str, delivery_id: str | None = None) -> Context:
+        """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
+        step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose."""
+        record: Recorder = self.record if delivery_id is None else partial(_in_run, self.record, delivery_id)
         return Context(
             step=step.name,
             trace_id=trace_id,
             flows=list(step.flows),
-            emitter=self.emit,
-            state=State(self.state, self.record, trace_id, step.name),
-            logger=StepLogger(self.record, trace_id, step.name),
-            llm=lambda ctx: LLM(self.llm, self, ctx, self.record),
-            record=self.record,
+            emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
+            state=State(self.state, record, trace_id, step.name),
+            logger=StepLogger(record, trace_id, step.name),
+            llm=lambda ctx: LLM(self.llm, self, ctx, record),
+            record=record,
         )
 
     async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
@@ -404,7 +411,7 @@ class Engine:
                 log.error("%s; not handled", exc, extra={"trace_id": event.trace_id, "step": step.name})
                 await self._dead_letter(delivery, str(exc), None)
                 return
-        ctx = self.context(step, event.trace_id)
+        ctx = self.context(step, event.trace_id, delivery.id)
         try:
             async with asyncio.timeout(config.infrastructure.handler.timeout):
                 await self._traced(step, event.trace_id, info, self.call(step, ctx, data))
@@ -451,6 +458,11 @@ class Engine:
 def _delay_of(step: Step) -> float:
     config = step.config
     return config.infrastructure.queue.delay_seconds if isinstance(config, EventConfig) else 0.0
+
+
+def _in_run(record: Recorder, delivery_id: str, r: TraceRecord) -> None:
+    r.data.setdefault("delivery_id", delivery_id)
+    record(r)
 
 
 def _ms(started: float) -> float:
