@@ -258,9 +258,12 @@ class Database:
 
 def _migrate_traces(conn: sqlite3.Connection) -> None:
     """Databases written before trace_parts keep traces in two tables (trace_chunks, traces): move them over."""
+    old = "SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'"
+    if not conn.execute(old).fetchone():
+        return  # the usual case: no write lock taken just to open the file
     conn.execute("BEGIN IMMEDIATE")  # several workers may open an old file at once: one migrates
     try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'").fetchone():
+        if conn.execute(old).fetchone():
             # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
             conn.execute(
                 "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
