@@ -166,7 +166,12 @@ def run_driver(system: System, python: str, chains: int, timeout: float) -> dict
             if line.startswith("RESULT "):
                 result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
                 return result
-        raise RuntimeError(f"{system.key} printed no result:\n{stdout[-2000:]}\n{stderr[-3000:]}")
+        # The system's own log says why it did not answer (the work folder goes with this function); the
+        # driver's error stays last, as the report quotes the last line.
+        logs = "".join(
+            f"--- {log.name}:\n{log.read_text(errors='replace')[-2000:]}\n" for log in Path(workdir).glob("*.log")
+        )
+        raise RuntimeError(f"{system.key} printed no result:\n{stdout[-2000:]}\n{logs}{stderr[-3000:]}")
 
 
 METRICS = [  # (path in the result, label, higher is better)
