@@ -12,6 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 # The Workbench page: built from workbench/ with npm into the package (git-ignored, shipped in the wheel).
+# The pip install above builds it when it is missing (hatch_build.py); this rebuilds it after a change.
 WORKBENCH := src/stepline/_workbench_static/index.html
 $(WORKBENCH): workbench/package.json workbench/package-lock.json workbench/vite.config.ts workbench/index.html $(wildcard workbench/src/*)
 	cd workbench && npm ci --no-audit --no-fund --loglevel=error && npx vite build --logLevel warn
