@@ -10,9 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
-from ._engine import Engine
+from ._engine import Engine, replay_all
 from ._errors import Problem, ProjectLoadError
-from ._http import HttpApp
+from ._health import Health
+from ._http import BODY_TIMEOUT, MAX_BODY, HttpApp
 from ._llm import LLMClient
 from ._loader import load_project
 from ._project import Project
@@ -24,7 +25,8 @@ from .adapters import EngineName, open_adapters
 log = logging.getLogger("stepline")
 
 DAY = 86400.0
-_PRUNE_EVERY = 600.0
+MB = 1024 * 1024
+_PRUNE_EVERY = 60.0
 
 
 class Stepline:
@@ -48,9 +50,13 @@ class Stepline:
         database: str | Path | None = None,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
         trace_retention: float = 7 * DAY,
+        trace_max_bytes: int | None = 1024 * MB,
         idempotency_window: float = DAY,
         adapters: Adapters | None = None,
         llm: LLMSettings | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.dev = dev
@@ -59,10 +65,16 @@ class Stepline:
         self.settings = load_settings(self.root)
         if llm is not None:
             self.settings.llm = llm
+        self.health = (adapters.health if adapters is not None else None) or Health()
         self.adapters = adapters or open_adapters(
-            engine, self.root, database=Path(database) if database else None, synchronous=synchronous
+            engine,
+            self.root,
+            database=Path(database) if database else None,
+            synchronous=synchronous,
+            health=self.health,
         )
         self.trace_retention = trace_retention
+        self.trace_max_bytes = trace_max_bytes
         self.engine = Engine(
             self.project,
             queue=self.adapters.queue,
@@ -71,9 +83,19 @@ class Stepline:
             concurrency=concurrency,
             idempotency_window=idempotency_window,
             llm=self.settings.llm,
+            health=self.health,
         )
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
-        self.asgi = HttpApp(self.engine, dev=dev, admin_token=admin_token, on_startup=self.start, on_shutdown=self.stop)
+        self.asgi = HttpApp(
+            self.engine,
+            dev=dev,
+            admin_token=admin_token,
+            on_startup=self.start,
+            on_shutdown=self.stop,
+            max_body=max_body,
+            body_timeout=body_timeout,
+            allowed_hosts=allowed_hosts,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -148,17 +170,22 @@ class Stepline:
         """Replay one dead letter (by delivery id), or all of them; returns how many went back."""
         if delivery_id is not None:
             return int(await self.adapters.queue.replay(delivery_id))
-        return sum([await self.adapters.queue.replay(d.delivery_id) for d in await self.dead_letters()])
+        return len(await replay_all(self.adapters.queue))
 
     async def purge(self, delivery_id: str | None = None) -> int:
         return await self.adapters.queue.purge(None if delivery_id is None else [delivery_id])
 
     async def _prune_traces(self) -> None:
+        """Traces older than `trace_retention` go, then the oldest while they take more than `trace_max_bytes`."""
         while True:
             try:
-                removed = await self.adapters.traces.prune(time.time() - self.trace_retention)
-                if removed:
-                    log.info("pruned %d traces older than %.0f days", removed, self.trace_retention / DAY)
-            except Exception:
-                log.exception("pruning old traces failed")
+                removed = await self.adapters.traces.prune(time.time() - self.trace_retention, self.trace_max_bytes)
+            except Exception as exc:
+                pause = self.health.failed("pruning", exc, "traces grow until it recovers")
+                await asyncio.sleep(pause)
+                continue
+            self.health.recovered("pruning")
+            if removed:
+                cap = f" or over {self.trace_max_bytes / MB:,.0f} MB" if self.trace_max_bytes else ""
+                log.info("pruned %d traces older than %g days%s", removed, self.trace_retention / DAY, cap)
             await asyncio.sleep(_PRUNE_EVERY)

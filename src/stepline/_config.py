@@ -192,6 +192,8 @@ class CronConfig(_StepConfig):
     # A tick missed while no worker ran: "once" runs it once at start-up (however many were missed),
     # "skip" waits for the next one.
     missed: Literal["once", "skip"] = "once"
+    # A tick is a delivery like an event's: the same timeout, lease, retries and dead letters.
+    infrastructure: Infrastructure = Field(default_factory=Infrastructure)
 
     @field_validator("cron")
     @classmethod

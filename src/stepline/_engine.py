@@ -1,6 +1,11 @@
 """The engine: emits events, runs handlers for deliveries, API requests and cron ticks, and traces it all.
 
 It knows nothing of SQLite, Redis or HTTP: storage comes in through the Protocols of `_protocols`.
+
+Every background loop here (delivery, lease renewal, trace writing) survives any exception: it reports
+to `health` (which logs it once, with what to do), pauses, and tries again; the work it could not do
+stays in the store. A delivery's lease is renewed while its handler runs, so a live run is never handed
+out twice; a run whose worker died counts as an attempt, and the last one goes to the dead letters.
 """
 
 from __future__ import annotations
@@ -9,26 +14,30 @@ import asyncio
 import contextlib
 import logging
 import random
-import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from . import _json
-from ._config import ApiConfig, EventConfig
+from ._config import ApiConfig, CronConfig, EventConfig
 from ._context import Context, Recorder, State, StepLogger
-from ._errors import SchemaValidationError, UndeclaredEmitError
+from ._errors import SchemaValidationError, StoreError, UndeclaredEmitError
+from ._health import Health
 from ._ids import new_id
 from ._llm import LLM, LLMClient
 from ._project import Project, Step
 from ._protocols import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
 from ._request import ApiRequest
+from ._schema import MAX_ERRORS
 from ._settings import LLMSettings
 from ._sync import SyncContext
+from ._threads import HandlerThreads
+from ._watchdog import Blocked, LoopWatchdog
 
 STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
 
@@ -43,11 +52,51 @@ async def resume_trace(state: StateStore, trace_id: str) -> bool:
     return await state.delete(STOPPED_TRACES, trace_id)
 
 
+async def replay_all(queue: EventQueue, page: int = 1000) -> list[str]:
+    """Put every dead letter there is now back in the queue; returns their ids. Goes a page at a time, and
+    stops at letters it replayed already (one that failed again while this ran is not replayed twice)."""
+    replayed: list[str] = []
+    seen: set[str] = set()
+    while True:
+        fresh = [d.delivery_id for d in await queue.dead_letters(page) if d.delivery_id not in seen]
+        if not fresh:
+            return replayed
+        for delivery_id in fresh:
+            seen.add(delivery_id)
+            if await queue.replay(delivery_id):
+                replayed.append(delivery_id)
+
+
 log = logging.getLogger("stepline.engine")
 
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
 _LEASE_MARGIN = 10.0
 _TRACE_LINGER = 0.02
+_FLUSH_BATCH = 5000
+# Records kept while the trace store cannot take them (a full disk): past this, the oldest are dropped.
+_TRACE_BUFFER = 100_000
+# Event data, errors and tracebacks larger than this are cut in trace records (never in the event itself).
+TRACE_DATA_LIMIT = 16 * 1024
+_TRACE_TEXT_LIMIT = 8 * 1024
+LOST_ATTEMPT = (
+    "its worker died during the run (the process exited or was killed: os._exit, a crash, the OOM killer), "
+    "or stopped renewing the lease (a blocked event loop)"
+)
+BLOCKING_ADVICE = (
+    "while an async handler blocks, nothing else in this process runs and its timeout cannot fire: await an "
+    "async call instead, move the blocking call to `await asyncio.to_thread(...)`, or make the handler a plain "
+    "`def` (it then runs on a thread)"
+)
+
+
+@dataclass(eq=False)
+class Run:
+    """A handler running now: what the watchdog names when the loop is blocked, and what it found."""
+
+    step: str
+    trace_id: str
+    delivery_id: str | None = None
+    blocked: str | None = None  # where it blocked the loop, once the watchdog saw it
 
 
 class Engine:
@@ -63,39 +112,57 @@ class Engine:
         idempotency_window: float = 86400.0,
         rand: Callable[[], float] = random.random,
         llm: LLMSettings | None = None,
+        health: Health | None = None,
+        renew_every: float = 1.0,
+        blocked_after: float = 1.0,
     ) -> None:
         self.project = project
         self.llm = LLMClient(llm or LLMSettings())
         self.queue = queue
         self.state = state
         self.traces = traces
+        self.health = health or Health()
         self.concurrency = concurrency
         self._poll = poll_interval
         self.idempotency_window = idempotency_window
         self._rand = rand
+        self._renew_every = renew_every
+        self._blocked_after = blocked_after
         self._inflight: set[asyncio.Task[None]] = set()
+        self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
+        self._runs: dict[asyncio.Task[Any], Run] = {}
         self._buffer: deque[TraceRecord] = deque()
+        self._dropped = 0  # trace records dropped while the trace store failed
         self._flushed = asyncio.Event()
         self._activity = asyncio.Event()
         self._running = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stepline-sync")
+        self._threads = HandlerThreads(concurrency)
+        self._watchdog: LoopWatchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._stopped: set[str] = set()  # traces a person stopped (`stepline traces stop`)
         self._listeners: set[asyncio.Queue[TraceRecord]] = set()  # live views (the Workbench)
         self._stopped_read = 0.0
+        self._specs = _claim_specs(project)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._running = True
         self._tasks = [
             asyncio.create_task(self._work(), name="stepline-worker"),
             asyncio.create_task(self._flush_loop(), name="stepline-traces"),
+            asyncio.create_task(self._renew_loop(), name="stepline-leases"),
         ]
+        self._watchdog = LoopWatchdog(
+            self._loop,
+            root=self.project.root,
+            on_blocked=self._loop_blocked,
+            on_unblocked=self._loop_unblocked,
+            after=self._blocked_after,
+        )
+        self._watchdog.start()
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, let in-flight handlers finish within `grace` seconds, then flush traces.
@@ -104,34 +171,51 @@ class Engine:
         run again once the lease expires (never lost)."""
         self._running = False
         self._activity.set()
-        for task in self._tasks:
-            task.cancel()
+        claiming = self._tasks[0]
+        claiming.cancel()  # the claim loop first: lease renewal and trace writing go on while handlers finish
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.flush()
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.error("could not write %d trace records at shutdown: %s", len(self._buffer), exc)
         await self.llm.close()
-        self._threads.shutdown(wait=False, cancel_futures=True)
+        self._threads.shutdown()
 
     def replace_project(self, project: Project) -> None:
         """Hot reload: new deliveries run the new code; queued events stay queued, in-flight ones finish."""
         self.project = project
+        self._specs = _claim_specs(project)
         self._activity.set()
 
-    async def settle(self, timeout: float = 30.0) -> None:
-        """Wait until no event is queued, leased or delayed and no handler runs (for tests and `emit --local`)."""
+    async def settle(self, timeout: float = 30.0, horizon: float | None = None) -> None:
+        """Wait until no event is queued, leased or due within `horizon` seconds (default: `timeout`) and no
+        handler runs (for tests and `emit --local`). A delivery delayed past the horizon (a 24-hour approval
+        timeout) is not waited for: it could not run before the timeout anyway."""
+        deadline = time.monotonic() + timeout
         async with asyncio.timeout(timeout):
             while True:
-                stats = await self.queue.stats()
+                left = deadline - time.monotonic()
+                stats = await self.queue.stats(horizon=left if horizon is None else horizon)
                 if not self._inflight and stats.pending == 0:
                     break
                 self._activity.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._activity.wait(), 0.05)
         await self.flush()
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync handlers abandoned at their timeout whose threads still run."""
+        return self._threads.abandoned
 
     # -- traces ----------------------------------------------------------------------------------
 
@@ -145,23 +229,40 @@ class Engine:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(record)
 
+    def _wake_writer(self, record: TraceRecord) -> None:
+        self._flushed.set()
+        if self._listeners:
+            self._tell(record)
+
     def record(self, record: TraceRecord) -> None:
         """Buffer a trace record (from any thread); a background task writes them in batches."""
+        if len(self._buffer) >= _TRACE_BUFFER:
+            self._buffer.popleft()
+            self._dropped += 1
         self._buffer.append(record)
-        if self._listeners:
-            if self._loop is None or threading.get_ident() == self._loop_thread:
-                self._tell(record)
-            else:
-                self._loop.call_soon_threadsafe(self._tell, record)
-        if self._loop is None or threading.get_ident() == self._loop_thread:
+        loop = self._loop
+        if loop is None:
             self._flushed.set()
-        else:
-            self._loop.call_soon_threadsafe(self._flushed.set)
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake_writer(record)
+        else:  # a sync handler's thread, the watchdog
+            with contextlib.suppress(RuntimeError):  # the loop is closed: flush() at stop took what it could
+                loop.call_soon_threadsafe(self._wake_writer, record)
 
     async def flush(self) -> None:
+        """Write the buffered records. On a failure they stay buffered, in order, for the next try."""
         while self._buffer:
-            batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
-            await self.traces.append(batch)
+            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _FLUSH_BATCH))]
+            try:
+                await self.traces.append(batch)
+            except BaseException:
+                self._buffer.extendleft(reversed(batch))
+                raise
 
     async def _flush_loop(self) -> None:
         while True:
@@ -172,9 +273,17 @@ class Engine:
             self._flushed.clear()
             try:
                 await self.flush()
-            except Exception:
-                log.exception("could not write trace records; retrying")
-                await asyncio.sleep(1)
+            except Exception as exc:
+                pause = self.health.failed(
+                    "traces", exc, "trace records are kept in memory meanwhile (the newest 100,000) and written later"
+                )
+                self._flushed.set()
+                await asyncio.sleep(pause)
+            else:
+                self.health.recovered("traces")
+                if self._dropped:
+                    log.error("%d trace records were dropped while the trace store failed", self._dropped)
+                    self._dropped = 0
 
     # -- emitting --------------------------------------------------------------------------------
 
@@ -189,10 +298,13 @@ class Engine:
         idempotency_key: str | None = None,
         *,
         delivery_id: str | None = None,
+        trigger: TraceRecord | None = None,
     ) -> Event:
         """Accept an event: every current subscriber of `topic` gets a delivery.
 
-        With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued."""
+        With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued.
+        Raises StoreError when the store cannot take it: then nothing was accepted (and nothing traced;
+        `trigger`, the record of what started the trace, is recorded only for an accepted event)."""
         if step is not None:
             declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
             if topic not in declared:
@@ -201,11 +313,13 @@ class Engine:
             raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
         if delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay}")
-        data = _json.copy(data, f"data of the event {topic!r}")
+        raw = _json.dumps(data, f"data of the event {topic!r}")
+        data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
         event = Event(new_id(), topic, data, trace_id, step, time.time(), message_group_id)
         subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
         accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
-        record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": data}
+        shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
+        record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": shown}
         if message_group_id is not None:
             record["message_group_id"] = message_group_id
         if delay:
@@ -214,6 +328,8 @@ class Engine:
             record |= {"idempotency_key": idempotency_key, "duplicate": not accepted}
         if delivery_id is not None:
             record["delivery_id"] = delivery_id
+        if trigger is not None:
+            self.record(trigger)
         self.record(TraceRecord(trace_id, "emit", step, event.created_at, record))
         if not subscribers and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
@@ -232,8 +348,38 @@ class Engine:
     ) -> Event:
         """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
         trace_id = trace_id or new_id()
-        self.record(TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"}))
-        return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key)
+        trigger = TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"})
+        return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key, trigger=trigger)
+
+    async def publish_cron(self, step: Step, tick: float | None = None) -> str | None:
+        """A cron tick becomes a delivery of the cron step, like any event's: leased, timed out, retried and
+        dead-lettered. Every worker publishes every tick; the idempotency key `cron:{step}:{tick}` lets one
+        of them through. `tick` None is a run asked for now (the Workbench's "run now"). Returns the new
+        trace id, or None when another worker published this tick first."""
+        config = step.config
+        assert isinstance(config, CronConfig)
+        trace_id = new_id()
+        now = time.time()
+        event = Event(new_id(), f"cron:{step.name}", {"tick": tick}, trace_id, None, now)
+        key = window = None
+        if tick is not None:
+            key = f"cron:{step.name}:{round(tick)}"
+            moment = datetime.fromtimestamp(tick, UTC)
+            period = config.schedule.next_after(moment).timestamp() - tick
+            window = max(3600.0, 2 * period)  # long enough to outlast any worker's late start
+        accepted = await self.queue.publish(event, {step.name: 0.0}, key, window or self.idempotency_window)
+        if not accepted:
+            return None
+        entry = {"entry": f"cron {step.name}", "type": "cron", "tick": tick}
+        self.record(TraceRecord(trace_id, "trigger", step.name, now, entry))
+        self._activity.set()
+        return trace_id
+
+    async def run_cron(self, step: Step) -> str:
+        """Run a cron step now, outside its schedule (the Workbench's "run now"): a delivery like a tick's."""
+        trace_id = await self.publish_cron(step)
+        assert trace_id is not None  # no idempotency key: always accepted
+        return trace_id
 
     # -- contexts ---------------------------------------------------------------------------------
 
@@ -253,18 +399,23 @@ class Engine:
         )
 
     async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
-        """Run a handler: async on the loop, sync on a worker thread with a blocking `ctx`."""
+        """Run a handler: async on the loop, sync on a thread of its own pool with a blocking `ctx`."""
         assert step.handler is not None
         if step.is_async:
             return await step.handler(*args, ctx)
         loop = asyncio.get_running_loop()
         sync_ctx = SyncContext(ctx, loop)
-        result = await loop.run_in_executor(self._threads, partial(step.handler, *args, sync_ctx))
+        run = self._threads.submit(partial(step.handler, *args, sync_ctx))
+        try:
+            result = await asyncio.wrap_future(run.future)
+        except asyncio.CancelledError:
+            self._threads.abandon(run)  # a timeout: the thread runs on alone, and is replaced in the pool
+            raise
         if asyncio.iscoroutine(result):  # a plain function that returned a coroutine
             return await result
         return result
 
-    # -- API requests and cron ticks --------------------------------------------------------------
+    # -- API requests -----------------------------------------------------------------------------
 
     async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any:
         """Run an API step's middleware chain and handler; return what the handler returned."""
@@ -292,64 +443,94 @@ class Engine:
 
         return await self._traced(step, trace_id, {}, run(0))
 
-    async def run_cron(self, step: Step) -> str:
-        trace_id = new_id()
-        self.record(
-            TraceRecord(trace_id, "trigger", step.name, time.time(), {"entry": f"cron {step.name}", "type": "cron"})
-        )
-        ctx = self.context(step, trace_id)
-        with contextlib.suppress(Exception):  # recorded in the trace and logged by _traced
-            await self._traced(step, trace_id, {}, self.call(step, ctx))
-        return trace_id
-
-    async def _traced(self, step: Step, trace_id: str, info: dict[str, Any], work: Awaitable[Any]) -> Any:
+    async def _traced(
+        self, step: Step, trace_id: str, info: dict[str, Any], work: Awaitable[Any], delivery_id: str | None = None
+    ) -> Any:
         started = time.time()
+        task = asyncio.current_task()
+        run = Run(step.name, trace_id, delivery_id)
+        outer = self._runs.get(task) if task is not None else None  # a step called as a tool, in its caller's task
+        if task is not None:
+            self._runs[task] = run
         self.record(TraceRecord(trace_id, "start", step.name, started, info))
         try:
             result = await work
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-            self.record(
-                TraceRecord(
-                    trace_id,
-                    "end",
-                    step.name,
-                    time.time(),
-                    {
-                        **info,
-                        "status": status,
-                        "duration_ms": _ms(started),
-                        "error": _describe(exc),
-                        "traceback": traceback.format_exc(),
-                    },
-                )
-            )
+            end = {
+                **info,
+                "status": status,
+                "duration_ms": _ms(started),
+                "error": clip(_describe(exc)),
+                "traceback": clip(traceback.format_exc(), tail=True),
+            }
+            if run.blocked:
+                end["blocked_at"] = run.blocked
+            self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
             if status == "error":
                 log.error(
                     "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
                 )
             raise
-        self.record(
-            TraceRecord(trace_id, "end", step.name, time.time(), {**info, "status": "ok", "duration_ms": _ms(started)})
-        )
+        finally:
+            if task is not None:
+                if outer is not None:
+                    self._runs[task] = outer
+                else:
+                    self._runs.pop(task, None)
+        end = {**info, "status": "ok", "duration_ms": _ms(started)}
+        if run.blocked:
+            end["blocked_at"] = run.blocked
+        self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
         return result
+
+    # -- a blocked event loop (the watchdog calls these from its own thread) --------------------------
+
+    def _loop_blocked(self, blocked: Blocked) -> None:
+        run = self._runs.get(blocked.task) if blocked.task is not None else None
+        if run is None:
+            log.warning(
+                "the event loop has been blocked for %.1f s at %s; %s",
+                self._blocked_after,
+                blocked.where,
+                BLOCKING_ADVICE,
+            )
+            return
+        run.blocked = blocked.where
+        log.warning(
+            "step %s has blocked the event loop for %.1f s at %s; %s",
+            run.step,
+            self._blocked_after,
+            blocked.where,
+            BLOCKING_ADVICE,
+            extra={"trace_id": run.trace_id, "step": run.step},
+        )
+        data: dict[str, Any] = {
+            "level": "warn",
+            "message": f"blocked the event loop for over {self._blocked_after:g} s at {blocked.where}",
+            "fields": {"blocked_at": blocked.where},
+        }
+        if run.delivery_id is not None:
+            data["delivery_id"] = run.delivery_id
+        self.record(TraceRecord(run.trace_id, "log", run.step, time.time(), data))
+
+    def _loop_unblocked(self, blocked: Blocked) -> None:
+        log.warning("the event loop answers again after %.1f s blocked at %s", blocked.seconds, blocked.where)
 
     # -- the delivery loop ------------------------------------------------------------------------
 
-    def _specs(self) -> dict[str, ClaimSpec]:
-        specs: dict[str, ClaimSpec] = {}
-        for step in self.project.event_steps:
-            assert isinstance(step.config, EventConfig)
-            infra = step.config.infrastructure
-            lease = infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
-            specs[step.name] = ClaimSpec(lease, infra.queue.type == "fifo", infra.handler.concurrency)
-        return specs
-
     async def _work(self) -> None:
         while self._running:
-            await self._read_stopped()
-            free = self.concurrency - len(self._inflight)
-            deliveries = await self.queue.claim(self._specs(), free) if free > 0 else []
+            try:
+                await self._read_stopped()
+                free = self.concurrency - len(self._inflight)
+                deliveries = await self.queue.claim(self._specs, free) if free > 0 else []
+                self.health.recovered("delivery")
+            except Exception as exc:
+                await asyncio.sleep(
+                    self.health.failed("delivery", exc, "no handler runs until it recovers; queued events wait")
+                )
+                continue
             for delivery in deliveries:
                 task = asyncio.create_task(self._deliver(delivery))
                 self._inflight.add(task)
@@ -361,12 +542,39 @@ class Engine:
                     self._activity.clear()
                     await self._activity.wait()
 
+    async def _renew_loop(self) -> None:
+        """Extend the lease of every running delivery, so that a live run is never handed out again."""
+        while True:
+            leases = list(self._leases.values())
+            pause = min([self._renew_every, *(lease / 3 for _, lease in leases)])
+            await asyncio.sleep(pause)
+            leases = list(self._leases.values())
+            if not leases:
+                continue
+            try:
+                lost = await self.queue.renew(leases)
+            except Exception as exc:
+                await asyncio.sleep(
+                    self.health.failed(
+                        "leases", exc, "running handlers go on; if it lasts longer than a lease, their events run twice"
+                    )
+                )
+                continue
+            self.health.recovered("leases")
+            for delivery in lost:
+                if delivery.id in self._leases:  # not merely settled a moment ago
+                    log.warning(
+                        "the lease of a run of %s ran out before it could be renewed; another worker may run it too",
+                        delivery.step,
+                        extra={"trace_id": delivery.event.trace_id, "step": delivery.step},
+                    )
+
     async def _read_stopped(self) -> None:
         # Once a second at most: stopping is a person's act, and another process (the CLI) may do it.
         now = time.monotonic()
         if now - self._stopped_read >= 1.0:
-            self._stopped_read = now
             self._stopped = set(await self.state.get_group(STOPPED_TRACES))
+            self._stopped_read = now
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
@@ -376,19 +584,45 @@ class Engine:
 
     async def _deliver(self, delivery: Delivery) -> None:
         step = self.project.steps.get(delivery.step)
+        if step is None or not isinstance(step.config, EventConfig | CronConfig):
+            # The step went away in a reload after the delivery was claimed: keep it for later.
+            await self._settle(partial(self.queue.retry, delivery, 1.0, f"step {delivery.step!r} is not loaded"))
+            return
+        self._leases[delivery.id] = (delivery, _lease_of(step.config))
+        try:
+            await self._run_delivery(step, step.config, delivery)
+        finally:
+            self._leases.pop(delivery.id, None)
+
+    async def _run_delivery(self, step: Step, config: EventConfig | CronConfig, delivery: Delivery) -> None:
         event = delivery.event
         info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
-        if step is None or not isinstance(step.config, EventConfig):
-            # The step went away in a reload after the delivery was claimed: keep it for later.
-            await self.queue.retry(delivery, 1.0, f"step {delivery.step!r} is not loaded")
-            return
         if event.trace_id in self._stopped:
             # Kept, not dropped: `stepline traces resume` and a replay run it after all.
             await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
             return
-        config = step.config
+        if delivery.lost:
+            error = f"attempt {delivery.attempt - 1} did not finish: {LOST_ATTEMPT}"
+            attempts = config.infrastructure.queue.max_retries + 1
+            if delivery.attempt > attempts:
+                # The lost attempt was the last: running it again would break maxRetries (and a handler that
+                # kills its worker would be redelivered for ever).
+                await self._dead_letter(
+                    delivery, f"the worker died during the run, on the last of {attempts} attempts: {error}", None
+                )
+                return
+            self.record(
+                TraceRecord(
+                    event.trace_id,
+                    "retry",
+                    step.name,
+                    time.time(),
+                    {"delivery_id": delivery.id, "attempt": delivery.attempt - 1, "delay": 0, "error": error},
+                )
+            )
+            log.warning("%s; running it again", error, extra={"trace_id": event.trace_id, "step": step.name})
         data = event.data
-        if config.input is not None:
+        if isinstance(config, EventConfig) and config.input is not None:
             try:
                 data = config.input.validate(event.data, f"the input of step {step.name!r}")
             except SchemaValidationError as exc:
@@ -403,29 +637,67 @@ class Engine:
                             **info,
                             "status": "error",
                             "duration_ms": 0.0,
-                            "error": str(exc),
-                            "errors": [e.to_dict() for e in exc.errors],
+                            "error": clip(str(exc)),
+                            "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
                         },
                     )
                 )
-                log.error("%s; not handled", exc, extra={"trace_id": event.trace_id, "step": step.name})
-                await self._dead_letter(delivery, str(exc), None)
+                log.error("%s; not handled", clip(str(exc)), extra={"trace_id": event.trace_id, "step": step.name})
+                await self._dead_letter(delivery, clip(str(exc)), None)
                 return
         ctx = self.context(step, event.trace_id, delivery.id)
+        timeout = config.infrastructure.handler.timeout
+        args = (data,) if isinstance(config, EventConfig) else ()
+        started = time.monotonic()
         try:
-            async with asyncio.timeout(config.infrastructure.handler.timeout):
-                await self._traced(step, event.trace_id, info, self.call(step, ctx, data))
+            async with asyncio.timeout(timeout):
+                await self._traced(step, event.trace_id, info, self._overran(step, timeout, ctx, args), delivery.id)
         except TimeoutError:
-            await self._failed(step, delivery, f"timed out after {config.infrastructure.handler.timeout}s", None)
+            await self._failed(step, delivery, f"timed out after {timeout:g}s", None)
+        except _Overran as exc:
+            await self._failed(step, delivery, str(exc), None)
         except asyncio.CancelledError:
             raise  # shutting down: the lease expires and the delivery runs again
         except Exception as exc:
-            await self._failed(step, delivery, _describe(exc), traceback.format_exc())
+            await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
         else:
-            await self.queue.ack(delivery)
+            log.debug("ran %s in %.3f s", step.name, time.monotonic() - started)
+            await self._settle(partial(self.queue.ack, delivery))
+
+    async def _overran(self, step: Step, timeout: float, ctx: Context, args: tuple[Any, ...]) -> Any:
+        """The handler, failed as timed out when it ran past its timeout without giving the loop a chance to
+        cancel it (a blocking call in an async handler)."""
+        started = time.monotonic()
+        result = await self.call(step, ctx, *args)
+        took = time.monotonic() - started
+        if took > timeout:
+            task = asyncio.current_task()
+            run = self._runs.get(task) if task is not None else None
+            where = f" at {run.blocked}" if run is not None and run.blocked else ""
+            raise _Overran(
+                f"timed out after {timeout:g}s: it ran {took:.1f} s without yielding to the event loop{where}, so "
+                f"the timeout could not stop it; {BLOCKING_ADVICE}"
+            )
+        return result
+
+    async def _settle(self, outcome: Callable[[], Awaitable[None]]) -> None:
+        """Record a run's outcome (ack, retry, dead letter), however long the store takes to accept it: the
+        lease is renewed meanwhile, so the run is not handed out again, and nothing is lost."""
+        while True:
+            try:
+                await outcome()
+            except StoreError as exc:
+                if not self._running:
+                    raise  # shutting down: the lease runs out and the delivery runs again
+                await asyncio.sleep(
+                    self.health.failed("outcomes", exc, "finished runs wait to be recorded; none runs twice")
+                )
+                continue
+            self.health.recovered("outcomes")
+            return
 
     async def _failed(self, step: Step, delivery: Delivery, error: str, tb: str | None) -> None:
-        assert isinstance(step.config, EventConfig)
+        assert isinstance(step.config, EventConfig | CronConfig)
         queue_settings = step.config.infrastructure.queue
         if delivery.attempt <= queue_settings.max_retries:
             delay = queue_settings.backoff.delay(delivery.attempt, self._rand())
@@ -438,7 +710,7 @@ class Engine:
                     {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error},
                 )
             )
-            await self.queue.retry(delivery, delay, error)
+            await self._settle(partial(self.queue.retry, delivery, delay, error))
         else:
             await self._dead_letter(delivery, error, tb)
 
@@ -452,7 +724,26 @@ class Engine:
                 {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
             )
         )
-        await self.queue.dead_letter(delivery, error, tb)
+        await self._settle(partial(self.queue.dead_letter, delivery, error, tb))
+
+
+class _Overran(Exception):
+    """A handler that finished, but past its timeout: it failed as a timeout."""
+
+
+def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
+    specs: dict[str, ClaimSpec] = {}
+    for step in [*project.event_steps, *project.cron_steps]:
+        config = step.config
+        assert isinstance(config, EventConfig | CronConfig)
+        infra = config.infrastructure
+        specs[step.name] = ClaimSpec(_lease_of(config), infra.queue.type == "fifo", infra.handler.concurrency)
+    return specs
+
+
+def _lease_of(config: EventConfig | CronConfig) -> float:
+    infra = config.infrastructure
+    return infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
 
 
 def _delay_of(step: Step) -> float:
@@ -463,6 +754,20 @@ def _delay_of(step: Step) -> float:
 def _in_run(record: Recorder, delivery_id: str, r: TraceRecord) -> None:
     r.data.setdefault("delivery_id", delivery_id)
     record(r)
+
+
+def clip(text: str, limit: int = _TRACE_TEXT_LIMIT, tail: bool = False) -> str:
+    """Text for a trace record or an error message, cut to `limit` characters with a marker saying so.
+    `tail` keeps the end (of a traceback: where it was raised)."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"[{cut} characters cut] ...{text[-limit:]}" if tail else f"{text[:limit]}... [{cut} characters cut]"
+
+
+def clipped(raw: bytes) -> dict[str, Any]:
+    """What a trace keeps of event data too large to store whole: its size and its start."""
+    return {"_truncated": f"{len(raw)} bytes, cut in the trace", "start": raw[:1024].decode(errors="replace")}
 
 
 def _ms(started: float) -> float:

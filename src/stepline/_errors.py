@@ -4,7 +4,10 @@ SteplineError
 ├── ProjectLoadError        the project has problems; carries every one of them
 ├── UndeclaredEmitError     a step emitted a topic its config does not list
 ├── NotJSONError            a state value or event data is not JSON
-└── SchemaValidationError   data did not match a step's schema
+├── SchemaValidationError   data did not match a step's schema
+└── StoreError              the store (SQLite, ...) could not do an operation; nothing was written
+    ├── StoreUnavailableError   for now: a full disk, a lock held by another process, an I/O error
+    └── StoreCorruptError       the store's file is damaged; it will not heal by itself
 """
 
 from __future__ import annotations
@@ -93,3 +96,22 @@ class SchemaValidationError(SteplineError):
     def __str__(self) -> str:
         detail = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
         return f"{self.what} does not match its schema: {detail}"
+
+
+class StoreError(SteplineError):
+    """A store operation failed and changed nothing. `reason` is the driver's own words, `fix` what to do."""
+
+    def __init__(self, message: str, *, reason: str = "", fix: str = "") -> None:
+        self.reason = reason or message
+        self.fix = fix
+        super().__init__(f"{message}; {fix}" if fix else message)
+
+
+class StoreUnavailableError(StoreError):
+    """The store cannot take writes (or reads) right now: a full disk, a lock held elsewhere, a lost
+    connection. Retried operations succeed once the cause clears; an event whose emit raised this was
+    not accepted."""
+
+
+class StoreCorruptError(StoreError):
+    """The store's data is damaged (a SQLite file with a bad header, truncated, or overwritten)."""

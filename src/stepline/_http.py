@@ -1,40 +1,53 @@
-"""The ASGI side: API steps as Starlette routes, /openapi.json, and the small admin API of the CLI."""
+"""The ASGI side: API steps as Starlette routes, /openapi.json, health, and the small admin API of the CLI.
+
+What a request may cost is bounded here: a body larger than `max_body` is refused with 413 before it
+is read whole, one that trickles in slower than `body_timeout` with 408, a body schema takes JSON only
+(415 otherwise), and JSON that no store could keep exactly (integers beyond 64 bits) or that nests
+deeper than validators can recurse is a 400 that names the place. A large body is parsed and validated
+off the event loop, and an error report is capped, so that one request never stalls the others.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from . import _json
 from ._access import refusal
+from ._body import HttpError, read_body
 from ._config import ApiConfig
-from ._engine import Engine
-from ._errors import FieldError, SchemaValidationError
+from ._engine import Engine, clip
+from ._errors import FieldError, SchemaValidationError, StoreError
 from ._ids import new_id
 from ._loader import RESERVED_PREFIXES
 from ._openapi import openapi
 from ._project import Project, Step
 from ._protocols import TraceRecord
 from ._request import ApiRequest, unpack_result
-from ._workbench_api import WorkbenchApi, emit_request
+from ._schema import MAX_ERRORS
+from ._workbench_api import WorkbenchApi, emit_request, json_response
 
 log = logging.getLogger("stepline.http")
 
 Lifespan = Callable[[], Awaitable[None]]
 
-
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, headers=headers, media_type="application/json"
-    )
+MAX_BODY = 1024 * 1024  # bytes; Stepline(max_body=...), --max-body
+BODY_TIMEOUT = 30.0  # seconds for the whole body to arrive once the headers have
+_OFF_LOOP = 64 * 1024  # bodies larger than this are parsed and validated on a thread
+_HEALTH_TIMEOUT = 2.0
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Built-in routes a load balancer or a monitor calls with whatever Host it likes.
+_OPEN = ("/__stepline/health", "/__stepline/live", "/openapi.json")
 
 
 class HttpApp:
@@ -51,12 +64,19 @@ class HttpApp:
         admin_token: str | None = None,
         on_startup: Lifespan | None = None,
         on_shutdown: Lifespan | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
+        allowed_hosts: list[str] | None = None,
     ) -> None:
         self.engine = engine
         self.dev = dev
         self.admin_token = admin_token
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        # Host names the built-in routes answer to without a token, besides localhost and IP addresses.
+        self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
         self._builtin = self._build_builtin()
         self._router = self._build(engine.project)
 
@@ -69,8 +89,48 @@ class HttpApp:
             return
         # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
         # need not walk past two dozen built-in routes first.
-        builtin = _route_path(scope).startswith(RESERVED_PREFIXES)
-        await (self._builtin if builtin else self._router)(scope, receive, send)
+        path = _route_path(scope)
+        if path.startswith(RESERVED_PREFIXES):
+            refused = self._cross_site(scope) if not path.startswith(_OPEN) else None
+            if refused is not None:
+                await json_response({"error": refused}, 403)(scope, receive, send)
+                return
+            await self._builtin(scope, receive, send)
+            return
+        await self._router(scope, receive, send)
+
+    def _cross_site(self, scope: Scope) -> str | None:
+        """Why a request to the admin API or the Workbench is refused as coming from another site, if it is.
+
+        Without a token (dev), anyone who can reach the port may use them, so a web page must not: a
+        foreign Host is DNS rebinding (a page whose domain now resolves to this machine), and a foreign
+        Origin on a POST is a cross-site form or fetch. With a token, the token is the guard (a browser
+        never sends it on its own), and a proxy in front may send any Host."""
+        headers = {k: v for k, v in scope.get("headers", []) if k in (b"host", b"origin", b"sec-fetch-site")}
+        host = headers.get(b"host", b"").decode("latin-1").lower()
+        if not self.admin_token and not self._host_allowed(host):
+            return (
+                f"the Host {host!r} is not this machine's: Stepline's own routes answer only to localhost, IP "
+                "addresses and the names given with --allowed-host (or STEPLINE_ALLOWED_HOSTS)"
+            )
+        if scope.get("method") in _UNSAFE:
+            origin = headers.get(b"origin", b"").decode("latin-1").lower()
+            if origin and origin != "null" and urlsplit(origin).netloc != host:
+                return f"a request from another origin ({origin}) may not act here; send it from {host}"
+            if origin == "null" or headers.get(b"sec-fetch-site") == b"cross-site":
+                return "a cross-site request may not act here"
+        return None
+
+    def _host_allowed(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        name = name.strip("[]")
+        if name in ("localhost", "") or name.endswith(".localhost") or name in self.allowed_hosts:
+            return True
+        try:
+            ipaddress.ip_address(name)  # a page's DNS-rebound domain is a name, never an address
+        except ValueError:
+            return False
+        return True
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -92,11 +152,12 @@ class HttpApp:
     # -- routes ----------------------------------------------------------------------------------
 
     def _build_builtin(self) -> Router:
-        workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token)
+        workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token, read_body=self.read_body)
         return Router(
             [
                 Route("/openapi.json", self._openapi, methods=["GET"]),
                 Route("/__stepline/health", self._health, methods=["GET"]),
+                Route("/__stepline/live", self._live, methods=["GET"]),
                 Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
                 Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
                 Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
@@ -118,27 +179,47 @@ class HttpApp:
 
         return endpoint
 
+    async def read_body(self, request: Request) -> bytes:
+        """The body, refused with HttpError past `max_body` bytes (413) or `body_timeout` seconds (408)."""
+        return await read_body(request, self.max_body, self.body_timeout)
+
     async def _handle(self, step: Step, request: Request) -> Response:
         config = step.config
         assert isinstance(config, ApiConfig)
         trace_id = new_id()
-        raw = await request.body()
         try:
-            api_request = _api_request(request, raw, config)
+            raw = await self.read_body(request)
+            if len(raw) > _OFF_LOOP:
+                api_request = await asyncio.to_thread(_api_request, request, raw, config)
+            else:
+                api_request = _api_request(request, raw, config)
+        except HttpError as exc:
+            return json_response({"error": exc.message, "traceId": trace_id}, exc.status, exc.headers | _tid(trace_id))
         except SchemaValidationError as exc:
             self._record_rejection(step, request, trace_id, exc)
-            return json_response(
-                {"error": f"{exc.what} is invalid", "errors": [e.to_dict() for e in exc.errors], "traceId": trace_id},
-                400,
-                {"x-trace-id": trace_id},
-            )
+            body: dict[str, Any] = {
+                "error": f"{exc.what} is invalid",
+                "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
+                "traceId": trace_id,
+            }
+            if len(exc.errors) > MAX_ERRORS:
+                body["more"] = "there are more errors; fix these first"
+            return json_response(body, 400, _tid(trace_id))
         try:
             result = await self.engine.call_api(step, api_request, trace_id)
+        except StoreError as exc:
+            # Nothing the handler tried to store (an emit above all) was accepted: say so, never 202.
+            unavailable: dict[str, Any] = {
+                "error": "Service Unavailable: the store cannot take this request now; try again",
+                "reason": str(exc) if self.dev else exc.reason,
+                "traceId": trace_id,
+            }
+            return json_response(unavailable, 503, {"retry-after": "1"} | _tid(trace_id))
         except Exception as exc:
-            body: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
+            problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
             if self.dev:
-                body["detail"] = f"{type(exc).__name__}: {exc}"
-            return json_response(body, 500, {"x-trace-id": trace_id})
+                problem["detail"] = clip(f"{type(exc).__name__}: {exc}", 2000)
+            return json_response(problem, 500, _tid(trace_id))
         return self._to_response(step, result, trace_id)
 
     def _record_rejection(self, step: Step, request: Request, trace_id: str, exc: SchemaValidationError) -> None:
@@ -162,8 +243,8 @@ class HttpApp:
                     "status": "error",
                     "http_status": 400,
                     "duration_ms": 0.0,
-                    "error": str(exc),
-                    "errors": [e.to_dict() for e in exc.errors],
+                    "error": clip(str(exc)),
+                    "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
                 },
             )
         )
@@ -180,37 +261,55 @@ class HttpApp:
             try:
                 body = schema.validate(body, f"the response body of {step.name!r} for status {status}")
             except SchemaValidationError as exc:
-                log.error("%s", exc, extra={"trace_id": trace_id, "step": step.name})
-                problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
-                if self.dev:
-                    problem["detail"] = str(exc)
-                return json_response(problem, 500, {"x-trace-id": trace_id})
+                log.error("%s", clip(str(exc)), extra={"trace_id": trace_id, "step": step.name})
+                return self._server_error(trace_id, str(exc))
         if body is None:
             return Response(status_code=status, headers=headers)
         content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
         if isinstance(body, str | bytes) and content_type and "json" not in content_type:
             return Response(body, status, headers=headers)
-        return json_response(body, status, headers)
+        try:
+            return json_response(body, status, headers)
+        except TypeError as exc:  # orjson: not JSON
+            message = f"step {step.name!r} returned a body that is not JSON ({exc}); return dicts, lists and scalars"
+            log.error("%s", message, extra={"trace_id": trace_id, "step": step.name})
+            return self._server_error(trace_id, message)
+
+    def _server_error(self, trace_id: str, detail: str) -> Response:
+        problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
+        if self.dev:
+            problem["detail"] = clip(detail, 2000)
+        return json_response(problem, 500, _tid(trace_id))
 
     # -- built-in endpoints ------------------------------------------------------------------------
 
     async def _openapi(self, request: Request) -> Response:
         return json_response(openapi(self.engine.project))
 
+    async def _live(self, request: Request) -> Response:
+        """Liveness: the process answers. Whether it can do its work is /__stepline/health."""
+        return json_response({"status": "ok"})
+
     async def _health(self, request: Request) -> Response:
-        stats = await self.engine.queue.stats()
-        return json_response(
-            {
-                "status": "ok",
-                "steps": len(self.engine.project.steps),
-                "queue": {
-                    "ready": stats.ready,
-                    "delayed": stats.delayed,
-                    "in_flight": stats.in_flight,
-                    "dead": stats.dead,
-                },
-            }
-        )
+        """Readiness: 200 while everything works, 503 with the problems while a background loop fails."""
+        problems = [p.to_dict() for p in self.engine.health.problems()]
+        queue: dict[str, int] | None = None
+        try:
+            async with asyncio.timeout(_HEALTH_TIMEOUT):
+                stats = await self.engine.queue.stats()
+            queue = {"ready": stats.ready, "delayed": stats.delayed, "in_flight": stats.in_flight, "dead": stats.dead}
+        except Exception as exc:
+            reason = "it did not answer within 2 s" if isinstance(exc, TimeoutError) else str(exc)
+            problems.append({"component": "store", "error": f"the store cannot be read: {reason}", "fix": ""})
+        body: dict[str, Any] = {
+            "status": "failing" if problems else "ok",
+            "steps": len(self.engine.project.steps),
+            "queue": queue,
+            "abandoned_threads": self.engine.abandoned_threads,
+        }
+        if problems:
+            body["problems"] = problems
+        return json_response(body, 503 if problems else 200)
 
     def _admin(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         """The admin API is open in dev; in start mode it needs a configured token, sent as a bearer token."""
@@ -222,11 +321,14 @@ class HttpApp:
         return guarded
 
     async def _emit(self, request: Request) -> Response:
-        return await emit_request(self.engine, request)
+        return await emit_request(self.engine, request, self.read_body)
 
     async def _traces(self, request: Request) -> Response:
         await self.engine.flush()
-        limit = int(request.query_params.get("limit", "50"))
+        try:
+            limit = max(1, min(int(request.query_params.get("limit", "50")), 10_000))
+        except ValueError:
+            return json_response({"error": "limit is a whole number"}, 400)
         return json_response([_summary(s) for s in await self.engine.traces.recent(limit)])
 
     async def _trace(self, request: Request) -> Response:
@@ -237,6 +339,10 @@ class HttpApp:
         return json_response(
             [{"trace_id": r.trace_id, "kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records]
         )
+
+
+def _tid(trace_id: str) -> dict[str, str]:
+    return {"x-trace-id": trace_id}
 
 
 def _route_path(scope: Scope) -> str:
@@ -287,16 +393,29 @@ def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
     )
 
 
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 def _parse_body(request: Request, raw: bytes, want_json: bool) -> Any:
     if not raw:
         return None
     content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/x-www-form-urlencoded") and not want_json:
+    if want_json:
+        # A body schema takes JSON only. Text sent as JSON is how a page on another site posts here (a
+        # text/plain form, or fetch with no content type, needs no CORS preflight).
+        if not is_json(content_type):
+            got = f"Content-Type {content_type}" if content_type else "no Content-Type"
+            raise HttpError(415, f"the body must be JSON, sent with Content-Type: application/json (got {got})")
+        return _json.parse(raw, "the request body")
+    if content_type.startswith("application/x-www-form-urlencoded"):
         return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
-    if "json" in content_type or not content_type or want_json:
+    if is_json(content_type):
+        return _json.parse(raw, "the request body")
+    if not content_type:
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            if want_json or "json" in content_type:
-                raise SchemaValidationError("the request body", [FieldError("", f"not valid JSON: {exc}")]) from None
+            return _json.parse(raw, "the request body")
+        except SchemaValidationError:
+            pass  # without a schema or a content type, a body that is not JSON is text
     return raw.decode("utf-8", errors="replace")

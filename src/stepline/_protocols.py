@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from ._health import Health
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -28,13 +30,17 @@ class Event:
 class Delivery:
     """One event on its way to one subscribing step. `attempt` counts from 1 and includes this one.
 
-    The pair (id, attempt) names one lease: an ack, retry or dead-letter for an older attempt (whose
-    lease ran out and whose delivery was handed to someone else) changes nothing."""
+    The pair (id, attempt) names one lease: an ack, retry, renewal or dead-letter for an older attempt
+    (whose lease ran out and whose delivery was handed to someone else) changes nothing.
+
+    `lost` says the attempt before this one never finished: its lease ran out, or its worker died, before
+    an ack, retry or dead-letter. A lost attempt counts as an attempt."""
 
     id: str
     event: Event
     step: str
     attempt: int
+    lost: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +81,10 @@ class DeadLetter:
 @dataclass(frozen=True, slots=True)
 class QueueStats:
     ready: int
-    delayed: int
+    delayed: int  # waiting for their delay (a retry's backoff, a delayed emit), due within the horizon asked for
     in_flight: int
     dead: int
+    later: int = 0  # delayed past the horizon asked for (none without one)
 
     @property
     def pending(self) -> int:
@@ -106,7 +113,12 @@ class EventQueue(Protocol):
         event is a repeat and nothing is queued."""
 
     async def claim(self, specs: Mapping[str, ClaimSpec], limit: int) -> list[Delivery]:
-        """Lease up to `limit` ready deliveries of the named steps."""
+        """Lease up to `limit` ready deliveries of the named steps. A delivery whose lease ran out is ready
+        again: it is handed out with the next attempt number and `lost=True`."""
+
+    async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
+        """Extend each (delivery, seconds) lease to `seconds` from now; return the deliveries whose lease was
+        no longer held (it ran out and the delivery went to someone else, or it was settled)."""
 
     async def ack(self, delivery: Delivery) -> None:
         """The delivery is done; it is never handed out again."""
@@ -126,7 +138,8 @@ class EventQueue(Protocol):
     async def purge(self, delivery_ids: Sequence[str] | None = None) -> int:
         """Delete the named dead letters (all of them for None); returns how many."""
 
-    async def stats(self) -> QueueStats: ...
+    async def stats(self, horizon: float | None = None) -> QueueStats:
+        """Counts of the queue. With `horizon` (seconds), delayed deliveries due later than that count as `later`."""
 
     async def wait(self, timeout: float) -> None:
         """Return when new work may be ready, or after `timeout` seconds, whichever is first."""
@@ -219,8 +232,12 @@ class TraceStore(Protocol):
     async def recent(self, limit: int = 50) -> list[TraceSummary]:
         """Newest first."""
 
-    async def prune(self, older_than: float) -> int:
-        """Delete traces whose last record is older than `older_than` (a Unix time); returns how many."""
+    async def prune(self, older_than: float, max_bytes: int | None = None) -> int:
+        """Delete traces whose last record is older than `older_than` (a Unix time), then, while the stored
+        traces take more than `max_bytes`, the oldest traces; returns how many traces went."""
+
+    async def size(self) -> int:
+        """About how many bytes the stored traces take (their JSON, before the store's own overhead)."""
 
     async def close(self) -> None: ...
 
@@ -245,6 +262,7 @@ class Adapters:
     state: StateStore
     traces: TraceStore
     cron: CronLock
+    health: Health | None = None  # where the store reports its failing background work, if it has any
 
     async def close(self) -> None:
         for part in (self.queue, self.state, self.traces, self.cron):

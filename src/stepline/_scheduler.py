@@ -1,11 +1,15 @@
-"""Runs cron steps on their schedules: each tick once across all workers, following the project through reloads."""
+"""Publishes cron ticks on their schedules: each tick once across all workers, following the project through reloads.
+
+A tick is not run here: it becomes a delivery of the cron step (see `Engine.publish_cron`), so it gets
+the lease, timeout, retries and dead letters of any event, and a tick whose worker dies runs again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ._config import CronConfig
 from ._engine import Engine
@@ -32,7 +36,13 @@ class CronScheduler:
         self._changed.set()
 
     async def run(self) -> None:
-        await self._catch_up()
+        while True:
+            try:
+                await self._catch_up()
+                break
+            except Exception as exc:
+                await asyncio.sleep(self.engine.health.failed("cron", exc, "ticks are published once it recovers"))
+        self.engine.health.recovered("cron")
         while True:
             due_at = self._plan()
             if due_at is None:
@@ -92,6 +102,27 @@ class CronScheduler:
         task.add_done_callback(self._running.discard)
 
     async def _fire(self, step: Step, tick: datetime) -> None:
-        # Every worker sees every tick; the lock lets exactly one of them run it.
-        if await self.lock.claim_tick(step.name, tick.timestamp()):
-            await self.engine.run_cron(step)
+        # Every worker sees every tick and publishes it; the idempotency key lets one through. The lock
+        # only remembers the newest tick, for the ticks missed while nothing ran.
+        assert isinstance(step.config, CronConfig)
+        until = step.config.schedule.next_after(tick)  # a tick not published by its successor's time is missed
+        while True:
+            try:
+                trace_id = await self.engine.publish_cron(step, tick.timestamp())
+                await self.lock.claim_tick(step.name, tick.timestamp())
+            except Exception as exc:
+                pause = self.engine.health.failed("cron", exc, "the tick is published once the store takes it")
+                if self._clock() + timedelta(seconds=pause) >= until:
+                    log.error(
+                        "the tick of %s due %s was not published before the next one: skipped",
+                        step.name,
+                        tick.isoformat(),
+                        extra={"step": step.name},
+                    )
+                    return
+                await asyncio.sleep(pause)
+                continue
+            self.engine.health.recovered("cron")
+            if trace_id is not None:
+                log.debug("published the tick of %s due %s", step.name, tick.isoformat(), extra={"step": step.name})
+            return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import jsonschema
@@ -48,6 +49,11 @@ _SCHEMA_KEYWORDS = frozenset(
         "maxItems",
     }
 )
+
+
+# Errors kept of one validation (a report, and a trace, need the first few, not one per wrong item): one
+# more than shown, so that a reader can tell there were more.
+MAX_ERRORS = 20
 
 
 class NotASchemaError(ValueError):
@@ -112,9 +118,12 @@ class Schema:
                 raise SchemaValidationError(what, _pydantic_errors(exc)) from None
             return instance.model_dump(mode="json")
         assert self._validator is not None
-        errors = sorted(self._validator.iter_errors(data), key=lambda e: list(e.path))
+        # Lazily, and no further than a report shows: a large body of wrong items has an error per item.
+        errors = sorted(itertools.islice(self._validator.iter_errors(data), MAX_ERRORS + 1), key=lambda e: list(e.path))
         if errors:
-            raise SchemaValidationError(what, [FieldError(".".join(str(p) for p in e.path), e.message) for e in errors])
+            raise SchemaValidationError(
+                what, [FieldError(_clip(".".join(str(p) for p in e.path)), _clip(e.message)) for e in errors]
+            )
         return data
 
     def coerce_strings(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -147,4 +156,10 @@ def _coerce(value: Any, kind: Any) -> Any:
 
 
 def _pydantic_errors(exc: ValidationError) -> list[FieldError]:
-    return [FieldError(".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)[: MAX_ERRORS + 1]
+    return [FieldError(_clip(".".join(str(p) for p in err["loc"])), _clip(err["msg"])) for err in errors]
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    # jsonschema's messages quote the value that failed: a message never echoes a large input whole.
+    return text if len(text) <= limit else text[:limit] + "..."

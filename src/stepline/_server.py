@@ -8,11 +8,13 @@ import gc
 import signal
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 from watchfiles import PythonFilter, awatch
 
 from ._app import Stepline
+from ._connections import KEEP_ALIVE, MAX_CONNECTIONS, GuardedHttpToolsProtocol
 from ._console import console, print_problems
 
 
@@ -30,6 +32,20 @@ def bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def server_config(asgi: Any, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for a Stepline app: bounded connections (see _connections), quiet logs."""
+    return uvicorn.Config(
+        asgi,
+        lifespan="on",
+        log_level="warning",
+        access_log=False,
+        http=GuardedHttpToolsProtocol,
+        timeout_keep_alive=KEEP_ALIVE,
+        limit_concurrency=MAX_CONNECTIONS,
+        **options,
+    )
 
 
 async def serve(
@@ -52,10 +68,8 @@ async def serve(
         await app.stop(grace)
 
     app.asgi.on_shutdown = stop
-    config = uvicorn.Config(
-        app.asgi, lifespan="on", log_level="warning", access_log=False, timeout_graceful_shutdown=int(grace)
-    )
-    server = uvicorn.Server(config)
+    app.asgi.allowed_hosts.add(host.lower().strip("[]"))
+    server = uvicorn.Server(server_config(app.asgi, timeout_graceful_shutdown=int(grace)))
     watcher = asyncio.create_task(_watch(app)) if reload else None
     if banner:
         shown_host = f"[{host}]" if ":" in host else host

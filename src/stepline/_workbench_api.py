@@ -14,15 +14,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Mount, Route
+from starlette.routing import Match, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
+from . import _json
 from ._access import refusal
+from ._body import HttpError
 from ._config import ApiConfig, CronConfig, EventConfig
-from ._engine import STOPPED_TRACES, resume_trace, stop_trace
+from ._engine import STOPPED_TRACES, replay_all, resume_trace, stop_trace
+from ._errors import SchemaValidationError, StoreError
 from ._graph import as_json, trigger
 from ._protocols import TraceRecord
 from ._schema import Schema
@@ -33,10 +37,14 @@ if TYPE_CHECKING:
 PREFIX = "/__workbench/api"
 STATIC = Path(__file__).parent / "_workbench_static"
 Endpoint = Callable[[Request], Awaitable[Response]]
+BodyReader = Callable[[Request], Awaitable[bytes]]
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, media_type="application/json")
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, headers=headers, media_type="application/json"
+    )
 
 
 def _record(r: TraceRecord) -> dict[str, Any]:
@@ -44,14 +52,11 @@ def _record(r: TraceRecord) -> dict[str, Any]:
 
 
 class WorkbenchApi:
-    def __init__(self, engine: Engine, *, dev: bool, token: str | None) -> None:
+    def __init__(self, engine: Engine, *, dev: bool, token: str | None, read_body: BodyReader) -> None:
         self.engine = engine
         self.dev = dev
         self.token = token
-
-    @property
-    def enabled(self) -> bool:
-        return self.dev or bool(self.token)
+        self.read_body = read_body
 
     def routes(self) -> list[Route]:
         table: list[tuple[str, Endpoint, str]] = [
@@ -72,12 +77,35 @@ class WorkbenchApi:
             ("/cron/{name}/run", self.run_cron, "POST"),
             ("/live", self.live, "GET"),
         ]
-        return [Route(PREFIX + path, self._guard(endpoint), methods=[method]) for path, endpoint, method in table]
+        self._routes = [
+            Route(PREFIX + path, self._guard(endpoint), methods=[method]) for path, endpoint, method in table
+        ]
+        return [*self._routes, Route(PREFIX + "/{rest:path}", self._unknown, methods=list(_METHODS))]
+
+    async def _unknown(self, request: Request) -> Response:
+        """404 for a path the API does not have, 405 for a method a path does not take (not the page's 500)."""
+        allowed = sorted(
+            {m for r in self._routes if r.matches(request.scope)[0] == Match.PARTIAL for m in r.methods or ()}
+        )
+        if allowed:
+            return json_response(
+                {"error": f"{request.method} is not allowed here; use {', '.join(allowed)}"},
+                405,
+                {"allow": ", ".join(allowed)},
+            )
+        return json_response({"error": f"no such Workbench API route: {request.method} {request.url.path}"}, 404)
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             refused = self.refuse(request)
-            return refused if refused is not None else await endpoint(request)
+            if refused is not None:
+                return refused
+            try:
+                return await endpoint(request)
+            except HttpError as exc:
+                return json_response({"error": exc.message}, exc.status, exc.headers)
+            except StoreError as exc:
+                return json_response({"error": f"the store cannot do this now: {exc}"}, 503, {"retry-after": "1"})
 
         return guarded
 
@@ -92,7 +120,8 @@ class WorkbenchApi:
 
             async def missing(request: Request) -> Response:
                 return Response(
-                    "The Workbench page is not built in this install: run `make install` (it builds workbench/).",
+                    "The Workbench page is not in this install of Stepline: install a wheel (it has the page "
+                    "inside), or install from source where Node.js is on the PATH (the build makes the page).",
                     404,
                     media_type="text/plain",
                 )
@@ -107,7 +136,12 @@ class WorkbenchApi:
                     scope, receive, send
                 )
                 return
-            await files(scope, receive, send)
+            try:
+                await files(scope, receive, send)
+            except HTTPException as exc:  # a file that is not there (404), a method other than GET (405)
+                await Response(exc.detail, exc.status_code, headers=exc.headers, media_type="text/plain")(
+                    scope, receive, send
+                )
 
         return Mount("/__workbench", app=app)
 
@@ -247,8 +281,8 @@ class WorkbenchApi:
 
     async def state_put(self, request: Request) -> Response:
         try:
-            value = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as exc:
+            value = _json.parse(await self.read_body(request), "the new value")
+        except SchemaValidationError as exc:
             return json_response({"error": f"the body must be the new value, as JSON: {exc}"}, 400)
         group, key = request.path_params["group"], request.path_params["key"]
         await self.engine.state.set(group, key, value)
@@ -260,19 +294,22 @@ class WorkbenchApi:
         return Response(status_code=204)
 
     async def replay(self, request: Request) -> Response:
-        body = await _json_body(request)
+        body = await self._json_body(request)
         if isinstance(body, Response):
             return body
         ids = body.get("ids") if isinstance(body, dict) else None
         if ids is None and not (isinstance(body, dict) and body.get("all")):
             return json_response({"error": 'send {"ids": [...]} or {"all": true}'}, 400)
         if ids is None:
-            ids = [d.delivery_id for d in await self.engine.queue.dead_letters(100_000)]
-        replayed = [i for i in ids if await self.engine.queue.replay(str(i))]
+            replayed = await replay_all(self.engine.queue)
+        elif not isinstance(ids, list):
+            return json_response({"error": '"ids" is a list of dead letter ids'}, 400)
+        else:
+            replayed = [str(i) for i in ids if await self.engine.queue.replay(str(i))]
         return json_response({"replayed": len(replayed), "ids": replayed})
 
     async def emit(self, request: Request) -> Response:
-        return await emit_request(self.engine, request)
+        return await emit_request(self.engine, request, self.read_body)
 
     async def run_cron(self, request: Request) -> Response:
         step = self.engine.project.steps.get(request.path_params["name"])
@@ -281,8 +318,18 @@ class WorkbenchApi:
         trace_id = await self.engine.run_cron(step)
         return json_response({"traceId": trace_id}, 202)
 
+    async def _json_body(self, request: Request, allow_empty: bool = False) -> Any:
+        """The JSON body, or the 400 to answer with."""
+        raw = await self.read_body(request)
+        if not raw and allow_empty:
+            return {}
+        try:
+            return _json.parse(raw, "the body")
+        except SchemaValidationError as exc:
+            return json_response({"error": str(exc)}, 400)
+
     async def stop_trace(self, request: Request) -> Response:
-        body = await _json_body(request, allow_empty=True)
+        body = await self._json_body(request, allow_empty=True)
         reason = body.get("reason", "") if isinstance(body, dict) else ""
         await stop_trace(self.engine.state, request.path_params["trace_id"], reason)
         return json_response({"stopped": request.path_params["trace_id"]})
@@ -293,15 +340,22 @@ class WorkbenchApi:
         return json_response({"resumed": request.path_params["trace_id"]})
 
 
-async def emit_request(engine: Engine, request: Request) -> Response:
-    """`{"topic", "data"}` emitted from outside any step (the admin API and the Workbench both take it)."""
+async def emit_request(engine: Engine, request: Request, read_body: BodyReader) -> Response:
+    """`{"topic", "data"}` emitted from outside any step (the admin API and the Workbench both take it).
+
+    202 once the event is accepted; 503 when the store cannot take it (then it was not)."""
     try:
-        payload = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        return json_response({"error": f"body is not JSON: {exc}"}, 400)
+        payload = _json.parse(await read_body(request), "the body")
+    except HttpError as exc:
+        return json_response({"error": exc.message}, exc.status, exc.headers)
+    except SchemaValidationError as exc:
+        return json_response({"error": str(exc)}, 400)
     if not isinstance(payload, dict) or not isinstance(payload.get("topic"), str) or not payload["topic"]:
         return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
-    event = await engine.emit_external(payload["topic"], payload.get("data"))
+    try:
+        event = await engine.emit_external(payload["topic"], payload.get("data"))
+    except StoreError as exc:
+        return json_response({"error": f"the event was not stored: {exc}"}, 503, {"retry-after": "1"})
     subscribers = [s.name for s in engine.project.subscribers(event.topic)]
     return json_response({"traceId": event.trace_id, "eventId": event.id, "subscribers": subscribers}, 202)
 
@@ -324,13 +378,3 @@ def _int(request: Request, name: str, default: int) -> int:
         return max(1, min(int(request.query_params.get(name, default)), 10_000))
     except ValueError:
         return default
-
-
-async def _json_body(request: Request, allow_empty: bool = False) -> Any:
-    raw = await request.body()
-    if not raw and allow_empty:
-        return {}
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return json_response({"error": f"the body is not JSON: {exc}"}, 400)

@@ -28,7 +28,7 @@ import uvicorn
 from ._app import Stepline
 from ._protocols import TraceRecord
 from ._scripted_llm import Answer, ScriptedLLM
-from ._server import bind
+from ._server import bind, server_config
 
 __all__ = ["Answer", "RunningApp", "ScriptedLLM", "serve"]
 
@@ -61,7 +61,7 @@ async def serve(root: str | Path, *, dev: bool = True, **options: Any) -> AsyncI
     stepline = Stepline(root, dev=dev, **options)
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(stepline.asgi, lifespan="on", log_level="warning", access_log=False))
+    server = uvicorn.Server(server_config(stepline.asgi))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from .._health import Health
 from .._protocols import (
     Adapters,
     ClaimSpec,
@@ -30,8 +31,11 @@ def open_adapters(
     *,
     database: Path | None = None,
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+    health: Health | None = None,
 ) -> Adapters:
-    """The adapters of an engine by name; `database` defaults to `.stepline/stepline.db` under `root`."""
+    """The adapters of an engine by name; `database` defaults to `.stepline/stepline.db` under `root`.
+
+    `health` hears of the store's failing background work (SQLite's heartbeat)."""
     if engine == "memory":
         from .memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
 
@@ -39,7 +43,7 @@ def open_adapters(
     if engine == "sqlite":
         from .sqlite import open_sqlite
 
-        return open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous)
+        return open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous, health=health)
     raise ValueError(f"unknown engine {engine!r}; use sqlite or memory")
 
 

@@ -20,71 +20,95 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from .._errors import StoreCorruptError, StoreError, StoreUnavailableError
+from .._health import Health
+
 T = TypeVar("T")
 log = logging.getLogger("stepline.sqlite")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
 _BATCH = 512
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS deliveries (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    step TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    data BLOB NOT NULL,
-    trace_id TEXT NOT NULL,
-    emitted_by TEXT,
-    created_at REAL NOT NULL,
-    message_group_id TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    visible_at REAL NOT NULL,
-    leased INTEGER NOT NULL DEFAULT 0,
-    owner TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_visible ON deliveries (step, visible_at);
-CREATE INDEX IF NOT EXISTS deliveries_group ON deliveries (step, message_group_id, seq);
-CREATE INDEX IF NOT EXISTS deliveries_owner ON deliveries (owner) WHERE leased = 1;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    id TEXT PRIMARY KEY,
-    step TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    topic TEXT NOT NULL,
-    data BLOB NOT NULL,
-    trace_id TEXT NOT NULL,
-    emitted_by TEXT,
-    created_at REAL NOT NULL,
-    message_group_id TEXT,
-    attempts INTEGER NOT NULL,
-    error TEXT NOT NULL,
-    traceback TEXT,
-    failed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS state (
-    grp TEXT NOT NULL,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
-    PRIMARY KEY (grp, key)
-) WITHOUT ROWID;
--- One row per trace per write: the records of a trace that arrive together are stored together (a
--- JSON array) with their summary, so a request costs one row. A trace's summary is the sum of its
--- parts, computed when read: a summary row kept up to date cost a second write per request.
-CREATE TABLE IF NOT EXISTS trace_parts (
-    id INTEGER PRIMARY KEY,
-    trace_id TEXT NOT NULL,
-    entry TEXT NOT NULL,
-    first_at REAL NOT NULL,
-    last_at REAL NOT NULL,
-    records INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    data BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id);
-CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL);
-"""
+# The schema as of SCHEMA_VERSION; an older file is brought up to it by MIGRATIONS (PRAGMA user_version).
+SCHEMA_VERSION = 1
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        step TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        data BLOB NOT NULL,
+        trace_id TEXT NOT NULL,
+        emitted_by TEXT,
+        created_at REAL NOT NULL,
+        message_group_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        visible_at REAL NOT NULL,
+        leased INTEGER NOT NULL DEFAULT 0,
+        owner TEXT,
+        lost INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_visible ON deliveries (step, visible_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_group ON deliveries (step, message_group_id, seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_owner ON deliveries (owner) WHERE leased = 1",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY,
+        step TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        data BLOB NOT NULL,
+        trace_id TEXT NOT NULL,
+        emitted_by TEXT,
+        created_at REAL NOT NULL,
+        message_group_id TEXT,
+        attempts INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        traceback TEXT,
+        failed_at REAL NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+    # Keys expire by this index, a bounded batch at a time: a scan of millions of keys held the write lock.
+    "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency_keys (expires_at)",
+    """CREATE TABLE IF NOT EXISTS state (
+        grp TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (grp, key)
+    ) WITHOUT ROWID""",
+    # One row per trace per write: the records of a trace that arrive together are stored together (a
+    # JSON array) with their summary, so a request costs one row. A trace's summary is the sum of its
+    # parts, computed when read: a summary row kept up to date cost a second write per request.
+    """CREATE TABLE IF NOT EXISTS trace_parts (
+        id INTEGER PRIMARY KEY,
+        trace_id TEXT NOT NULL,
+        entry TEXT NOT NULL,
+        first_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        records INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        size INTEGER NOT NULL DEFAULT 0
+    )""",
+    "CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id)",
+    # The sum of trace_parts.size, kept in step with every append and prune: the size cap is checked
+    # without reading the table.
+    "CREATE TABLE IF NOT EXISTS trace_size (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO trace_size (id, bytes) VALUES (0, 0)",
+    "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
+]
+# MIGRATIONS[n] takes a file from version n - 1 to n. Version 0 is the schema of release 0.1.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "ALTER TABLE deliveries ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency_keys (expires_at)",
+        "ALTER TABLE trace_parts ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
+        "UPDATE trace_parts SET size = length(data)",
+        "CREATE TABLE IF NOT EXISTS trace_size (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
+        "INSERT OR REPLACE INTO trace_size (id, bytes) VALUES (0, (SELECT COALESCE(SUM(size), 0) FROM trace_parts))",
+    ],
+}
 
 
 @dataclass
@@ -99,20 +123,35 @@ class _Job:
 class _Periodic:
     every: float
     fn: Callable[[sqlite3.Connection], Any]
+    name: str
     due: float = field(default=0.0)
 
 
 class Database:
-    def __init__(self, path: str | Path, *, synchronous: Synchronous = "NORMAL", busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        busy_timeout: float = 30.0,
+        health: Health | None = None,
+    ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous
-        self._busy_timeout = busy_timeout
+        self.busy_timeout = busy_timeout
+        self.health = health or Health()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._periodic: list[_Periodic] = []
         self._users = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot create the folder of the database {self.path}: {exc.strerror}",
+                fix="pass --db with a path Stepline may write to",
+            ) from None
         self._thread = threading.Thread(target=self._run, name=f"stepline-sqlite:{self.path.name}", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -129,9 +168,11 @@ class Database:
         if self._users <= 0:
             await self.close()
 
-    def every(self, seconds: float, fn: Callable[[sqlite3.Connection], Any]) -> None:
-        """Run `fn` on the writer thread, in a transaction of its own, about every `seconds`."""
-        self._periodic.append(_Periodic(seconds, fn))
+    def every(self, seconds: float, fn: Callable[[sqlite3.Connection], Any], name: str = "store heartbeat") -> None:
+        """Run `fn` on the writer thread, in a transaction of its own, about every `seconds`.
+
+        A failure is reported to `health` under `name` (and logged once), and tried again next time."""
+        self._periodic.append(_Periodic(seconds, fn, name))
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._submit(fn, True)
@@ -141,7 +182,7 @@ class Database:
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T], write: bool) -> T:
         if not self._thread.is_alive():
-            raise RuntimeError(f"the database {self.path} is closed")
+            raise StoreUnavailableError(f"the database {self.path} is closed", fix="the app is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._jobs.put(_Job(fn, write, loop, future))
@@ -155,14 +196,68 @@ class Database:
     # -- the writer thread -----------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_timeout)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-16000")  # 16 MB
-        conn.executescript(SCHEMA)
+        # Several processes opening a new file at once race for the lock that turning on WAL takes, and
+        # SQLite answers that one with SQLITE_BUSY at once instead of waiting: take turns until the busy
+        # timeout, as every other statement does.
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.005
+        while True:
+            conn: sqlite3.Connection | None = None
+            try:
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.synchronous}")
+                conn.execute("PRAGMA temp_store=MEMORY")
+                conn.execute("PRAGMA cache_size=-16000")  # 16 MB
+                self._prepare(conn)
+                return conn
+            except sqlite3.OperationalError as exc:
+                if conn is not None:
+                    conn.close()
+                if _busy(exc) and time.monotonic() < deadline:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.1)
+                    continue
+                raise store_error(exc, self.path, self.busy_timeout) from None
+            except sqlite3.Error as exc:
+                if conn is not None:
+                    conn.close()
+                raise store_error(exc, self.path, self.busy_timeout) from None
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        """Create the tables, or bring an older file up to SCHEMA_VERSION. A file that is current takes no
+        write lock to open."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            _migrate_traces(conn)
+            return
+        conn.execute("BEGIN IMMEDIATE")  # several workers may open the file at once: one of them migrates
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreUnavailableError(
+                    f"the database {self.path} was written by a newer Stepline (schema {version}; this one "
+                    f"knows {SCHEMA_VERSION})",
+                    fix="upgrade Stepline, or point --db at another file",
+                )
+            fresh = not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone()
+            if fresh:
+                for statement in SCHEMA:
+                    conn.execute(statement)
+            elif version < SCHEMA_VERSION:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[step]:
+                        conn.execute(statement)
+                for statement in SCHEMA:  # what a migration does not create (IF NOT EXISTS: no-ops otherwise)
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
         _migrate_traces(conn)
-        return conn
 
     def _run(self) -> None:
         try:
@@ -206,6 +301,19 @@ class Database:
                 periodic.due = 0.0
             self._run_periodic(conn, final=True)
             conn.close()
+            self._fail_waiting()
+
+    def _fail_waiting(self) -> None:
+        """Jobs that arrived after close would wait for ever: answer them."""
+        closed = StoreUnavailableError(f"the database {self.path} is closed", fix="the app is shutting down")
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                with contextlib.suppress(RuntimeError):
+                    job.loop.call_soon_threadsafe(_resolve, job.future, False, closed)
 
     def _next_periodic(self) -> float:
         if not self._periodic:
@@ -221,11 +329,13 @@ class Database:
                     conn.execute("BEGIN IMMEDIATE")
                     periodic.fn(conn)
                     conn.execute("COMMIT")
-                except Exception:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                except Exception as exc:
+                    _rollback(conn)
                     if not final:
-                        log.exception("periodic database task failed")
+                        error = store_error(exc, self.path, self.busy_timeout) if _is_sqlite(exc) else exc
+                        self.health.failed(periodic.name, error, "see the error; it is tried again every second")
+                else:
+                    self.health.recovered(periodic.name)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         try:
@@ -248,12 +358,74 @@ class Database:
                     results.append((False, exc))
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction itself failed: nothing in the batch happened
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            _rollback(conn)
             results = [(False, exc)] * len(batch)
         for job, (ok, value) in zip(batch, results, strict=True):
+            if not ok and _is_sqlite(value):
+                # Driver errors do not cross the seam: the caller gets a StoreError that says what to do.
+                value = store_error(value, self.path, self.busy_timeout)
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
                 job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+
+
+def _is_sqlite(exc: object) -> bool:
+    return isinstance(exc, sqlite3.Error)
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "locked" in str(exc)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # A failed ROLLBACK (the disk vanished) must not take the writer thread down with it.
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def store_error(exc: BaseException, path: Path, busy_timeout: float = 30.0) -> StoreError:
+    """A driver error as the StoreError a person can act on: what happened to which file, and the fix."""
+    text = str(exc)
+    name = getattr(exc, "sqlite_errorname", "")
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
+        return StoreCorruptError(
+            f"the database {path} is damaged ({text})",
+            reason=text,
+            fix=f"stop Stepline, move the file aside (mv {path} {path}.damaged) and start again with a new one, or "
+            f"restore a backup; `sqlite3 {path}.damaged .recover | sqlite3 {path}` may save most of what it held",
+        )
+    if name.startswith("SQLITE_FULL") or "is full" in text:
+        return StoreUnavailableError(
+            f"the disk holding {path} is full ({text})",
+            reason=text,
+            fix="free some space on that disk; Stepline retries by itself and resumes once writes succeed",
+        )
+    if isinstance(exc, sqlite3.Error) and _busy(exc):
+        return StoreUnavailableError(
+            f"another process held the write lock of {path} for more than {busy_timeout:g} s ({text})",
+            reason=text,
+            fix="end the other process's open transaction (a `sqlite3` shell, a backup or admin tool); "
+            "Stepline retries by itself",
+        )
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return StoreUnavailableError(
+            f"the database {path} is read-only ({text})",
+            reason=text,
+            fix="let the user Stepline runs as write the file, its -wal and -shm files and their folder",
+        )
+    if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
+        return StoreUnavailableError(
+            f"cannot open the database {path} ({text})",
+            reason=text,
+            fix="check that its folder exists and may be written (or pass --db with another path)",
+        )
+    if name.startswith("SQLITE_IOERR") or "I/O error" in text:
+        return StoreUnavailableError(
+            f"an I/O error on the database {path} ({text})",
+            reason=text,
+            fix="check the disk and the kernel log (dmesg); Stepline retries by itself",
+        )
+    return StoreUnavailableError(f"the database {path} failed: {text}", reason=text)
 
 
 def _migrate_traces(conn: sqlite3.Connection) -> None:
@@ -266,12 +438,13 @@ def _migrate_traces(conn: sqlite3.Connection) -> None:
         if conn.execute(old).fetchone():
             # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
             conn.execute(
-                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
+                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data, size) "
                 "SELECT trace_id, COALESCE(r->'$[0][3]'->>'entry', r->>'$[0][1]', '?'), r->>'$[0][2]', "
                 "(SELECT MAX(value->>2) FROM json_each(r)), json_array_length(r), (SELECT COUNT(*) "
-                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r "
+                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r, length(r) "
                 "FROM (SELECT id, trace_id, CAST(records AS TEXT) AS r FROM trace_chunks) ORDER BY id"
             )
+            conn.execute("UPDATE trace_size SET bytes = (SELECT COALESCE(SUM(size), 0) FROM trace_parts)")
             conn.execute("DROP TABLE trace_chunks")
             conn.execute("DROP TABLE IF EXISTS traces")
         conn.execute("COMMIT")

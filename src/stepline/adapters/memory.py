@@ -41,6 +41,7 @@ class _Entry:
     attempts: int = 0
     visible_at: float = 0.0
     leased: bool = False
+    lost: bool = False
 
     @property
     def group(self) -> tuple[str, str | None]:
@@ -98,11 +99,24 @@ class MemoryEventQueue:
                 continue
             busy[entry.step] += 1
             entry.attempts += 1
+            entry.lost = entry.lost or entry.leased  # still leased here: the lease ran out, the attempt was lost
             entry.leased = True
             entry.visible_at = now + spec.lease
             heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
-            claimed.append(Delivery(entry.id, entry.event, entry.step, entry.attempts))
+            claimed.append(Delivery(entry.id, entry.event, entry.step, entry.attempts, entry.lost))
         return claimed
+
+    async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
+        now = self._clock()
+        lost = []
+        for delivery, seconds in leases:
+            entry = self._release(delivery)
+            if entry is None:
+                lost.append(delivery)
+                continue
+            entry.visible_at = now + seconds
+            heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
+        return lost
 
     def _release(self, delivery: Delivery) -> _Entry | None:
         """The entry, if this delivery still holds its lease (a stale attempt gets None)."""
@@ -128,6 +142,7 @@ class MemoryEventQueue:
         entry = self._release(delivery)
         if entry is not None:
             entry.leased = False
+            entry.lost = False
             entry.visible_at = self._clock() + delay
             heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
             self._wakeup.set()
@@ -160,17 +175,20 @@ class MemoryEventQueue:
             return count
         return sum(self._dead.pop(i, None) is not None for i in delivery_ids)
 
-    async def stats(self) -> QueueStats:
+    async def stats(self, horizon: float | None = None) -> QueueStats:
         now = self._clock()
-        ready = delayed = in_flight = 0
+        until = now + horizon if horizon is not None else float("inf")
+        ready = delayed = in_flight = later = 0
         for entry in self._entries.values():
             if entry.visible_at <= now:
                 ready += 1
             elif entry.leased:
                 in_flight += 1
-            else:
+            elif entry.visible_at <= until:
                 delayed += 1
-        return QueueStats(ready, delayed, in_flight, len(self._dead))
+            else:
+                later += 1
+        return QueueStats(ready, delayed, in_flight, len(self._dead), later)
 
     async def wait(self, timeout: float) -> None:
         now = self._clock()
@@ -252,14 +270,32 @@ class MemoryTraceStore:
                 break
         return out
 
-    async def prune(self, older_than: float) -> int:
+    async def prune(self, older_than: float, max_bytes: int | None = None) -> int:
         old = [t for t, records in self._traces.items() if records[-1].ts < older_than]
         for trace_id in old:
             del self._traces[trace_id]
-        return len(old)
+        removed = len(old)
+        if max_bytes is not None and await self.size() > max_bytes:
+            sizes = {t: _size(records) for t, records in self._traces.items()}
+            total = sum(sizes.values())
+            target = int(max_bytes * 0.9)  # as SQLite does: room before the next prune
+            for trace_id in list(self._traces):  # oldest first
+                if total <= target:
+                    break
+                total -= sizes[trace_id]
+                del self._traces[trace_id]
+                removed += 1
+        return removed
+
+    async def size(self) -> int:
+        return sum(_size(records) for records in self._traces.values())
 
     async def close(self) -> None:
         pass
+
+
+def _size(records: list[TraceRecord]) -> int:
+    return len(_json.dumps([[r.kind, r.step, r.ts, r.data] for r in records]))
 
 
 class MemoryCronLock:

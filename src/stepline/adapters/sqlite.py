@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _json, _updates
+from .._health import Health
 from .._ids import new_id
 from .._protocols import (
     Adapters,
@@ -40,15 +41,17 @@ HEARTBEAT = 1.0
 STALE_AFTER = 5.0
 _POLL = 0.05
 _PRUNE_ROWS = 5000  # trace parts looked at per pruning transaction
+_CAP_ROWS = 500  # trace parts whose traces go per transaction when the size cap prunes
+_EXPIRE_KEYS = 2000  # idempotency keys expired per heartbeat, at most: the heartbeat holds the write lock
 
 _EVENT = "id, step, event_id, topic, data, trace_id, emitted_by, created_at, message_group_id"
 _EVENT_COLUMNS = f"{_EVENT}, attempts"
 
 
-def _delivery(row: sqlite3.Row | tuple[Any, ...]) -> Delivery:
+def _delivery(row: sqlite3.Row | tuple[Any, ...], lost: bool = False) -> Delivery:
     did, step, event_id, topic, data, trace_id, emitted_by, created_at, group, attempts = row[:10]
     event = Event(event_id, topic, _json.loads(data), trace_id, emitted_by, created_at, group)
-    return Delivery(did, event, step, attempts)
+    return Delivery(did, event, step, attempts, lost)
 
 
 class SqliteEventQueue:
@@ -67,13 +70,18 @@ class SqliteEventQueue:
         conn.execute(
             "INSERT OR REPLACE INTO workers (owner, pid, heartbeat_at) VALUES (?, ?, ?)", (self.owner, self._pid, now)
         )
+        # A dead worker's runs never finished: each counts as a lost attempt (see Delivery.lost).
         conn.execute(
-            "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? WHERE leased = 1 AND owner IN "
+            "UPDATE deliveries SET leased = 0, lost = 1, owner = NULL, visible_at = ? WHERE leased = 1 AND owner IN "
             "(SELECT owner FROM workers WHERE heartbeat_at < ?)",
             (now, now - STALE_AFTER),
         )
         conn.execute("DELETE FROM workers WHERE heartbeat_at < ?", (now - STALE_AFTER,))
-        conn.execute("DELETE FROM idempotency_keys WHERE expires_at < ?", (now,))
+        conn.execute(
+            "DELETE FROM idempotency_keys WHERE key IN "
+            "(SELECT key FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?)",
+            (now, _EXPIRE_KEYS),
+        )
 
     async def publish(
         self,
@@ -159,17 +167,37 @@ class SqliteEventQueue:
                     f"SELECT d.seq FROM deliveries d JOIN spec s ON s.step = d.step "
                     f"WHERE d.visible_at <= :now AND {fifo} ORDER BY d.seq LIMIT :limit"
                 )
+            # A row still leased here has a lease that ran out: its attempt was lost (SET reads the old row).
             sql = (
                 f"WITH spec (step, lease, fifo, cap) AS (VALUES {values}) "
                 f"UPDATE deliveries SET attempts = attempts + 1, leased = 1, owner = :owner, "
+                f"lost = (lost OR leased), "
                 f"visible_at = :now + (SELECT lease FROM spec WHERE spec.step = deliveries.step) "
-                f"WHERE seq IN ({pick}) RETURNING {_EVENT_COLUMNS}, seq"
+                f"WHERE seq IN ({pick}) RETURNING {_EVENT_COLUMNS}, seq, lost"
             )
             rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda r: r[10])
-            return [_delivery(r) for r in rows]
+            return [_delivery(r, bool(r[11])) for r in rows]
 
         return await self._db.write(claim)
+
+    async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
+        if not leases:
+            return []
+
+        def renew(conn: sqlite3.Connection) -> list[Delivery]:
+            now = self._clock()
+            lost = []
+            for delivery, seconds in leases:
+                held = conn.execute(
+                    "UPDATE deliveries SET visible_at = ? WHERE id = ? AND attempts = ? AND leased = 1",
+                    (now + seconds, delivery.id, delivery.attempt),
+                ).rowcount
+                if not held:
+                    lost.append(delivery)
+            return lost
+
+        return await self._db.write(renew)
 
     async def ack(self, delivery: Delivery) -> None:
         def ack(conn: sqlite3.Connection) -> None:
@@ -183,7 +211,7 @@ class SqliteEventQueue:
     async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
         def retry(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? "
+                "UPDATE deliveries SET leased = 0, lost = 0, owner = NULL, visible_at = ? "
                 "WHERE id = ? AND attempts = ? AND leased = 1",
                 (self._clock() + delay, delivery.id, delivery.attempt),
             )
@@ -241,15 +269,19 @@ class SqliteEventQueue:
 
         return await self._db.write(purge)
 
-    async def stats(self) -> QueueStats:
+    async def stats(self, horizon: float | None = None) -> QueueStats:
         def stats(conn: sqlite3.Connection) -> QueueStats:
-            ready, delayed, in_flight = conn.execute(
-                "SELECT COALESCE(SUM(visible_at <= :now), 0), COALESCE(SUM(visible_at > :now AND leased = 0), 0), "
-                "COALESCE(SUM(visible_at > :now AND leased = 1), 0) FROM deliveries",
-                {"now": self._clock()},
+            now = self._clock()
+            until = now + horizon if horizon is not None else float("inf")
+            ready, delayed, in_flight, later = conn.execute(
+                "SELECT COALESCE(SUM(visible_at <= :now), 0), "
+                "COALESCE(SUM(visible_at > :now AND leased = 0 AND visible_at <= :until), 0), "
+                "COALESCE(SUM(visible_at > :now AND leased = 1), 0), "
+                "COALESCE(SUM(leased = 0 AND visible_at > :until), 0) FROM deliveries",
+                {"now": now, "until": until},
             ).fetchone()
             dead = conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0]
-            return QueueStats(ready, delayed, in_flight, dead)
+            return QueueStats(ready, delayed, in_flight, dead, later)
 
         return await self._db.read(stats)
 
@@ -261,9 +293,11 @@ class SqliteEventQueue:
 
     async def close(self) -> None:
         def leave(conn: sqlite3.Connection) -> None:
-            # Leases still held (handlers cancelled at shutdown) go back at once, not after STALE_AFTER.
+            # Leases still held (handlers cancelled at shutdown) go back at once, not after STALE_AFTER; their
+            # runs did not finish, so they count as lost attempts.
             conn.execute(
-                "UPDATE deliveries SET leased = 0, owner = NULL, visible_at = ? WHERE owner = ? AND leased = 1",
+                "UPDATE deliveries SET leased = 0, lost = 1, owner = NULL, visible_at = ? "
+                "WHERE owner = ? AND leased = 1",
                 (self._clock(), self.owner),
             )
             conn.execute("DELETE FROM workers WHERE owner = ?", (self.owner,))
@@ -356,12 +390,14 @@ class SqliteTraceStore:
         batch = _json.dumps(parts, "a trace record").decode()  # text: SQLite 3.45+ reads a BLOB as JSONB
 
         def append(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
-                "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->6 "
-                "FROM json_each(?)",
+            sizes = conn.execute(
+                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data, size) "
+                "SELECT t, e, f, l, r, x, d, length(d) FROM (SELECT value->>0 AS t, value->>1 AS e, "
+                "value->>2 AS f, value->>3 AS l, value->>4 AS r, value->>5 AS x, value->6 AS d FROM json_each(?)) "
+                "RETURNING size",
                 (batch,),
-            )
+            ).fetchall()
+            conn.execute("UPDATE trace_size SET bytes = bytes + ?", (sum(size for (size,) in sizes),))
 
         await self._db.write(append)
 
@@ -387,7 +423,10 @@ class SqliteTraceStore:
 
         return await self._db.read(recent)
 
-    async def prune(self, older_than: float) -> int:
+    async def size(self) -> int:
+        return await self._db.read(lambda conn: int(conn.execute("SELECT bytes FROM trace_size").fetchone()[0]))
+
+    async def prune(self, older_than: float, max_bytes: int | None = None) -> int:
         # Parts are written in time order, give or take a flush: the old ones are the first rows, so the
         # scan stops at the first recent part instead of reading the whole table. They go a range of
         # rows per transaction, so a large prune never holds up the writer for long.
@@ -406,8 +445,16 @@ class SqliteTraceStore:
                 "GROUP BY trace_id HAVING MAX(last_at) < ?",
                 (lo, hi, older_than),
             ).fetchall()
-            conn.executemany("DELETE FROM trace_parts WHERE trace_id = ?", old)
-            return len(old)
+            return _delete_traces(conn, [t for (t,) in old])
+
+        def prune_oldest(target: int, conn: sqlite3.Connection) -> int:
+            """Over the size cap: the traces of the oldest parts go, a bounded number per transaction."""
+            if conn.execute("SELECT bytes FROM trace_size").fetchone()[0] <= target:
+                return 0
+            oldest = conn.execute(
+                "SELECT DISTINCT trace_id FROM (SELECT trace_id FROM trace_parts ORDER BY id LIMIT ?)", (_CAP_ROWS,)
+            ).fetchall()
+            return _delete_traces(conn, [t for (t,) in oldest])
 
         lo, end = await self._db.read(bounds)
         removed = 0
@@ -415,10 +462,25 @@ class SqliteTraceStore:
             hi = min(lo + _PRUNE_ROWS, end)
             removed += await self._db.write(partial(prune_range, lo, hi))
             lo = hi
+        if max_bytes is not None and await self.size() > max_bytes:
+            # Down to 90% of the cap, so that the next check does not prune again straight away.
+            target = int(max_bytes * 0.9)
+            while went := await self._db.write(partial(prune_oldest, target)):
+                removed += went
         return removed
 
     async def close(self) -> None:
         await self._db.release()
+
+
+def _delete_traces(conn: sqlite3.Connection, trace_ids: list[str]) -> int:
+    freed = 0
+    for trace_id in trace_ids:
+        freed += sum(
+            size for (size,) in conn.execute("DELETE FROM trace_parts WHERE trace_id = ? RETURNING size", (trace_id,))
+        )
+    conn.execute("UPDATE trace_size SET bytes = MAX(0, bytes - ?)", (freed,))
+    return len(trace_ids)
 
 
 class SqliteCronLock:
@@ -454,7 +516,14 @@ def open_sqlite(
     synchronous: Synchronous = "NORMAL",
     clock: Callable[[], float] = time.time,
     poll: float = _POLL,
+    busy_timeout: float = 30.0,
+    health: Health | None = None,
 ) -> Adapters:
-    """The four adapters on one database file, sharing one writer thread."""
-    db = Database(path, synchronous=synchronous)
-    return Adapters(SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db))
+    """The four adapters on one database file, sharing one writer thread.
+
+    `busy_timeout` is how long an operation waits for a write lock another process holds before it fails
+    with StoreUnavailableError; `health` hears of failing background work (the heartbeat)."""
+    db = Database(path, synchronous=synchronous, busy_timeout=busy_timeout, health=health)
+    return Adapters(
+        SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db), db.health
+    )

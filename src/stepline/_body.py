@@ -1,0 +1,46 @@
+"""Reading a request's body within limits, for API steps and Stepline's own routes alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.requests import Request
+
+
+class HttpError(Exception):
+    """A request refused before any handler ran: the status and the reason to send."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+# A declared body up to this size is read and thrown away after a 413 (uvicorn does that on a kept-alive
+# connection), so the client, still sending, reads the answer; past it the connection is closed.
+_DRAIN = 16 * 1024 * 1024
+
+
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with HttpError past `limit` bytes (413) or when it takes longer than `timeout`
+    seconds to arrive (408). A declared Content-Length past the limit is refused before reading."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise HttpError(413, _too_large(limit), {"connection": "close"} if int(length) > _DRAIN else {})
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HttpError(413, _too_large(limit), {"connection": "close"})
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HttpError(408, f"the body did not arrive within {timeout:g} s", {"connection": "close"}) from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> str:
+    return f"the body is larger than {limit:,} bytes (raise the limit with --max-body or Stepline(max_body=...))"
