@@ -62,7 +62,7 @@ def test_graph_mermaid_and_flow_filter(make_project: ProjectFactory) -> None:
     lines = result.output.splitlines()
     assert lines[0] == "flowchart LR"
     assert "    Request -->|report.requested| Draft" in lines
-    assert "    Draft -.->|report.drafted| Approval" in lines
+    assert "    Draft -.->|draft ready| Approval" in lines  # the emit's label, as Motia draws it
     assert "    Approval -.->|report.approved| Send" in lines
     assert any(line.startswith("    Approval{{") for line in lines)
 

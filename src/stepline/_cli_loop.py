@@ -15,7 +15,7 @@ from rich.table import Table
 from ._approvals import GROUP as APPROVALS
 from ._approvals import pending_in
 from ._cli_runtime import DbOption, DirOption, JsonOption, traces_app, when, with_store
-from ._console import console, out
+from ._console import console, out, print_json
 from ._engine import resume_trace, stop_trace
 
 state_app = typer.Typer(help="Read and correct state values (JSON) by group and key.", no_args_is_help=True)
@@ -57,7 +57,7 @@ def state_get(
         if value is None:
             console.print(f"[yellow]No value at {group}/{key}.[/]")
             raise typer.Exit(1)
-    out.print_json(json.dumps(value))
+    print_json(value)
 
 
 @state_app.command("set")
@@ -73,6 +73,7 @@ def state_set(group: str, key: str, value: str, root: DirOption = Path("."), db:
 
 @state_app.command("delete")
 def state_delete(group: str, key: str, root: DirOption = Path("."), db: DbOption = None) -> None:
+    """Delete one value; exit 1 if there was none."""
     if not with_store(root, db, lambda a: a.state.delete(group, key)):
         console.print(f"[yellow]No value at {group}/{key}.[/]")
         raise typer.Exit(1)
@@ -88,7 +89,7 @@ def approvals(
     """The approvals waiting for a person's decision, oldest first."""
     pending = pending_in(with_store(root, db, lambda a: a.state.get_group(APPROVALS)), name)
     if as_json:
-        out.print_json(json.dumps([a.to_dict() for a in pending]))
+        print_json([a.to_dict() for a in pending])
         return
     if not pending:
         console.print("[green]Nothing is waiting for a decision.[/]")

@@ -16,14 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from ._console import console, out
+from ._console import console, out, print_json
 from ._protocols import Adapters, TraceRecord
 from .adapters import DEFAULT_DATABASE
 from .adapters.sqlite import open_sqlite
 
 T = TypeVar("T")
 
-DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/).")]
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
 DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -59,7 +59,7 @@ def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOpti
     """Every dead letter, oldest first."""
     dead = with_store(root, db, lambda a: a.queue.dead_letters())
     if as_json:
-        out.print_json(json.dumps([d.to_dict() for d in dead]))
+        print_json([d.to_dict() for d in dead])
         return
     if not dead:
         console.print("[green]No dead letters.[/]")
@@ -84,7 +84,7 @@ def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None,
         console.print(f"[red]No dead letter {delivery_id}.[/] `stepline dlq list` shows them.")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json.dumps(found.to_dict()))
+        print_json(found.to_dict())
         return
     out.print(f"[bold]{found.delivery_id}[/]  step [bold]{found.step}[/]  topic {found.event.topic}")
     out.print(f"trace {found.event.trace_id} · {found.attempts} attempts · failed {when(found.failed_at)}")
@@ -92,7 +92,7 @@ def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None,
     if found.traceback:
         out.print(escape(found.traceback.rstrip()), style="dim")
     out.print("input:")
-    out.print_json(json.dumps(found.event.data))
+    print_json(found.event.data)
 
 
 @dlq_app.command("replay")
@@ -146,20 +146,18 @@ def traces_list(
         return
     recent = with_store(root, db, lambda a: a.traces.recent(limit))
     if as_json:
-        out.print_json(
-            json.dumps(
-                [
-                    {
-                        "traceId": s.trace_id,
-                        "entry": s.entry,
-                        "startedAt": s.started_at,
-                        "durationMs": round((s.last_at - s.started_at) * 1000, 3),
-                        "records": s.records,
-                        "errors": s.errors,
-                    }
-                    for s in recent
-                ]
-            )
+        print_json(
+            [
+                {
+                    "traceId": s.trace_id,
+                    "entry": s.entry,
+                    "startedAt": s.started_at,
+                    "durationMs": round((s.last_at - s.started_at) * 1000, 3),
+                    "records": s.records,
+                    "errors": s.errors,
+                }
+                for s in recent
+            ]
         )
         return
     table = Table(box=None, header_style="bold")
@@ -186,7 +184,7 @@ def traces_show(trace_id: str, root: DirOption = Path("."), db: DbOption = None,
         console.print(f"[red]No trace {trace_id}.[/] `stepline traces` lists recent ones.")
         raise typer.Exit(1)
     if as_json:
-        out.print_json(json.dumps([{"kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records]))
+        print_json([{"kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records])
         return
     out.print(trace_tree(trace_id, records))
 

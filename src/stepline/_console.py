@@ -2,18 +2,55 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.text import Text
 
 from ._errors import Problem
 
+# Wide enough that no table row or tree line is ever cut or folded (ids must stay whole), small enough
+# that rich's layout arithmetic stays cheap.
+_UNBOUNDED = 100_000
+
+
+class _Stdout(Console):
+    """stdout for tables and trees: as wide as the terminal, or without limit when it is not one.
+
+    Piped into a file, `grep` or `cut`, a table cut at rich's default 80 columns loses the ends of its ids;
+    no reader of a pipe wants lines wrapped for a screen."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.is_terminal else ConsoleDimensions(_UNBOUNDED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+out = _Stdout(highlight=False)
+
+
+def print_machine(text: str) -> None:
+    """Machine output (Mermaid, JSON) exactly as given: never wrapped, cropped, styled or emoji-replaced,
+    whatever the terminal's width, so a parser reads what was meant."""
+    file = out.file
+    file.write(text if text.endswith("\n") else text + "\n")
+    file.flush()
+
+
+def print_json(value: Any) -> None:
+    """`--json` output, and any JSON a command prints (state values): indented, unwrapped."""
+    print_machine(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
 
 _LEVEL_STYLE = {"DEBUG": "dim", "INFO": "blue", "WARNING": "yellow", "ERROR": "bold red", "CRITICAL": "bold red"}
 

@@ -36,36 +36,104 @@ class Emitter(Protocol):
 
 
 class StepLogger:
-    """Structured logs that carry the trace id and the step name, to the console and into the trace."""
+    """Structured logs that carry the trace id and the step name, to the console and into the trace.
+
+    The second argument may be any value, as in Motia: a dict (or any mapping) is the line's fields, a
+    Pydantic model its `model_dump(mode="json")`, anything else one field, `value`. A log call never raises
+    over what it is given: the trace stores JSON, so what is not JSON is stored as its `repr`."""
 
     def __init__(self, record: Recorder, trace_id: str, step: str) -> None:
         self._record = record
         self.trace_id = trace_id
         self.step = step
 
-    def _log(self, level: int, name: str, message: str, fields: dict[str, Any] | None, kw: dict[str, Any]) -> None:
-        data = {**(fields or {}), **kw}
+    def _log(self, level: int, name: str, message: Any, value: Any, kw: dict[str, Any]) -> None:
+        data = self._fields(value, kw)
+        text = message if isinstance(message, str) else self._str(message)
         self._record(
-            TraceRecord(
-                self.trace_id, "log", self.step, time.time(), {"level": name, "message": str(message), "fields": data}
-            )
+            TraceRecord(self.trace_id, "log", self.step, time.time(), {"level": name, "message": text, "fields": data})
         )
         if log.isEnabledFor(level):
-            log.log(level, message, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
+            log.log(level, text, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
 
-    def debug(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+    def debug(self, message: str, fields: Any = None, **kw: Any) -> None:
         self._log(logging.DEBUG, "debug", message, fields, kw)
 
-    def info(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+    def info(self, message: str, fields: Any = None, **kw: Any) -> None:
         self._log(logging.INFO, "info", message, fields, kw)
 
-    def warn(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+    def warn(self, message: str, fields: Any = None, **kw: Any) -> None:
         self._log(logging.WARNING, "warn", message, fields, kw)
 
     warning = warn
 
-    def error(self, message: str, fields: dict[str, Any] | None = None, **kw: Any) -> None:
+    def error(self, message: str, fields: Any = None, **kw: Any) -> None:
         self._log(logging.ERROR, "error", message, fields, kw)
+
+    @classmethod
+    def _fields(cls, value: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        """A line's fields as plain JSON, copied (a handler changing its dict afterwards changes nothing logged)."""
+        from collections.abc import Mapping
+
+        from pydantic import BaseModel
+
+        try:
+            if isinstance(value, BaseModel):
+                value = cls._to_json(value)
+            fields: dict[Any, Any] = (
+                {} if value is None else dict(value) if isinstance(value, Mapping) else {"value": value}
+            )
+        except Exception:  # a mapping that cannot be read
+            fields = {"value": cls._repr(value)}
+        fields.update(kw)
+        try:
+            plain: dict[str, Any] = cls._plain(fields)
+            return plain
+        except Exception:
+            # One bad value must not cost the line its other fields, nor (the trace is written in
+            # batches) the records logged next to it.
+            return {k if isinstance(k, str) else cls._repr(k): cls._plain_or_repr(v) for k, v in fields.items()}
+
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        import orjson
+
+        return orjson.loads(orjson.dumps(value, default=cls._to_json, option=orjson.OPT_NON_STR_KEYS))
+
+    @classmethod
+    def _plain_or_repr(cls, value: Any) -> Any:
+        try:
+            return cls._plain(value)
+        except Exception:
+            return cls._repr(value)
+
+    @classmethod
+    def _to_json(cls, value: Any) -> Any:
+        """What orjson cannot encode itself: a model's JSON dump, a set as a list, anything else its repr."""
+        from pydantic import BaseModel
+
+        if isinstance(value, BaseModel):
+            try:
+                return value.model_dump(mode="json")
+            except Exception:  # a field with no JSON form
+                return cls._repr(value)
+        if isinstance(value, set | frozenset):
+            return list(value)
+        return cls._repr(value)
+
+    @classmethod
+    def _str(cls, value: Any) -> str:
+        try:
+            return str(value)
+        except Exception:
+            return cls._repr(value)
+
+    @staticmethod
+    def _repr(value: Any) -> str:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<{type(value).__name__} object>"
 
 
 class State:

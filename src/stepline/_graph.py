@@ -60,6 +60,11 @@ def _node_id(name: str) -> str:
     return re.sub(r"\W", "_", name)
 
 
+def _edge_text(text: str) -> str:
+    """Edge text Mermaid parses whatever it says: `|` would end it early, `"` and a line break break the line."""
+    return " ".join(text.split()).replace("#", "#35;").replace("|", "#124;").replace('"', "#quot;")
+
+
 def mermaid(project: Project, flow: str | None = None) -> str:
     steps = select(project, flow)
     names = {s.name for s in steps}
@@ -72,7 +77,9 @@ def mermaid(project: Project, flow: str | None = None) -> str:
     for edge in project.edges():
         if edge.source in names and edge.target in names:
             arrow = "-.->" if edge.virtual else "-->"
-            lines.append(f"    {_node_id(edge.source)} {arrow}|{edge.topic}| {_node_id(edge.target)}")
+            # As Motia draws it: an emit's label, when it has one, says more than its topic.
+            text = _edge_text(edge.label or edge.topic)
+            lines.append(f"    {_node_id(edge.source)} {arrow}|{text}| {_node_id(edge.target)}")
     lines += [
         "    classDef api fill:#e8f5e9,stroke:#2e7d32",
         "    classDef event fill:#e3f2fd,stroke:#1565c0",

@@ -23,6 +23,8 @@ from ._errors import Problem, ProjectLoadError
 from ._project import Project, Step
 
 STEPS_DIR = "steps"
+# Where step files are looked for, as Motia does: steps/ and src/ (its templates use src/), both if present.
+STEP_DIRS = (STEPS_DIR, "src")
 RESERVED_PREFIXES = ("/__stepline", "/__workbench", "/openapi.json")
 _HANDLER_SHAPES = {"api": ("req", "ctx"), "event": ("input", "ctx"), "cron": ("ctx",)}
 _project_paths: list[str] = []
@@ -33,27 +35,33 @@ def is_step_file(path: Path) -> bool:
 
 
 def discover(root: Path) -> list[Path]:
-    base = root / STEPS_DIR
-    found = [
-        p
-        for p in base.rglob("*.py")
-        if is_step_file(p) and not any(part.startswith((".", "__")) for part in p.relative_to(base).parts)
-    ]
+    """Every step file under the project's steps/ and src/ folders."""
+    found: list[Path] = []
+    for base in (root / d for d in STEP_DIRS):
+        if base.is_dir():
+            found += [
+                p
+                for p in base.rglob("*.py")
+                if is_step_file(p) and not any(part.startswith((".", "__")) for part in p.relative_to(base).parts)
+            ]
     return sorted(found)
 
 
 def load_project(root: Path | str) -> Project:
-    """Import every step under `root/steps` and check the project; raise ProjectLoadError listing all errors."""
+    """Import every step under `root/steps` and `root/src` and check the project.
+
+    Raises ProjectLoadError listing every error."""
     root = Path(root).resolve()
-    if not (root / STEPS_DIR).is_dir():
+    if not any((root / d).is_dir() for d in STEP_DIRS):
         raise ProjectLoadError(
             root,
             [
                 Problem(
                     f"{STEPS_DIR}/",
                     "",
-                    f"there is no {STEPS_DIR}/ folder in {root}",
-                    "run from the project root, pass --dir PATH, or create one with `stepline create NAME`",
+                    f"there is no {STEPS_DIR}/ folder and no src/ folder in {root}; step files live in one of them",
+                    "run from the project root or pass --dir PATH; or put your step files in steps/ or src/,"
+                    " or create a project with `stepline create NAME`",
                 )
             ],
         )
@@ -87,9 +95,10 @@ def load_project(root: Path | str) -> Project:
 def _prepare_imports(root: Path) -> None:
     """Make the project importable by its own modules, and forget any project loaded before.
 
-    The project root goes first on sys.path, so `from steps.billing.helpers import x` and
-    `from mylib import y` work in step files with no sys.path lines of their own. Modules of an earlier
-    load (another project, or this one before an edit) are dropped so the next import reads the files anew.
+    The project root goes first on sys.path, so `from steps.billing.helpers import x` (for a step under
+    src/: `from src.billing.helpers import x`) and `from mylib import y` work in step files with no sys.path
+    lines of their own. Modules of an earlier load (another project, or this one before an edit) are
+    dropped so the next import reads the files anew.
     """
     top_names = {p.stem if p.suffix == ".py" else p.name for p in root.iterdir()}
     roots = [Path(p) for p in _project_paths] + [root]
@@ -97,7 +106,7 @@ def _prepare_imports(root: Path) -> None:
     stale = [
         name
         for name, module in list(sys.modules.items())
-        if name.split(".")[0] in top_names | {STEPS_DIR} and _defined_under(module, roots)
+        if name.split(".")[0] in top_names | set(STEP_DIRS) and _defined_under(module, roots)
     ]
     for name in stale:
         del sys.modules[name]
@@ -115,6 +124,7 @@ def _defined_under(module: ModuleType, roots: list[Path]) -> bool:
 
 
 def _module_name(root: Path, file: Path) -> str:
+    """steps/billing/x_step.py is `steps.billing.x_step`; src/billing/x.step.py is `src.billing.x_step`."""
     parts = list(file.relative_to(root).with_suffix("").parts)
     parts[-1] = parts[-1].replace(".", "_")  # x.step.py -> x_step
     return ".".join(parts)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -18,11 +18,16 @@ _KEYS = {
     "method": "method",
     "path": "path",
 }
+_ATTRS = frozenset(_KEYS.values())
 
 
 @dataclass
-class ApiRequest(Mapping[str, Any]):
-    """Reads both ways: `req.body` / `req.path_params` and `req["body"]` / `req.get("pathParams")`."""
+class ApiRequest(MutableMapping[str, Any]):
+    """Reads and writes both ways: `req.body` / `req.path_params` and `req["body"]` / `req.get("pathParams")`.
+
+    Like the dict a Motia handler gets, it also holds keys of the project's own: a middleware sets
+    `req["user"] = ...` and the handler reads `req["user"]` or `req.get("user")`. The request's own keys
+    (body, pathParams, ...) always read and write the attributes, so both spellings see one value."""
 
     body: Any = None
     path_params: dict[str, str] = field(default_factory=dict)
@@ -31,30 +36,67 @@ class ApiRequest(Mapping[str, Any]):
     raw_body: str = ""
     method: str = "GET"
     path: str = "/"
+    # Keys a middleware or handler added; kept apart so they can never shadow the request's own.
+    _extra: dict[str, Any] = field(default_factory=dict, init=False)
 
     @property
     def pathParams(self) -> dict[str, str]:  # the dict-format name
         return self.path_params
 
+    @pathParams.setter
+    def pathParams(self, value: dict[str, str]) -> None:
+        self.path_params = value
+
     @property
     def queryParams(self) -> dict[str, Any]:
         return self.query_params
+
+    @queryParams.setter
+    def queryParams(self, value: dict[str, Any]) -> None:
+        self.query_params = value
 
     @property
     def rawBody(self) -> str:
         return self.raw_body
 
+    @rawBody.setter
+    def rawBody(self, value: str) -> None:
+        self.raw_body = value
+
     def __getitem__(self, key: str) -> Any:
-        attr = _KEYS.get(key, key if key in _KEYS.values() else None)
-        if attr is None:
-            raise KeyError(key)
-        return getattr(self, attr)
+        attr = _attr(key)
+        if attr is not None:
+            return getattr(self, attr)
+        return self._extra[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        attr = _attr(key)
+        if attr is not None:
+            setattr(self, attr, value)
+        else:
+            self._extra[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        if _attr(key) is not None:
+            raise TypeError(
+                f"{key!r} is part of every request and cannot be deleted; set it instead (req[{key!r}] = ...)"
+            )
+        del self._extra[key]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (_attr(key) is not None or key in self._extra)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_KEYS)
+        yield from _KEYS
+        yield from self._extra
 
     def __len__(self) -> int:
-        return len(_KEYS)
+        return len(_KEYS) + len(self._extra)
+
+
+def _attr(key: str) -> str | None:
+    """The attribute a key reads: the dict-format name (`pathParams`) or the attribute's own (`path_params`)."""
+    return _KEYS.get(key) or (key if key in _ATTRS else None)
 
 
 class ApiResponse(TypedDict, total=False):

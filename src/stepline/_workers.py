@@ -35,27 +35,15 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def supervise(
-    root: Path, host: str, port: int, workers: int, *, db: Path | None, sync: str, grace: float, keep_traces: float
-) -> int:
+def supervise(root: Path, host: str, port: int, workers: int, options: list[str], *, grace: float) -> int:
+    """Run `workers` worker processes on one socket until SIGTERM or SIGINT; returns the exit code.
+
+    `options` are the command-line options every worker runs with (the CLI builds them, with the project
+    folder and the database file made absolute where the user typed them)."""
     sock = bind(host, port)
     fd = sock.fileno()
-    command = [
-        sys.executable,
-        "-m",
-        "stepline",
-        "worker",
-        "--fd",
-        str(fd),
-        "--dir",
-        str(root),
-        "--sync",
-        sync,
-        "--grace",
-        str(grace),
-    ]
-    if db is not None:
-        command += ["--db", str(db)]
+    command = [sys.executable, "-m", "stepline", "worker", "--fd", str(fd), "--dir", str(root), "--grace", str(grace)]
+    command += options
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen(command, pass_fds=(fd,))
