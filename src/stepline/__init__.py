@@ -22,12 +22,15 @@ from ._errors import (
     SchemaValidationError,
     StateUpdateError,
     SteplineError,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
     UndeclaredEmitError,
 )
-from ._llm import LLM, LLMError, Reply, StructuredOutputError, TurnLimitError, Usage
+from ._llm import LLM, LLMError, LLMUsageError, Reply, StructuredOutputError, TurnLimitError, Usage
 from ._loader import load_project
-from ._mcp import mcp_tools
-from ._memory import Memory
+from ._mcp import McpServerError, mcp_tools
+from ._memory import Memory, MemoryConflictError
 from ._project import Project, Step
 from ._request import ApiRequest, ApiResponse
 from ._settings import LLMSettings, Price
@@ -49,7 +52,10 @@ __all__ = [
     "Infrastructure",
     "LLMError",
     "LLMSettings",
+    "LLMUsageError",
+    "McpServerError",
     "Memory",
+    "MemoryConflictError",
     "NoopConfig",
     "NotJSONError",
     "Price",
@@ -67,6 +73,9 @@ __all__ = [
     "StepLogger",
     "Stepline",
     "SteplineError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreUnavailableError",
     "StructuredOutputError",
     "Tool",
     "ToolError",

@@ -16,6 +16,7 @@ from ._health import Health
 from ._http import BODY_TIMEOUT, MAX_BODY, HttpApp
 from ._llm import LLMClient
 from ._loader import load_project
+from ._mcp import close_sessions as close_mcp_sessions
 from ._project import Project
 from ._protocols import Adapters, DeadLetter, Event
 from ._scheduler import CronScheduler
@@ -116,6 +117,7 @@ class Stepline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.engine.stop(grace)
+        await close_mcp_sessions()  # the servers mcp_tools started, with the handlers that used them done
         await self.adapters.close()
 
     @contextlib.asynccontextmanager

@@ -37,6 +37,7 @@ from ._errors import Problem, ProjectLoadError
 
 EVALS_DIR = "evals"
 RESULTS_DIR = Path(".stepline") / "evals"
+_SHOWN = 120  # characters of an expected or actual value in a failure reason
 _CHECK_KINDS = ("exact", "contains", "regex", "json_schema", "python", "judge", "cost_usd", "latency_ms")
 
 
@@ -69,6 +70,8 @@ class EvalSpec(BaseModel):
     dataset: str | None = None
     checks: list[dict[str, Any]] = Field(default_factory=list)
     gates: Gates = Field(default_factory=Gates)
+    # Seconds a case's flow may take to settle; past it the case fails (and the eval goes on).
+    settle_timeout: float = Field(30.0, gt=0)
 
     @field_validator("target")
     @classmethod
@@ -149,11 +152,37 @@ class EvalRun:
 
 
 def load_evals(root: Path, only: str | None = None) -> list[Eval]:
-    """Every eval under `evals/` (or just `only`), with every problem found listed at once."""
+    """Every eval under `evals/` (or just `only`), with every problem found listed at once.
+
+    A YAML file there is an eval unless it is a dataset: one that an eval names as its `dataset:`, or one
+    whose top level is a list (of cases). Those are read through the eval that names them."""
     folder = root / EVALS_DIR
     files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]) if folder.is_dir() else []
+    parsed: dict[Path, Any] = {}
+    for file in files:
+        try:
+            parsed[file] = yaml.safe_load(file.read_text())
+        except (yaml.YAMLError, OSError) as exc:
+            parsed[file] = exc
+    datasets = {
+        (file.parent / raw["dataset"]).resolve(): file
+        for file, raw in parsed.items()
+        if isinstance(raw, dict) and isinstance(raw.get("dataset"), str)
+    }
+
+    def is_dataset(file: Path) -> bool:
+        return file.resolve() in datasets or isinstance(parsed[file], list)
+
     if only is not None:
-        files = [f for f in files if f.stem == only]
+        named = [f for f in files if f.stem == only]
+        if named and all(is_dataset(f) for f in named):
+            user = datasets.get(named[0].resolve())
+            run = f"run the eval that uses it: stepline eval {user.stem}" if user else "name it in an eval's dataset:"
+            raise ProjectLoadError(
+                root,
+                [Problem(str(named[0].relative_to(root)), "", "is a dataset (a list of cases), not an eval", run)],
+            )
+        files = named
         if not files:
             raise ProjectLoadError(
                 root,
@@ -162,10 +191,14 @@ def load_evals(root: Path, only: str | None = None) -> list[Eval]:
     found: list[Eval] = []
     problems: list[Problem] = []
     for file in files:
+        if is_dataset(file):
+            continue
         rel = str(file.relative_to(root))
+        raw = parsed[file]
         try:
-            raw = yaml.safe_load(file.read_text()) or {}
-            spec = EvalSpec.model_validate(raw)
+            if isinstance(raw, yaml.YAMLError | OSError):
+                raise raw
+            spec = EvalSpec.model_validate(raw or {})
             cases = [*spec.cases, *(_dataset(file.parent / spec.dataset, rel) if spec.dataset else [])]
             if not cases:
                 raise ValueError("no cases: add `cases:` or a `dataset:` file")
@@ -186,16 +219,30 @@ def load_evals(root: Path, only: str | None = None) -> list[Eval]:
 def _dataset(path: Path, rel: str) -> list[Case]:
     if not path.exists():
         raise ValueError(f"the dataset {path.name} does not exist beside {rel}")
+    rows: list[Any] = []
     if path.suffix == ".jsonl":
-        rows = []
         for number, line in enumerate(path.read_text().splitlines(), 1):
             try:
-                rows.append(json.loads(line)) if line.strip() else None
+                if line.strip():
+                    rows.append(json.loads(line))
             except ValueError as exc:
                 raise ValueError(f"{path.name} line {number} is not JSON: {exc}") from None
     else:
-        rows = yaml.safe_load(path.read_text()) or []
-    return [Case.model_validate(row) for row in rows]
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"the dataset {path.name} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, list):
+            raise ValueError(f"the dataset {path.name} must be a list of cases ({{input, expect, name}} each)")
+        rows = loaded or []
+    cases = []
+    for number, row in enumerate(rows, 1):
+        try:
+            cases.append(Case.model_validate(row))
+        except ValidationError as exc:
+            reasons = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the case'}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{path.name} case {number}: {reasons} (a case has input, expect and name)") from None
+    return cases
 
 
 def _check_kind(check: dict[str, Any]) -> str:
@@ -214,38 +261,56 @@ Judge = Callable[[str, Any, Any, "str | None"], Awaitable[tuple[bool, str]]]
 async def check_case(
     checks: list[dict[str, Any]], case: Case, output: Any, latency_ms: float, cost: float, judge: Judge
 ) -> list[str]:
-    """Every failed check of one case, as a short reason."""
+    """Every failed check of one case, as a short reason: the check, what it expected and what it got."""
     failures = []
     for check in [*checks, *_expectations(case.expect)]:
         kind = _check_kind(check)
         expected = check[kind]
+        where = f" at {check['path']}" if "path" in check else ""
         value = value_at(output, check["path"]) if "path" in check else output
-        text = value if isinstance(value, str) else json.dumps(value)
-        if kind == "exact":
-            ok = value == expected
-        elif kind == "contains":
-            ok = str(expected).lower() in text.lower()
-        elif kind == "regex":
-            ok = re.search(expected, text) is not None
-        elif kind == "json_schema":
-            ok = jsonschema.Draft202012Validator(expected).is_valid(value)
-        elif kind == "python":
-            module, _, name = str(expected).partition(":")
-            ok = bool(getattr(importlib.import_module(module), name)(value, case.input))
-        elif kind == "judge":
-            ok, why = await judge(str(expected), case.input, value, check.get("model"))
-            if not ok:
-                failures.append(f"judge: {why}")
-            continue
-        elif kind == "cost_usd":
-            ok = cost <= float(expected)
-            expected = f"<= ${expected} (was ${cost:.4f})"
-        else:  # latency_ms
-            ok = latency_ms <= float(expected)
-            expected = f"<= {expected} ms (was {latency_ms:.0f} ms)"
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        got = f"got {_shown(value)}"
+        try:
+            if kind == "exact":
+                ok = value == expected
+            elif kind == "contains":
+                ok = str(expected).lower() in text.lower()
+            elif kind == "regex":
+                ok = re.search(expected, text) is not None
+            elif kind == "json_schema":
+                error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(expected).iter_errors(value))
+                ok = error is None
+                if error is not None:
+                    got = f"{error.message[:120]}; got {_shown(value)}"
+            elif kind == "python":
+                module, _, name = str(expected).partition(":")
+                ok = bool(getattr(importlib.import_module(module), name)(value, case.input))
+            elif kind == "judge":
+                ok, why = await judge(str(expected), case.input, value, check.get("model"))
+                if not ok:
+                    failures.append(f"judge{where}: {why} ({got})")
+                continue
+            elif kind == "cost_usd":
+                ok = cost <= float(expected)
+                expected, got = f"<= ${expected}", f"was ${cost:.4f}"
+            else:  # latency_ms
+                ok = latency_ms <= float(expected)
+                expected, got = f"<= {expected} ms", f"was {latency_ms:.0f} ms"
+        except Exception as exc:  # a check that cannot run fails this case, not the whole eval
+            ok, got = False, f"the check raised {type(exc).__name__}: {str(exc)[:120]}"
         if not ok:
-            failures.append(f"{kind} {expected!s:.80}")
+            failures.append(f"{kind} {_clipped(expected)}{where} ({got})")
     return failures
+
+
+def _shown(value: Any) -> str:
+    """The actual value as a failure reason shows it: JSON, clipped."""
+    return _clipped(json.dumps(value, default=str, ensure_ascii=False))
+
+
+def _clipped(value: Any, limit: int = _SHOWN) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _expectations(expect: Any) -> list[dict[str, Any]]:

@@ -10,6 +10,8 @@ hook, reply, tool calls, tokens, cost, latency, retries) and every tool run a `t
 from __future__ import annotations
 
 import asyncio
+import difflib
+import functools
 import random
 import re
 import time
@@ -27,7 +29,7 @@ from ._tools import Tool, ToolArgumentsError, ToolError, as_tool, result_text
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from ._context import Context, Recorder
+    from ._context import Context, Recorder, StepLogger
     from ._engine import Engine
     from ._memory import Memory, Policy
 
@@ -45,6 +47,11 @@ class LLMError(SteplineError):
     def __init__(self, message: str, retries: int = 0) -> None:
         super().__init__(message)
         self.retries = retries
+
+
+class LLMUsageError(SteplineError):
+    """A `ctx.llm` call was written in a way that cannot work (an unknown option, an option the call sets
+    itself, tools where they would be ignored); raised before anything is sent, with the fix."""
 
 
 class StructuredOutputError(LLMError):
@@ -99,6 +106,7 @@ class Reply:
     cost: float | None = None  # USD, when the model has a price in llm.prices
     tool_runs: list[ToolRun] = field(default_factory=list)
     turns: int = 1
+    output: Any = None  # `run(..., output=Model)`: the final answer as an instance of Model
 
     def __str__(self) -> str:
         return self.text
@@ -186,6 +194,11 @@ class LLM:
     def settings(self) -> LLMSettings:
         return self._client.settings
 
+    @property
+    def logger(self) -> StepLogger:
+        """The calling step's logger (what memory reports through)."""
+        return self._ctx.logger
+
     def conversation(self, *, max_messages: int = 40, policy: Policy = "truncate") -> Memory:
         """Short-term memory shared by every step of this trace (one request's whole journey)."""
         from ._memory import CONVERSATIONS, Memory
@@ -212,6 +225,7 @@ class LLM:
         **options: Any,
     ) -> Reply:
         """One completion. `options` go to the endpoint as they are (temperature, max_tokens, seed...)."""
+        _check_options("chat", options)
         messages, fresh = await self._conversation(prompt, system, memory)
         model = self._model(model)
         response, usage = await self._complete("chat", model, messages, options)
@@ -229,45 +243,34 @@ class LLM:
         system: str | None = None,
         model: str | None = None,
         repair: int = 1,
+        memory: Memory | None = None,
         **options: Any,
     ) -> M:
         """A reply parsed into `output` (a Pydantic model). A reply that does not validate is sent back to
-        the model with the errors, at most `repair` times, before StructuredOutputError."""
-        if repair < 0:
-            raise ValueError("repair is how many times a bad reply is sent back: 0 or more")
-        messages, _ = await self._conversation(prompt, system, None)
+        the model with the errors, at most `repair` times, before StructuredOutputError. With `memory`,
+        the prompt and the valid reply are remembered (not the failed attempts)."""
+        _check_options("structured", options)
+        _check_output(output, repair)
+        messages, fresh = await self._conversation(prompt, system, memory)
         model = self._model(model)
-        text = errors = ""
-        response_format = {
-            "type": "json_schema",
-            "json_schema": {"name": _schema_name(output), "schema": output.model_json_schema()},
-        }
-        for attempt in range(repair + 1):
-            response, _usage = await self._complete(
-                "structured", model, messages, {"response_format": response_format, **options}, attempt=attempt
-            )
-            text = _text(response)
-            try:
-                return output.model_validate_json(_unfenced(text))
-            except ValidationError as exc:
-                errors = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-                )
-            messages += [
-                {"role": "assistant", "content": text},
-                {
-                    "role": "user",
-                    "content": f"That reply does not match the required JSON schema: {errors}. "
-                    "Answer again with only the corrected JSON object.",
-                },
-            ]
-        raise StructuredOutputError(output, text, errors)
+        parsed, text, _usage = await self._parse_into(output, model, messages, repair, options)
+        if memory is not None:
+            await memory.append(*fresh, {"role": "assistant", "content": text})
+        return parsed
 
     def stream(
-        self, prompt: Messages, *, system: str | None = None, model: str | None = None, **options: Any
+        self,
+        prompt: Messages,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        memory: Memory | None = None,
+        **options: Any,
     ) -> LLMStream:
-        """`async for token in ctx.llm.stream(...)`: text as it arrives; `.text` and `.usage` once done."""
-        return LLMStream(self, prompt, system, self._model(model), options)
+        """`async for token in ctx.llm.stream(...)`: text as it arrives; `.text` and `.usage` once done.
+        With `memory`, the prompt and the whole reply are remembered once the stream has been read to its end."""
+        _check_options("stream", options)
+        return LLMStream(self, prompt, system, self._model(model), options, memory)
 
     async def run(
         self,
@@ -278,12 +281,21 @@ class LLM:
         model: str | None = None,
         max_turns: int = 8,
         memory: Memory | None = None,
+        output: type[BaseModel] | None = None,
+        repair: int = 1,
         **options: Any,
     ) -> Reply:
         """The tool loop: the model calls tools, sees their results, and goes on until it answers in text.
 
         A tool that raises, or arguments that do not fit its schema, go back to the model as the tool's
-        result (and into the trace), so it can correct itself. More than `max_turns` turns: TurnLimitError."""
+        result (and into the trace), so it can correct itself. More than `max_turns` turns: TurnLimitError.
+
+        With `output` (a Pydantic model), the final answer is that model, in `reply.output`: a text answer
+        that already validates is taken as it is; otherwise the model is asked once more, with the JSON
+        Schema as `response_format` and no tools, and repaired as `structured` repairs (`repair` times)."""
+        _check_options("run", options)
+        if output is not None:
+            _check_output(output, repair)
         resolved = [as_tool(t).resolve(self._engine) for t in tools]
         by_name = {t.name: t for t in resolved}
         if len(by_name) != len(resolved):
@@ -311,9 +323,23 @@ class LLM:
                 ]
             messages.append(assistant)
             if not calls:
+                text = message.content or ""
+                remembered = messages[start:]
+                parsed: BaseModel | None = None
+                if output is not None:
+                    answered = len(messages)
+                    # Options such as temperature apply to the final answer too; tool_choice does not:
+                    # that call offers no tools.
+                    final_options = {k: v for k, v in options.items() if k not in _TOOL_OPTIONS}
+                    parsed, text, usage = await self._parse_into(
+                        output, model, messages, repair, final_options, answer=text
+                    )
+                    total.add(usage)
+                    if len(messages) > answered:  # the model was asked again: remember the question and the answer
+                        remembered = [*remembered, messages[answered], {"role": "assistant", "content": text}]
                 if memory is not None:
-                    await memory.append(*fresh, *messages[start:])
-                return Reply(message.content or "", model, messages, total, self._client.cost(model, total), runs, turn)
+                    await memory.append(*fresh, *remembered)
+                return Reply(text, model, messages, total, self._client.cost(model, total), runs, turn, output=parsed)
             for call in calls:
                 run = await self._run_tool(by_name, call.id, call.function.name, call.function.arguments)
                 runs.append(run)
@@ -322,6 +348,58 @@ class LLM:
         raise TurnLimitError(max_turns, messages)
 
     # -- internals ----------------------------------------------------------------------------------
+
+    async def _parse_into(
+        self,
+        output: type[M],
+        model: str,
+        messages: list[dict[str, Any]],
+        repair: int,
+        options: dict[str, Any],
+        *,
+        answer: str | None = None,
+    ) -> tuple[M, str, Usage]:
+        """Ask for a reply in `output`'s JSON Schema and validate it, sending the errors back at most `repair`
+        times. With `answer` (the text a tool loop ended on), that text is tried first and the model is
+        asked only if it does not validate. Appends to `messages` what was said, the valid reply included."""
+        total = Usage()
+        if answer is not None:
+            try:
+                return output.model_validate_json(_unfenced(answer)), answer, total
+            except ValidationError:
+                pass  # prose, most likely: the model was not told the schema during the loop
+            messages.append(
+                {
+                    "role": "user",
+                    "content": "Now give your final answer as a JSON object that matches the required JSON schema, "
+                    "and nothing else.",
+                }
+            )
+        text = errors = ""
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": _schema_name(output), "schema": output.model_json_schema()},
+        }
+        for attempt in range(repair + 1):
+            response, usage = await self._complete(
+                "structured", model, messages, {"response_format": response_format, **options}, attempt=attempt
+            )
+            total.add(usage)
+            text = _text(response)
+            messages.append({"role": "assistant", "content": text})
+            try:
+                return output.model_validate_json(_unfenced(text)), text, total
+            except ValidationError as exc:
+                errors = _validation_errors(exc)
+            if attempt < repair:
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": f"That reply does not match the required JSON schema: {errors}. "
+                        "Answer again with only the corrected JSON object.",
+                    }
+                )
+        raise StructuredOutputError(output, text, errors)
 
     def _model(self, model: str | None) -> str:
         chosen = model or self.settings.model
@@ -444,18 +522,27 @@ class LLM:
 class LLMStream:
     """An async iterator of text pieces; records the call in the trace when the stream ends."""
 
-    def __init__(self, llm: LLM, prompt: Messages, system: str | None, model: str, options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        llm: LLM,
+        prompt: Messages,
+        system: str | None,
+        model: str,
+        options: dict[str, Any],
+        memory: Memory | None = None,
+    ) -> None:
         self._llm = llm
         self._prompt = prompt
         self._system = system
         self.model = model
         self._options = options
+        self._memory = memory
         self.text = ""
         self.usage = Usage()
 
     async def __aiter__(self) -> AsyncIterator[str]:
         llm = self._llm
-        messages, _ = await llm._conversation(self._prompt, self._system, None)
+        messages, fresh = await llm._conversation(self._prompt, self._system, self._memory)
         started = time.time()
         request = {"stream": True, "stream_options": {"include_usage": True}, **self._options}
         try:
@@ -482,9 +569,89 @@ class LLMStream:
             llm._trace(
                 "stream", self.model, messages, started, retries=retries, usage=self.usage, reply=self.text, error=error
             )
+        # Only a stream read to its end is remembered: a reader that stopped early never saw the whole reply.
+        if self._memory is not None:
+            await self._memory.append(*fresh, {"role": "assistant", "content": self.text})
 
 
 # -- helpers -------------------------------------------------------------------------------------------
+
+# Options a call sets itself, or that would make it drop part of the reply: refused with what to use instead.
+_TOOL_OPTIONS = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls")
+_TOOLS_ELSEWHERE = "tools run in the tool loop: use ctx.llm.run(prompt, tools=[...])"
+_RESERVED: dict[str, dict[str, str]] = {
+    "chat": {
+        **dict.fromkeys(_TOOL_OPTIONS, _TOOLS_ELSEWHERE),
+        **dict.fromkeys(("stream", "stream_options"), "for text as it arrives, use ctx.llm.stream(...)"),
+    },
+    "structured": {
+        **dict.fromkeys(
+            _TOOL_OPTIONS,
+            "for structured output after tool calls, use ctx.llm.run(prompt, tools=[...], output=Model)",
+        ),
+        "response_format": "structured sends the output model's JSON Schema as response_format itself",
+        **dict.fromkeys(("stream", "stream_options"), "structured validates the whole reply; it does not stream"),
+    },
+    "stream": {
+        **dict.fromkeys(
+            _TOOL_OPTIONS,
+            "a stream yields text and would lose the model's tool calls; use ctx.llm.run(prompt, tools=[...]), "
+            "which runs the tools and answers once the model is done",
+        ),
+        **dict.fromkeys(("stream", "stream_options"), "stream sets it itself"),
+    },
+    "run": {
+        **dict.fromkeys(("functions", "function_call"), "pass the tools as tools=[...]"),
+        "response_format": "for a final answer in a Pydantic model, pass output=Model",
+        **dict.fromkeys(("stream", "stream_options"), "the tool loop needs whole replies; it does not stream"),
+    },
+}
+_OWN: dict[str, tuple[str, ...]] = {
+    "chat": ("system", "model", "memory"),
+    "structured": ("system", "model", "repair", "memory"),
+    "stream": ("system", "model", "memory"),
+    "run": ("tools", "system", "model", "max_turns", "memory", "output", "repair"),
+}
+
+
+@functools.cache
+def _endpoint_options() -> frozenset[str]:
+    """What `chat.completions.create` takes besides the messages and the model, from the installed client."""
+    import inspect
+
+    from openai.resources.chat.completions import AsyncCompletions
+
+    names = inspect.signature(AsyncCompletions.create).parameters
+    return frozenset(names) - {"self", "messages", "model"}
+
+
+def _check_options(call: str, options: dict[str, Any]) -> None:
+    """Refuse, before anything is sent, what the openai client would reject with a bare TypeError
+    (a misspelt keyword) or what this call cannot honour (tools on a stream)."""
+    for name in options:
+        reason = _RESERVED[call].get(name)
+        if reason is not None:
+            raise LLMUsageError(f"ctx.llm.{call}(..., {name}=...) is not accepted: {reason}")
+        if name not in _endpoint_options():
+            known = [*_OWN[call], *sorted(_endpoint_options())]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}=...? " if close else ""
+            raise LLMUsageError(
+                f"ctx.llm.{call}() got an unknown keyword {name!r}: {hint}it takes {', '.join(_OWN[call])} and "
+                "the endpoint's options (temperature, max_tokens, seed, ...); send a provider's own field "
+                "in extra_body={...}"
+            )
+
+
+def _check_output(output: Any, repair: int) -> None:
+    if not (isinstance(output, type) and issubclass(output, BaseModel)):
+        raise LLMUsageError(f"output must be a Pydantic model class (class Answer(BaseModel): ...), not {output!r}")
+    if repair < 0:
+        raise LLMUsageError("repair is how many times a bad reply is sent back: 0 or more")
+
+
+def _validation_errors(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors())
 
 
 def _function_call(call: Any) -> dict[str, str]:

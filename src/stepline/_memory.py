@@ -8,7 +8,13 @@ messages, "summarize" asks the model to fold them into one summary message.
 
 from __future__ import annotations
 
+import asyncio
+import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
+
+from ._errors import SteplineError
+from ._llm import LLMError
 
 if TYPE_CHECKING:
     from ._context import State
@@ -18,6 +24,7 @@ Policy = Literal["truncate", "summarize"]
 CONVERSATIONS = "llm.conversations"  # the state group of trace-scoped memory
 
 _SUMMARY_PREFIX = "Summary of the earlier conversation: "
+_ATTEMPTS = 200  # compare-and-set attempts per write; each conflict means another writer succeeded
 
 
 class Memory:
@@ -49,27 +56,101 @@ class Memory:
         return list(stored) if isinstance(stored, list) else []
 
     async def append(self, *messages: dict[str, Any]) -> None:
-        kept = await self.messages() + [dict(m) for m in messages]
-        if len(kept) > self.max_messages:
-            kept = await self._shrink(kept)
-        await self._state.set(self.group, self.key, kept)
+        """Add messages at the end, atomically: steps of one trace (or requests for one customer) that
+        append at once all keep their messages. Each write is a compare-and-set that is tried again on
+        the value another writer left; the model call of "summarize" happens outside that retry."""
+        added = [dict(m) for m in messages]
+        if not added:
+            return
+        await self._update(
+            lambda kept: self._truncated([*kept, *added]) if self.policy == "truncate" else [*kept, *added]
+        )
+        if self.policy == "summarize":
+            await self._summarize()
 
     async def clear(self) -> None:
         await self._state.delete(self.group, self.key)
 
-    async def _shrink(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        keep = self.max_messages - (1 if self.policy == "summarize" else 0)
-        cut = _safe_cut(messages, len(messages) - keep)
-        older, recent = messages[:cut], messages[cut:]
-        if self.policy == "truncate" or self._llm is None or not older:
-            return recent
-        transcript = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in older)
-        reply = await self._llm.chat(
-            transcript,
-            system="Summarize this conversation in a few sentences, keeping every fact, name, number and "
-            "decision a later answer may need.",
+    # -- internals --------------------------------------------------------------------------------------
+
+    async def _update(self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+        for attempt in range(_ATTEMPTS):
+            stored = await self._state.get(self.group, self.key)
+            current = list(stored) if isinstance(stored, list) else []
+            # Expected None: the key is missing (compare_and_set's convention); a non-list is overwritten.
+            if await self._state.compare_and_set(self.group, self.key, stored, change(current)):
+                return
+            await _back_off(attempt)
+        raise MemoryConflictError(self.group, self.key)
+
+    def _truncated(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if len(messages) <= self.max_messages:
+            return messages
+        return messages[_safe_cut(messages, len(messages) - self.max_messages) :]
+
+    async def _summarize(self) -> None:
+        """Fold the oldest messages into one summary once the memory is over its size.
+
+        The summary is asked for outside the compare-and-set, and what it summarises is a prefix of the list.
+        Writers that append meanwhile only add to the end, so on a conflict the same summary still replaces
+        the same prefix: the model is asked again only if another writer has summarised that prefix first
+        (then what is left is measured afresh). Until this write lands, the list may hold a few messages
+        more than max_messages."""
+        summarized: tuple[list[dict[str, Any]], dict[str, Any]] | None = None  # (the prefix, its summary)
+        for attempt in range(_ATTEMPTS):
+            stored = await self._state.get(self.group, self.key)
+            current = list(stored) if isinstance(stored, list) else []
+            if len(current) <= self.max_messages:
+                return
+            if self._llm is None:  # no model to summarise with (a Memory built by hand): keep the newest
+                await self._update(self._truncated)
+                return
+            if summarized is not None and current[: len(summarized[0])] == summarized[0]:
+                older, summary = summarized
+            else:
+                cut = _safe_cut(current, len(current) - (self.max_messages - 1))
+                older = current[:cut]
+                if not older:
+                    return
+                transcript = "\n".join(f"{m.get('role')}: {m.get('content') or ''}" for m in older)
+                try:
+                    reply = await self._llm.chat(
+                        transcript,
+                        system="Summarize this conversation in a few sentences, keeping every fact, name, number "
+                        "and decision a later answer may need.",
+                    )
+                except LLMError as exc:
+                    # The new messages are stored already: failing the step now would only have it retried
+                    # and its messages stored twice. The memory stays long until a later write summarises it.
+                    self._llm.logger.warn(
+                        "memory not summarised; it keeps every message until a later write",
+                        group=self.group,
+                        key=self.key,
+                        error=str(exc),
+                    )
+                    return
+                summary = {"role": "system", "content": _SUMMARY_PREFIX + reply.text}
+                summarized = (older, summary)
+            if await self._state.compare_and_set(self.group, self.key, stored, [summary, *current[len(older) :]]):
+                return
+            await _back_off(attempt)
+        raise MemoryConflictError(self.group, self.key)
+
+
+class MemoryConflictError(SteplineError):
+    """Other writers changed the memory under every attempt of a write."""
+
+    def __init__(self, group: str, key: str) -> None:
+        super().__init__(
+            f"memory {group}/{key} changed under this write {_ATTEMPTS} times in a row: too many steps write "
+            "the same memory at once; give them memories of their own (another key), or fewer concurrent runs "
+            "(infrastructure.handler.concurrency in the step's config)"
         )
-        return [{"role": "system", "content": _SUMMARY_PREFIX + reply.text}, *recent]
+
+
+async def _back_off(attempt: int) -> None:
+    # A little random wait, so that writers that collided do not collide again in lockstep.
+    await asyncio.sleep(random.uniform(0, 0.002 * min(attempt + 1, 10)))
 
 
 def _safe_cut(messages: list[dict[str, Any]], cut: int) -> int:

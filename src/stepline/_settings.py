@@ -1,4 +1,5 @@
-"""Project settings from `stepline.toml` and the environment: for now the `[llm]` table of `ctx.llm`.
+"""Project settings from `stepline.toml` and the environment: the `[llm]` table of `ctx.llm`, and `[mcp]`,
+what `stepline mcp` serves.
 
     [llm]
     base_url = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible endpoint; env STEPLINE_LLM_BASE_URL
@@ -11,6 +12,10 @@
     [llm.prices."gpt-4o-mini"]               # USD per million tokens, for the cost in traces
     input = 0.15
     output = 0.60
+
+    [mcp]                                    # nothing is served unless listed here
+    steps = ["GetWeather"]                   # API steps, by name ("*": every API step)
+    topics = ["weather.alert"]               # topics to emit to ("*": every topic with subscribers)
 
 The environment wins over the file, so a deployment can point the same project at another provider.
 """
@@ -78,9 +83,24 @@ class LLMSettings(BaseModel):
         return redactor
 
 
+class McpSettings(BaseModel):
+    """What `stepline mcp` serves. Nothing unless listed: an MCP client is often a model, and an API step
+    may decide things (approve a refund) that no model should reach by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[str] = Field(default_factory=list, description='API steps by name; "*" for every API step')
+    topics: list[str] = Field(default_factory=list, description='topics to emit to; "*" for every subscribed topic')
+
+    @property
+    def exposes_nothing(self) -> bool:
+        return not self.steps and not self.topics
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     llm: LLMSettings = Field(default_factory=LLMSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
 
 
 _ENV = {"STEPLINE_LLM_BASE_URL": "base_url", "STEPLINE_LLM_MODEL": "model", "STEPLINE_LLM_API_KEY": "api_key"}
@@ -126,7 +146,7 @@ def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Setti
                 SETTINGS_FILE,
                 ".".join(str(p) for p in err["loc"]),
                 err["msg"],
-                _FIXES.get(str(err["loc"][-1]), "see docs/agents.md for the settings and their types"),
+                _fix(err["loc"], err["type"]),
             )
             for err in exc.errors()
         ]
@@ -139,4 +159,18 @@ _FIXES = {
     "max_retries": "a whole number from 0 to 20",
     "input": "USD per million input tokens, e.g. input = 0.15",
     "output": "USD per million output tokens, e.g. output = 0.60",
+    "steps": 'a list of API step names, e.g. steps = ["GetWeather"] (or ["*"] for all)',
+    "topics": 'a list of topics, e.g. topics = ["weather.alert"] (or ["*"] for all)',
 }
+_TABLE_FIXES = {
+    "llm": "see docs/agents.md for the [llm] settings and their types",
+    "mcp": "the [mcp] table takes steps = [...] and topics = [...] (see docs/agents.md#mcp)",
+}
+
+
+def _fix(loc: tuple[int | str, ...], kind: str) -> str:
+    if kind == "extra_forbidden":  # a misspelt or unknown name: say which names the table takes
+        if len(loc) == 1:
+            return "stepline.toml has the tables [llm] and [mcp]"
+        return _TABLE_FIXES.get(str(loc[0]), "see docs/agents.md for the settings and their types")
+    return _FIXES.get(str(loc[-1]), "see docs/agents.md for the settings and their types")

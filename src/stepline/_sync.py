@@ -11,9 +11,10 @@ from pydantic import BaseModel
 
 from ._approvals import Approval, Approvals
 from ._context import Context, State
-from ._llm import LLM, Messages, Reply
-from ._memory import Memory
+from ._llm import LLM, LLMUsageError, Messages, Reply
+from ._memory import Memory, Policy
 from ._sandbox import CodeResult
+from ._settings import LLMSettings
 from ._tools import Tool
 
 T = TypeVar("T")
@@ -81,26 +82,82 @@ class SyncState(_Blocking):
 
 
 class SyncLLM(_Blocking):
-    """`ctx.llm` in a sync handler: the same calls, blocking (streaming is for async handlers)."""
+    """`ctx.llm` in a sync handler: the same calls with the same parameters, blocking (streaming is for
+    async handlers)."""
 
     def __init__(self, llm: LLM, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._llm = llm
 
-    def chat(self, prompt: Messages, **kw: Any) -> Reply:
-        return self._run(self._llm.chat(prompt, **kw))
+    @property
+    def settings(self) -> LLMSettings:
+        return self._llm.settings
 
-    def structured(self, prompt: Messages, output: type[M], **kw: Any) -> M:
-        return self._run(self._llm.structured(prompt, output, **kw))
+    def chat(
+        self,
+        prompt: Messages,
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        memory: Memory | None = None,
+        **options: Any,
+    ) -> Reply:
+        return self._run(self._llm.chat(prompt, system=system, model=model, memory=memory, **options))
 
-    def run(self, prompt: Messages, *, tools: Sequence[Tool | Callable[..., Any]], **kw: Any) -> Reply:
-        return self._run(self._llm.run(prompt, tools=tools, **kw))
+    def structured(
+        self,
+        prompt: Messages,
+        output: type[M],
+        *,
+        system: str | None = None,
+        model: str | None = None,
+        repair: int = 1,
+        memory: Memory | None = None,
+        **options: Any,
+    ) -> M:
+        return self._run(
+            self._llm.structured(prompt, output, system=system, model=model, repair=repair, memory=memory, **options)
+        )
 
-    def conversation(self, **kw: Any) -> Memory:
-        return self._llm.conversation(**kw)
+    def run(
+        self,
+        prompt: Messages,
+        *,
+        tools: Sequence[Tool | Callable[..., Any]],
+        system: str | None = None,
+        model: str | None = None,
+        max_turns: int = 8,
+        memory: Memory | None = None,
+        output: type[BaseModel] | None = None,
+        repair: int = 1,
+        **options: Any,
+    ) -> Reply:
+        return self._run(
+            self._llm.run(
+                prompt,
+                tools=tools,
+                system=system,
+                model=model,
+                max_turns=max_turns,
+                memory=memory,
+                output=output,
+                repair=repair,
+                **options,
+            )
+        )
 
-    def memory(self, key: str, **kw: Any) -> Memory:
-        return self._llm.memory(key, **kw)
+    def stream(self, prompt: Messages, **options: Any) -> Any:
+        # Without this, a sync handler calling stream gets a bare AttributeError.
+        raise LLMUsageError(
+            "ctx.llm.stream needs an async handler (`async def handler(...)`, then `async for piece in "
+            "ctx.llm.stream(...)`); in a sync handler, ctx.llm.chat returns the whole reply"
+        )
+
+    def conversation(self, *, max_messages: int = 40, policy: Policy = "truncate") -> Memory:
+        return self._llm.conversation(max_messages=max_messages, policy=policy)
+
+    def memory(self, key: str, *, group: str = "memory", max_messages: int = 40, policy: Policy = "truncate") -> Memory:
+        return self._llm.memory(key, group=group, max_messages=max_messages, policy=policy)
 
 
 class SyncApprovals(_Blocking):

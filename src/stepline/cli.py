@@ -488,7 +488,7 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
 
 @app.command("mcp")
 def mcp(root: DirOption = Path("."), engine: EngineOption = "sqlite", db: DbOption = None) -> None:
-    """Serve the project's API steps and topics as MCP tools over stdin/stdout (for MCP clients)."""
+    """Serve the API steps and topics that [mcp] in stepline.toml lists as MCP tools over stdin/stdout."""
     from ._mcp import serve_stdio
 
     setup_logging()  # to stderr: stdout carries the protocol

@@ -131,3 +131,129 @@ def test_bad_eval_files_are_listed_with_file_field_and_fix(make_project: Project
     assert code == 1
     assert "evals/bad.yaml" in output and '"METHOD /path"' in output and "a check is one of" in output
     assert "evals/empty.yaml" in output and "no cases" in output
+
+
+DATASET_BESIDE = {
+    "steps/echo_step.py": """
+        config = {"type": "api", "name": "Echo", "path": "/echo", "method": "POST"}
+        async def handler(req, ctx):
+            return {"said": req.body["say"]}
+    """,
+    "evals/echo.yaml": """
+        target: POST /echo
+        output: said
+        dataset: echo_cases.yaml
+    """,
+    "evals/echo_cases.yaml": """
+        - {name: hello, input: {say: hello}, expect: hello}
+        - {name: bye, input: {say: bye}, expect: {exact: bye}}
+    """,
+    "evals/spare_cases.yml": """
+        - {input: {say: kept for later}}
+    """,
+}
+
+
+def test_a_yaml_dataset_beside_an_eval_is_its_dataset_not_an_eval(make_project: ProjectFactory) -> None:
+    root = make_project(DATASET_BESIDE)
+    code, output = stepline("eval", "--dir", str(root), "--json")
+    assert code == 0, output
+    (run,) = json.loads(output)  # echo only: neither list of cases is taken for an eval
+    assert run["name"] == "echo" and [c["name"] for c in run["cases"]] == ["hello", "bye"]
+    assert all(c["passed"] for c in run["cases"])
+
+    code, output = stepline("eval", "echo_cases", "--dir", str(root))
+    assert code == 1
+    assert "evals/echo_cases.yaml" in output and "is a dataset" in output and "stepline eval echo" in output
+
+
+def test_a_dataset_that_is_not_a_list_of_cases_says_so(make_project: ProjectFactory) -> None:
+    root = make_project({**DATASET_BESIDE, "evals/echo_cases.yaml": "hello: {say: hello}\n"})
+    code, output = stepline("eval", "--dir", str(root))
+    assert code == 1
+    assert "evals/echo.yaml" in output and "echo_cases.yaml must be a list of cases" in output
+
+
+UNSETTLED = {
+    "steps/start_step.py": """
+        config = {"type": "api", "name": "Start", "path": "/start", "method": "POST", "emits": ["work"]}
+        async def handler(req, ctx):
+            await ctx.emit("work", {"seconds": req.body["seconds"]})
+            return {"started": True}
+    """,
+    "steps/work_step.py": """
+        import asyncio
+        config = {"type": "event", "name": "Work", "subscribes": ["work"]}
+        async def handler(input, ctx):
+            await asyncio.sleep(input["seconds"])
+    """,
+    "evals/slow.yaml": """
+        target: POST /start
+        settle_timeout: 2
+        cases:
+          - {name: stuck, input: {seconds: 3}}
+          - {name: quick, input: {seconds: 0}}
+    """,
+}
+
+
+def test_a_case_whose_flow_does_not_settle_fails_with_why_and_the_next_case_runs(
+    make_project: ProjectFactory,
+) -> None:
+    root = make_project(UNSETTLED)
+    code, output = stepline("eval", "slow", "--dir", str(root), "--json")
+    assert code == 1, output  # a failed case, not a crash: the gate (pass rate 100%) fails
+    (run,) = json.loads(output)
+    stuck, quick = run["cases"]
+    assert not stuck["passed"]
+    assert stuck["failures"] == [
+        "the flow did not settle within 2 s: 1 delivery queued or running; raise settle_timeout in the eval "
+        "if it needs longer"
+    ]
+    assert quick["passed"], quick["failures"]
+    assert run["gate_failures"] == ["pass rate 50% is below 100%"]
+
+
+CHECKED = {
+    "steps/answer_step.py": """
+        config = {"type": "api", "name": "Answer", "path": "/answer", "method": "POST"}
+        async def handler(req, ctx):
+            return {"answer": req.body["answer"], "words": len(req.body["answer"].split())}
+    """,
+    "evals/shown.yaml": """
+        target: POST /answer
+        cases:
+          - name: wrong
+            input: {answer: "Osaka is big."}
+            expect: [{contains: Tokyo, path: answer}, {exact: 2, path: words}, {regex: "^T", path: answer}]
+          - name: long
+            input: {answer: "LONG"}
+            expect: [{json_schema: {type: object, required: [sources]}}, {exact: "short", path: answer}]
+    """,
+}
+
+
+def test_a_failed_check_names_the_check_and_shows_the_actual_value_clipped(make_project: ProjectFactory) -> None:
+    long_answer = "word " * 100
+    root = make_project(CHECKED)
+    (root / "evals/shown.yaml").write_text(
+        (root / "evals/shown.yaml").read_text().replace('"LONG"', f'"{long_answer}"')
+    )
+    code, output = stepline("eval", "--dir", str(root), "--json")
+    assert code == 1
+    (run,) = json.loads(output)
+    wrong, long = run["cases"]
+    assert wrong["failures"] == [
+        'contains Tokyo at answer (got "Osaka is big.")',
+        "exact 2 at words (got 3)",
+        'regex ^T at answer (got "Osaka is big.")',
+    ]
+    schema, exact = long["failures"]
+    assert schema.startswith(
+        "json_schema {'type': 'object', 'required': ['sources']} ('sources' is a required property; got {"
+    )
+    assert exact.startswith('exact short at answer (got "word word ')
+    assert exact.endswith("…)") and len(exact) < 200  # the actual value is clipped, not the whole output
+
+    code, table = stepline("eval", "--dir", str(root))
+    assert 'contains Tokyo at answer (got "Osaka is big.")' in table

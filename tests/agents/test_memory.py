@@ -117,3 +117,67 @@ async def test_a_conversation_is_shared_by_the_steps_of_one_trace_only(
     contents: list[Any] = [m["content"] for m in llm.requests[1]["messages"]]
     assert contents == ["first question", "answer one", "second question"]
     assert [m["content"] for m in llm.requests[2]["messages"]] == ["first question"]  # a new trace starts afresh
+
+
+FAN_OUT = {
+    "steps/start_step.py": """
+        config = {"type": "api", "name": "Start", "path": "/start", "method": "POST", "emits": ["chat"]}
+        async def handler(req, ctx):
+            for i in range(req.body["n"]):
+                await ctx.emit("chat", {"i": i, "max": req.body["max"], "policy": req.body["policy"]})
+            return {"status": 202}
+    """,
+    "steps/chat_step.py": """
+        config = {"type": "event", "name": "Chat", "subscribes": ["chat"]}
+        async def handler(input, ctx):
+            memory = ctx.llm.conversation(max_messages=input["max"], policy=input["policy"])
+            await ctx.llm.chat(f"q{input['i']}", memory=memory)
+    """,
+}
+
+
+def _answer(body: dict[str, Any]) -> str:
+    """q7 gets a7; a summary request gets S[...] naming every message it folds (older summaries too)."""
+    import re
+
+    last = str(body["messages"][-1]["content"])
+    if body["messages"][0]["content"].startswith("Summarize"):
+        return "S[" + " ".join(sorted(set(re.findall(r"\b[qa]\d+\b", last)))) + "]"
+    return "a" + last[1:]
+
+
+async def test_concurrent_appends_to_one_conversation_on_sqlite_keep_every_message(
+    make_project: ProjectFactory, llm: ScriptedLLM
+) -> None:
+    """20 steps of one trace chat at once with the same conversation: all 40 messages are kept."""
+    llm.add(*[_answer] * 20)
+    async with serve(make_project(FAN_OUT), llm=llm.settings()) as app:  # the default engine: SQLite
+        r = await app.client.post("/start", json={"n": 20, "max": 100, "policy": "truncate"})
+        await app.settle()
+        stored = await app.state("llm.conversations", r.headers["x-trace-id"])
+    contents = sorted(m["content"] for m in stored)
+    assert len(stored) == 40, contents
+    assert contents == sorted([f"q{i}" for i in range(20)] + [f"a{i}" for i in range(20)])
+    for i in range(20):  # each answer still follows its own question... somewhere after it
+        assert stored.index({"role": "user", "content": f"q{i}"}) < stored.index(
+            {"role": "assistant", "content": f"a{i}"}
+        )
+
+
+async def test_concurrent_appends_with_summarize_lose_no_message_and_keep_none_twice(
+    make_project: ProjectFactory, llm: ScriptedLLM
+) -> None:
+    """With "summarize", the model is asked between the read and the write: a conflict must neither drop
+    the messages another writer added nor keep a message both in a summary and in the list."""
+    llm.add(*[_answer] * 200)
+    async with serve(make_project(FAN_OUT), llm=llm.settings()) as app:
+        r = await app.client.post("/start", json={"n": 20, "max": 8, "policy": "summarize"})
+        await app.settle()
+        stored = await app.state("llm.conversations", r.headers["x-trace-id"])
+    summary, *recent = stored
+    assert summary["role"] == "system" and summary["content"].startswith("Summary of the earlier conversation: S[")
+    folded = set(summary["content"].split("S[", 1)[1].rstrip("]").split())
+    kept = [m["content"] for m in recent]
+    assert "Summary" not in " ".join(kept)  # one summary, at the head
+    assert len(kept) == len(set(kept)) and not folded & set(kept)
+    assert folded | set(kept) == {f"q{i}" for i in range(20)} | {f"a{i}" for i in range(20)}

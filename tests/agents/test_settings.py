@@ -114,3 +114,19 @@ def test_stepline_check_reports_bad_llm_settings(make_project: ProjectFactory) -
     result = CliRunner().invoke(app, ["check", "--dir", str(root)], env={"COLUMNS": "200"})
     assert result.exit_code == 1
     assert "stepline.toml" in result.output and "llm.api_key" in result.output and "api_key_env" in result.output
+
+
+def test_the_mcp_table_lists_what_stepline_mcp_serves_and_names_mistakes(tmp_path: Path) -> None:
+    root = write(tmp_path, '[mcp]\nsteps = ["GetWeather"]\ntopics = ["weather.alert"]\n')
+    mcp = load_settings(root, environ={}).mcp
+    assert (mcp.steps, mcp.topics, mcp.exposes_nothing) == (["GetWeather"], ["weather.alert"], False)
+    assert load_settings(tmp_path / "none", environ={}).mcp.exposes_nothing  # nothing unless listed
+
+    write(tmp_path, '[mcp]\nsteps = "GetWeather"\ntools = ["x"]\n\n[mpc]\nsteps = []\n')
+    with pytest.raises(ProjectLoadError) as err:
+        load_settings(root, environ={})
+    found = {p.field: p for p in err.value.problems}
+    assert set(found) == {"mcp.steps", "mcp.tools", "mpc"}
+    assert 'steps = ["GetWeather"]' in found["mcp.steps"].fix
+    assert "steps = [...] and topics = [...]" in found["mcp.tools"].fix
+    assert "[llm] and [mcp]" in found["mpc"].fix
