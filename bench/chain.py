@@ -1,12 +1,15 @@
 """Benchmark: the three-step chain on the SQLite engine, with 1 and 2 workers.
 
     python bench/chain.py [--chains 5000] [--runs 3] [--workers 1 2] [--sync normal|full] [--json out.json]
+                          [--before PATH ...]
 
 Each run starts a real `stepline start --workers N` on a fresh project and database, sends the chains
 (POST /chains/{id} -> A -> B -> C) from 32 concurrent HTTP clients, and waits until every chain is done.
 It prints chains per second, the emit-to-handler latency of one hop (loaded, and unloaded: one chain
 at a time), and request-to-completion latency, as the median of the runs with min and max.
-This is a benchmark, not a test: it prints figures and fails on nothing but errors.
+Each --before runs another Stepline from another checkout (`git worktree add /tmp/before <rev>`), its
+`src/` first on the path, in the same run, alternating with this one run by run: a change measured
+against the code before it. This is a benchmark, not a test: it prints figures and fails on nothing but errors.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ async def post_chains(url: str, ids: range, concurrency: int) -> float:
     return time.perf_counter() - started
 
 
-def one_run(workers: int, chains: int, sync: str, unloaded: int) -> dict[str, float]:
+def one_run(workers: int, chains: int, sync: str, unloaded: int, src: Path | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="stepline-bench-") as tmp:
         root = Path(tmp)
         (root / "steps").mkdir()
@@ -165,6 +168,7 @@ def one_run(workers: int, chains: int, sync: str, unloaded: int) -> dict[str, fl
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(src)} if src is not None else None,
         )
         try:
             wait(lambda: healthy(url), 30, "the server")
@@ -238,6 +242,9 @@ def main() -> None:
     parser.add_argument("--sync", choices=["normal", "full"], default="normal")
     parser.add_argument("--unloaded", type=int, default=200, help="chains sent one at a time first")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--before", type=Path, action="append", default=[], help="another Stepline checkout to measure beside this one"
+    )
     args = parser.parse_args()
 
     info = machine()
@@ -249,36 +256,45 @@ def main() -> None:
         f"[dim]{info['cpu']} · {info['cores']} cores · Python {info['python']} · "
         f"SQLite {info['sqlite']} · {info['os']}[/]"
     )
-    runs: dict[int, list[dict[str, float]]] = {}
-    for workers in args.workers:
-        runs[workers] = []
-        for n in range(args.runs):
-            result = one_run(workers, args.chains, args.sync, args.unloaded)
-            runs[workers].append(result)
+    systems: dict[str, Path | None] = {path.name: path.resolve() / "src" for path in args.before}
+    systems["stepline"] = None
+    columns = [(name, workers) for workers in args.workers for name in systems]
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {column: [] for column in columns}
+    for n in range(args.runs):
+        for name, workers in columns:  # alternating, so that a change in the machine's speed lands on all
+            result = one_run(workers, args.chains, args.sync, args.unloaded, systems[name])
+            runs[(name, workers)].append(result)
             console.print(
-                f"  {workers} worker(s), run {n + 1}: {result['chains_per_s']:,.0f} chains/s, "
+                f"  {name}, {workers} worker(s), run {n + 1}: {result['chains_per_s']:,.0f} chains/s, "
                 f"hop p50 {result['hop_p50_ms']:.2f} ms",
                 style="dim",
             )
 
     table = Table(title="median (min - max)", header_style="bold")
     table.add_column("")
-    for workers in args.workers:
-        table.add_column(f"{workers} worker{'s' if workers > 1 else ''}", justify="right")
+    for name, workers in columns:
+        label = f"{workers} worker{'s' if workers > 1 else ''}"
+        table.add_column(label if len(systems) == 1 else f"{name}, {label}", justify="right")
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for key, label, fmt in METRICS:
         row = [label]
-        for workers in args.workers:
-            values = [r[key] for r in runs[workers]]
+        for name, workers in columns:
+            values = [r[key] for r in runs[(name, workers)]]
             med, low, high = statistics.median(values), min(values), max(values)
-            summary.setdefault(str(workers), {})[key] = {"median": med, "min": low, "max": high}
+            column = str(workers) if len(systems) == 1 else f"{name}/{workers}"
+            summary.setdefault(column, {})[key] = {"median": med, "min": low, "max": high}
             row.append(f"{fmt.format(med)} ({fmt.format(low)} - {fmt.format(high)})")
         table.add_row(*row)
     console.print(table)
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"machine": info, "settings": vars(args) | {"json": str(args.json)}, "results": summary, "runs": runs},
+                {
+                    "machine": info,
+                    "settings": vars(args) | {"json": str(args.json), "before": [str(p) for p in args.before]},
+                    "results": summary,
+                    "runs": {f"{name}/{workers}": r for (name, workers), r in runs.items()},
+                },
                 indent=2,
             )
         )

@@ -17,6 +17,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from ._console import console, out, print_json
+from ._engine import replay_all as replay_every
+from ._errors import StoreError
 from ._protocols import Adapters, TraceRecord
 from .adapters import DEFAULT_DATABASE
 from .adapters.sqlite import open_sqlite
@@ -32,6 +34,8 @@ traces_app = typer.Typer(help="Traces: everything that happened under one trace 
 
 
 def with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
+    """Run `work` on the project's SQLite file; a store that fails (damaged, locked, unreadable) is one line
+    on stderr, what happened to which file and what to do, and exit status 1."""
     path = db or root / DEFAULT_DATABASE
     if not path.exists():
         console.print(
@@ -47,7 +51,11 @@ def with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable
         finally:
             await adapters.close()
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:  # a damaged, locked or unreadable file: one line, what happened and what to do
+        console.print(f"[bold red]Cannot use the store:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
 
 
 def when(ts: float) -> str:
@@ -108,8 +116,9 @@ def dlq_replay(
         raise typer.Exit(2)
 
     async def replay(a: Adapters) -> int:
-        ids = [delivery_id] if delivery_id else [d.delivery_id for d in await a.queue.dead_letters(100_000)]
-        return sum([await a.queue.replay(i) for i in ids])
+        if delivery_id:
+            return int(await a.queue.replay(delivery_id))
+        return len(await replay_every(a.queue))  # every one, however many: a page at a time
 
     count = with_store(root, db, replay)
     if delivery_id and not count:

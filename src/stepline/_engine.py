@@ -26,7 +26,7 @@ from typing import Any
 from . import _json
 from ._config import ApiConfig, CronConfig, EventConfig
 from ._context import Context, Recorder, State, StepLogger
-from ._errors import SchemaValidationError, StoreError, UndeclaredEmitError
+from ._errors import SchemaValidationError, StoreError, StoreUnavailableError, UndeclaredEmitError
 from ._health import Health
 from ._ids import new_id
 from ._llm import LLM, LLMClient
@@ -167,12 +167,12 @@ class Engine:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop claiming, let in-flight handlers finish within `grace` seconds, then flush traces.
 
-        Handlers still running after the grace period are cancelled; their deliveries stay leased and
-        run again once the lease expires (never lost)."""
+        Handlers still running after the grace period are cancelled; their deliveries run again (the store
+        gives their leases back as it closes, or they run out), their attempts counted as lost."""
         self._running = False
         self._activity.set()
-        claiming = self._tasks[0]
-        claiming.cancel()  # the claim loop first: lease renewal and trace writing go on while handlers finish
+        if self._tasks:  # the claim loop first: lease renewal and trace writing go on while handlers finish
+            self._tasks[0].cancel()
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -658,11 +658,20 @@ class Engine:
             await self._failed(step, delivery, str(exc), None)
         except asyncio.CancelledError:
             raise  # shutting down: the lease expires and the delivery runs again
+        except StoreUnavailableError as exc:
+            await self._store_failed(step, delivery, exc)
         except Exception as exc:
             await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
         else:
             log.debug("ran %s in %.3f s", step.name, time.monotonic() - started)
             await self._settle(partial(self.queue.ack, delivery))
+            self.health.recovered("runs")
+
+    async def _store_failed(self, step: Step, delivery: Delivery, exc: StoreUnavailableError) -> None:
+        """The store failed the run (a full disk, a lock held elsewhere), not the handler: it runs again
+        after a pause, and the attempt does not count, so that an outage never dead-letters work."""
+        self.health.failed("runs", exc, "runs that need the store wait, their attempts not counted")
+        await self._retry(step, delivery, clip(str(exc)), counts=False)
 
     async def _overran(self, step: Step, timeout: float, ctx: Context, args: tuple[Any, ...]) -> Any:
         """The handler, failed as timed out when it ran past its timeout without giving the loop a chance to
@@ -698,21 +707,20 @@ class Engine:
 
     async def _failed(self, step: Step, delivery: Delivery, error: str, tb: str | None) -> None:
         assert isinstance(step.config, EventConfig | CronConfig)
-        queue_settings = step.config.infrastructure.queue
-        if delivery.attempt <= queue_settings.max_retries:
-            delay = queue_settings.backoff.delay(delivery.attempt, self._rand())
-            self.record(
-                TraceRecord(
-                    delivery.event.trace_id,
-                    "retry",
-                    step.name,
-                    time.time(),
-                    {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error},
-                )
-            )
-            await self._settle(partial(self.queue.retry, delivery, delay, error))
+        if delivery.attempt <= step.config.infrastructure.queue.max_retries:
+            await self._retry(step, delivery, error)
         else:
             await self._dead_letter(delivery, error, tb)
+
+    async def _retry(self, step: Step, delivery: Delivery, error: str, counts: bool = True) -> None:
+        """Back to the queue after the step's backoff, the retry in the trace (`counted` when it does not count)."""
+        assert isinstance(step.config, EventConfig | CronConfig)
+        delay = step.config.infrastructure.queue.backoff.delay(delivery.attempt, self._rand())
+        data = {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error}
+        if not counts:
+            data["counted"] = False
+        self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, time.time(), data))
+        await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts))
 
     async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
         self.record(
@@ -776,4 +784,6 @@ def _ms(started: float) -> float:
 
 def _describe(exc: BaseException) -> str:
     text = str(exc)
+    if isinstance(exc, _Overran):  # Stepline's own verdict, not an exception the handler raised
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -102,6 +102,7 @@ class StoreError(SteplineError):
     """A store operation failed and changed nothing. `reason` is the driver's own words, `fix` what to do."""
 
     def __init__(self, message: str, *, reason: str = "", fix: str = "") -> None:
+        self.message = message  # what happened, without the fix
         self.reason = reason or message
         self.fix = fix
         super().__init__(f"{message}; {fix}" if fix else message)

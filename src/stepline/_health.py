@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ._errors import StoreError
+from ._errors import StoreCorruptError, StoreError
 
 log = logging.getLogger("stepline.health")
 
@@ -48,9 +48,10 @@ class Health:
         """Record a failure of `component`; log it the first time and whenever its reason changes.
 
         Returns how long to pause before trying again. A StoreError's own fix wins over `fix`."""
-        error = exc if isinstance(exc, str) else _describe(exc)
-        if isinstance(exc, StoreError) and exc.fix:
-            fix = exc.fix
+        if isinstance(exc, StoreError):  # says what happened and what to do, apart
+            error, fix = exc.message, exc.fix or fix
+        else:
+            error = exc if isinstance(exc, str) else _describe(exc)
         with self._lock:
             current = self._failing.get(component)
             if current is None or current.error != error:
@@ -61,11 +62,14 @@ class Health:
                 first = False
             count = current.count
         if first:
+            # A damaged file does not heal by itself; anything else may clear without anyone's help.
+            then = "it will not heal by itself" if isinstance(exc, StoreCorruptError) else "retrying by itself"
             log.error(
-                "%s is failing: %s%s (retrying by itself; /__stepline/health answers 503 until it recovers)",
+                "%s is failing: %s%s (%s; /__stepline/health answers 503 until it recovers)",
                 component,
                 error,
                 f"; {fix}" if fix else "",
+                then,
             )
         return float(min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (count - 1)))
 

@@ -27,7 +27,7 @@ from ._access import refusal
 from ._body import HttpError, read_body
 from ._config import ApiConfig
 from ._engine import Engine, clip
-from ._errors import FieldError, SchemaValidationError, StoreError
+from ._errors import FieldError, SchemaValidationError, StoreCorruptError, StoreError
 from ._ids import new_id
 from ._loader import RESERVED_PREFIXES
 from ._openapi import openapi
@@ -209,12 +209,18 @@ class HttpApp:
             result = await self.engine.call_api(step, api_request, trace_id)
         except StoreError as exc:
             # Nothing the handler tried to store (an emit above all) was accepted: say so, never 202.
+            now = (
+                "is damaged and cannot take this request"
+                if isinstance(exc, StoreCorruptError)
+                else ("cannot take this request now; try again")
+            )
             unavailable: dict[str, Any] = {
-                "error": "Service Unavailable: the store cannot take this request now; try again",
+                "error": f"Service Unavailable: the store {now}",
                 "reason": str(exc) if self.dev else exc.reason,
                 "traceId": trace_id,
             }
-            return json_response(unavailable, 503, {"retry-after": "1"} | _tid(trace_id))
+            retry = {} if isinstance(exc, StoreCorruptError) else {"retry-after": "1"}
+            return json_response(unavailable, 503, retry | _tid(trace_id))
         except Exception as exc:
             problem: dict[str, Any] = {"error": "Internal Server Error", "traceId": trace_id}
             if self.dev:

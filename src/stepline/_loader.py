@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ._config import _BY_TYPE, ApiConfig, EventConfig, _problems, parse_config
+from ._config import _BY_TYPE, ApiConfig, CronConfig, EventConfig, _problems, parse_config
 from ._errors import Problem, ProjectLoadError
 from ._project import Project, Step
 
@@ -89,7 +89,7 @@ def load_project(root: Path | str) -> Project:
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ProjectLoadError(root, errors)
-    return Project(root, {s.name: s for s in steps}, warnings=_topic_warnings(steps))
+    return Project(root, {s.name: s for s in steps}, warnings=_topic_warnings(steps) + _lease_warnings(steps))
 
 
 def _prepare_imports(root: Path) -> None:
@@ -309,6 +309,33 @@ def _check_routes(steps: list[Step]) -> Iterator[Problem]:
                 "change the path or the method of one of the two steps",
                 _config_line(step.file),
             )
+
+
+def _lease_warnings(steps: list[Step]) -> list[Problem]:
+    """A timeout past the visibility timeout: fine while the worker lives (it renews the lease), but a run
+    whose worker freezes is handed out again while it may still be going."""
+    warnings = []
+    for step in steps:
+        config = step.config
+        if not isinstance(config, EventConfig | CronConfig):
+            continue
+        timeout = config.infrastructure.handler.timeout
+        visibility = config.infrastructure.queue.visibility_timeout
+        if visibility is not None and timeout > visibility:
+            warnings.append(
+                Problem(
+                    step.rel,
+                    "infrastructure.queue.visibilityTimeout",
+                    f"the handler's timeout ({timeout:g} s) exceeds its visibilityTimeout ({visibility:g} s): a "
+                    "running handler's lease is renewed while its process lives, but if the process stops renewing "
+                    "it (a blocked event loop) the event is handed out again while the first run may still go on",
+                    f"set visibilityTimeout above the timeout (e.g. {timeout + 10:g}), or leave it out: the default "
+                    "is the timeout + 10 s",
+                    _config_line(step.file),
+                    severity="warning",
+                )
+            )
+    return warnings
 
 
 def _topic_warnings(steps: list[Step]) -> list[Problem]:

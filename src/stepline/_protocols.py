@@ -123,8 +123,9 @@ class EventQueue(Protocol):
     async def ack(self, delivery: Delivery) -> None:
         """The delivery is done; it is never handed out again."""
 
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
-        """Release the delivery to run again after `delay` seconds."""
+    async def retry(self, delivery: Delivery, delay: float, error: str, *, counts: bool = True) -> None:
+        """Release the delivery to run again after `delay` seconds. With `counts=False` the attempt is given
+        back (the next claim has the same attempt number): for a run the store failed, not the handler."""
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         """Move the delivery out of the queue into the dead letters."""

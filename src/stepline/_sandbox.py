@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import shutil
 import signal
 import sys
@@ -60,7 +59,11 @@ async def run_code(
     cpu_seconds = max(1, int(cpu if cpu is not None else timeout + 1))
     workdir = await asyncio.to_thread(_prepare, code, files or {})
     try:
-        command = [sys.executable, "-I", "-S", "main.py"]
+        # The child sets its own limits before it runs the code: a preexec_fn would run Python between
+        # fork and exec in a process that has threads (the SQLite writer, the sync handlers' pool),
+        # which the subprocess docs call unsafe (a lock held by another thread at the fork never frees).
+        limits = _LIMITS.format(memory=memory, cpu=cpu_seconds, fsize=64 * 1024 * 1024)
+        command = [sys.executable, "-I", "-S", "-c", limits]
         if not network and await asyncio.to_thread(_can_unshare_network):
             command = [_UNSHARE, "--net", "--", *command]
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(workdir), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -73,7 +76,6 @@ async def run_code(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=lambda: _limit(memory, cpu_seconds),
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin.encode()), timeout)
@@ -112,13 +114,18 @@ def _prepare(code: str, files: dict[str, str]) -> Path:
     return workdir
 
 
-def _limit(memory: int, cpu_seconds: int) -> None:
-    """In the child, before exec: the limits the code runs under."""
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024 * 1024, 64 * 1024 * 1024))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+# What the child runs first: the limits, then main.py as __main__ (so tracebacks name main.py, as before).
+_LIMITS = """\
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_AS, ({memory}, {memory}))
+resource.setrlimit(resource.RLIMIT_CPU, ({cpu}, {cpu} + 1))
+resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize}, {fsize}))
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+del resource
+sys.argv = ["main.py"]
+runpy.run_path("main.py", run_name="__main__")
+"""
 
 
 def _kill_group(pid: int) -> None:

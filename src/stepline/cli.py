@@ -229,7 +229,9 @@ def start(
                 raise typer.Exit(2)
             from ._workers import supervise
 
-            _load(project_root)  # fail here, once, with the problems listed, rather than in every worker
+            # Fail here, once, with the problems listed (a broken step, a damaged database), rather than in
+            # every worker, which the supervisor would start again and again.
+            asyncio.run(_app(project_root, dev=False, **options).adapters.close())
             # Every option a worker runs with, on its command line (the folder and the file made absolute).
             forwarded = ["--sync", sync, "--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb)]
             forwarded += ["--max-body", str(options["max_body"])]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from typing import Any
 
 import pytest
 
@@ -76,3 +78,25 @@ async def test_ctx_run_code_is_in_the_trace(make_project: ProjectFactory) -> Non
         assert r.json() == {"out": "45\n", "code": 0}
         (record,) = [x.data for x in await app.trace(r.headers["x-trace-id"]) if x.kind == "code"]
     assert record["code"] == "print(sum(range(10)))" and record["exit_code"] == 0 and record["stdout"] == "45\n"
+
+
+async def test_run_code_starts_its_child_without_preexec_fn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The limits are set by the child itself: Python code between fork and exec in a process with
+    threads (a preexec_fn) can deadlock, as the subprocess docs warn."""
+    calls: list[dict[str, object]] = []
+    real = asyncio.create_subprocess_exec
+
+    async def spy(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        calls.append(kwargs)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
+    limit = 200 * 1024 * 1024
+    result = await run_code(
+        "import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0], resource.getrlimit(resource.RLIMIT_CPU)[0])",
+        memory=limit,
+        timeout=5,
+    )
+    assert calls and "preexec_fn" not in calls[0]
+    assert result.ok, result.stderr
+    assert result.stdout.split() == [str(limit), "6"]

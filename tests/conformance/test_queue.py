@@ -185,3 +185,58 @@ async def test_purge_dead_letters(adapters: Adapters) -> None:
     assert await q.purge([dead[0].delivery_id, "unknown"]) == 1
     assert await q.purge() == 2
     assert await q.dead_letters() == []
+
+
+async def test_an_attempt_whose_lease_ran_out_comes_back_lost(adapters: Adapters) -> None:
+    """A lease that runs out means the attempt never finished (its worker died, or stopped renewing):
+    the next claim says so, and counts it."""
+    q = adapters.queue
+    await q.publish(event(), NOW_A)
+    [first] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    assert first.lost is False
+    adapters.clock.advance(6)
+    [second] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    assert (second.id, second.attempt, second.lost) == (first.id, 2, True)
+    await q.retry(second, 0.0, "failed, and said so")  # a proper release: the next attempt is not lost
+    [third] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    assert (third.attempt, third.lost) == (3, False)
+
+
+async def test_renewing_a_lease_keeps_a_live_run_from_being_handed_out_again(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(), NOW_A)
+    [d] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    for _ in range(5):  # 20 s of a 5 s lease, renewed every 4 s
+        adapters.clock.advance(4)
+        assert await q.renew([(d, 5.0)]) == []
+        assert await q.claim({"a": ClaimSpec(5.0)}, 1) == []
+    assert (await q.stats()).in_flight == 1
+    adapters.clock.advance(6)  # no renewal: the lease runs out
+    [again] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    assert again.attempt == 2
+    # The old attempt's renewal changes nothing and reports its lease as lost; the new one's holds.
+    assert await q.renew([(d, 5.0), (again, 5.0)]) == [d]
+    await q.ack(again)
+    assert await q.renew([(again, 5.0)]) == [again]  # settled: nothing to renew
+
+
+async def test_stats_count_deliveries_delayed_past_a_horizon_apart(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(), {"a": 0.0})
+    await q.publish(event(), {"a": 10.0})
+    await q.publish(event(), {"a": 86400.0})  # an approval's timeout, a day away
+    everything = await q.stats()
+    assert (everything.ready, everything.delayed, everything.later, everything.pending) == (1, 2, 0, 3)
+    soon = await q.stats(horizon=30.0)
+    assert (soon.ready, soon.delayed, soon.later, soon.pending) == (1, 1, 1, 2)
+
+
+async def test_a_retry_that_does_not_count_gives_the_attempt_back(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(), NOW_A)
+    [d] = await q.claim(LEASES, 1)
+    await q.retry(d, 0.0, "the store was down", counts=False)
+    [again] = await q.claim(LEASES, 1)
+    assert (again.id, again.attempt, again.lost) == (d.id, 1, False)
+    await q.retry(again, 0.0, "the handler failed")
+    assert (await q.claim(LEASES, 1))[0].attempt == 2

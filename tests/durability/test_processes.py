@@ -61,6 +61,7 @@ async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, mo
             await asyncio.sleep(0.1)
         assert [d.id for d in claimed] == [leased_id]
         assert claimed[0].attempt == 2 and claimed[0].event.data == {"n": 1}
+        assert claimed[0].lost  # the dead worker's attempt never finished: it counts, and the engine says so
     finally:
         await adapters.close()
 

@@ -4,6 +4,13 @@ together share one transaction (one commit, one fsync under synchronous=FULL).
 Each operation runs inside its own SAVEPOINT, so one that fails rolls back alone and the others in
 its batch still commit. Several processes may open the same file: WAL lets them read at once, and
 `BEGIN IMMEDIATE` with a busy timeout takes turns at writing.
+
+A damaged file (a bad header, truncated, overwritten in the middle) is refused when it is opened, with
+a StoreCorruptError that names it and says what to do: `PRAGMA quick_check` reads every page of a file
+up to CHECK_AT_OPEN_BYTES (128 MiB with its -wal: about 0.1 s with the file in the page cache, 1.5 s
+from a cold one; the measurements are by the constant). Damage found later (in a larger file, or done
+while running) fails the operations that meet it with the same error, and is reported once to `health`
+under "database file", where it stays until the process restarts: a damaged file does not heal by itself.
 """
 
 from __future__ import annotations
@@ -28,6 +35,16 @@ log = logging.getLogger("stepline.sqlite")
 
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
 _BATCH = 512
+
+# Files (with their -wal) up to this size are checked page by page when opened (PRAGMA quick_check),
+# so that a damaged one is refused at start rather than found by the first operation that reads the
+# damaged page. Measured here (ext4 on a virtual disk, SQLite 3.40): a 46 MB file takes 39 ms with the
+# file in the page cache and 0.5 s from a cold cache, a 99 MB file 82 ms and 1.2 s. At 128 MiB the check
+# costs at most about 0.1 s (warm) to 1.5 s (after a reboot) of start-up; larger files, whose check
+# would take seconds, are opened unchecked and their damage is found while running.
+CHECK_AT_OPEN_BYTES = 128 * 1024 * 1024
+_CHECK_PROBLEMS = 10  # quick_check stops after this many problems: enough to tell, quick on a wrecked file
+_DAMAGE = "database file"  # the health component under which damage found while running is reported
 
 # The schema as of SCHEMA_VERSION; an older file is brought up to it by MIGRATIONS (PRAGMA user_version).
 SCHEMA_VERSION = 1
@@ -145,6 +162,7 @@ class Database:
         self._users = 0
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._damage_reported = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -211,6 +229,7 @@ class Database:
                 conn.execute(f"PRAGMA synchronous={self.synchronous}")
                 conn.execute("PRAGMA temp_store=MEMORY")
                 conn.execute("PRAGMA cache_size=-16000")  # 16 MB
+                self._check(conn)
                 self._prepare(conn)
                 return conn
             except sqlite3.OperationalError as exc:
@@ -225,6 +244,26 @@ class Database:
                 if conn is not None:
                     conn.close()
                 raise store_error(exc, self.path, self.busy_timeout) from None
+            except BaseException:
+                if conn is not None:
+                    conn.close()
+                raise
+
+    def _check(self, conn: sqlite3.Connection) -> None:
+        """Refuse a damaged file: read every page of it (PRAGMA quick_check), if it is small enough that
+        this is cheap (CHECK_AT_OPEN_BYTES). A new, empty file has nothing to check."""
+        size = sum(p.stat().st_size for p in (self.path, _wal(self.path)) if p.exists())
+        if size == 0 or size > CHECK_AT_OPEN_BYTES:
+            return
+        problems = [
+            line
+            for (text,) in conn.execute(f"PRAGMA quick_check({_CHECK_PROBLEMS})")
+            for line in str(text).splitlines()
+            if line and not line.startswith("*** in database")
+        ]
+        if problems != ["ok"]:
+            more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise damaged(self.path, f"PRAGMA quick_check: {problems[0]}{more}")
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         """Create the tables, or bring an older file up to SCHEMA_VERSION. A file that is current takes no
@@ -333,6 +372,7 @@ class Database:
                     _rollback(conn)
                     if not final:
                         error = store_error(exc, self.path, self.busy_timeout) if _is_sqlite(exc) else exc
+                        self._found_damage(error)
                         self.health.failed(periodic.name, error, "see the error; it is tried again every second")
                 else:
                     self.health.recovered(periodic.name)
@@ -344,6 +384,27 @@ class Database:
             log.debug("WAL checkpoint skipped", exc_info=True)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        results, committed = self._transaction(conn, batch)
+        damaged_at = next((i for i, (ok, value) in enumerate(results) if not ok and _met_damage(value)), None)
+        if damaged_at is not None and len(batch) > 1:
+            # The operation that met a damaged page poisons the rest of its transaction (what follows it
+            # fails as damaged too, and the COMMIT may fail, writing nothing): every other operation that
+            # did not commit runs again, each in a transaction of its own, and fails only if it meets damage.
+            for i, job in enumerate(batch):
+                ok, value = results[i]
+                if i != damaged_at and (not committed or (i > damaged_at and not ok and _met_damage(value))):
+                    results[i] = self._transaction(conn, [job])[0][0]
+        for job, (ok, value) in zip(batch, results, strict=True):
+            if not ok and _is_sqlite(value):
+                # Driver errors do not cross the seam: the caller gets a StoreError that says what to do.
+                value = store_error(value, self.path, self.busy_timeout)
+                self._found_damage(value)
+            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
+                job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Job]) -> tuple[list[tuple[bool, Any]], bool]:
+        """Each job in a savepoint of one transaction: (ok, result or exception) per job, and whether the
+        transaction committed."""
         results: list[tuple[bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
@@ -359,17 +420,43 @@ class Database:
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction itself failed: nothing in the batch happened
             _rollback(conn)
-            results = [(False, exc)] * len(batch)
-        for job, (ok, value) in zip(batch, results, strict=True):
-            if not ok and _is_sqlite(value):
-                # Driver errors do not cross the seam: the caller gets a StoreError that says what to do.
-                value = store_error(value, self.path, self.busy_timeout)
-            with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
-                job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
+            # A job's own error says more than the COMMIT's; the jobs that had succeeded get the COMMIT's.
+            lost = (False, exc)
+            return [r if not r[0] else lost for r in results] + [lost] * (len(batch) - len(results)), False
+        return results, True
+
+    def _found_damage(self, error: BaseException) -> None:
+        """Damage met while running: reported to health (which logs it) once, and left there, since the
+        file will not heal by itself; each operation that meets it fails with the same error."""
+        if isinstance(error, StoreCorruptError) and not self._damage_reported:
+            self._damage_reported = True
+            self.health.failed(_DAMAGE, error)
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
 
 
 def _is_sqlite(exc: object) -> bool:
     return isinstance(exc, sqlite3.Error)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """SQLite's words for a damaged file: SQLITE_CORRUPT "database disk image is malformed", SQLITE_NOTADB
+    "file is not a database" (before 3.7.x "file is encrypted or is not a database"), and their codes."""
+    text = str(exc)
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    name = getattr(exc, "sqlite_errorname", "")
+    return (
+        code in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+        or name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        or "malformed" in text
+        or "not a database" in text
+    )
+
+
+def _met_damage(exc: object) -> bool:
+    return isinstance(exc, sqlite3.Error) and _is_corrupt(exc)
 
 
 def _busy(exc: sqlite3.Error) -> bool:
@@ -387,13 +474,8 @@ def store_error(exc: BaseException, path: Path, busy_timeout: float = 30.0) -> S
     """A driver error as the StoreError a person can act on: what happened to which file, and the fix."""
     text = str(exc)
     name = getattr(exc, "sqlite_errorname", "")
-    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in text or "not a database" in text:
-        return StoreCorruptError(
-            f"the database {path} is damaged ({text})",
-            reason=text,
-            fix=f"stop Stepline, move the file aside (mv {path} {path}.damaged) and start again with a new one, or "
-            f"restore a backup; `sqlite3 {path}.damaged .recover | sqlite3 {path}` may save most of what it held",
-        )
+    if _is_corrupt(exc):
+        return damaged(path, text)
     if name.startswith("SQLITE_FULL") or "is full" in text:
         return StoreUnavailableError(
             f"the disk holding {path} is full ({text})",
@@ -426,6 +508,22 @@ def store_error(exc: BaseException, path: Path, busy_timeout: float = 30.0) -> S
             fix="check the disk and the kernel log (dmesg); Stepline retries by itself",
         )
     return StoreUnavailableError(f"the database {path} failed: {text}", reason=text)
+
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def damaged(path: Path, detail: str) -> StoreCorruptError:
+    """The error for a damaged file: which one, what SQLite found, and how to start again."""
+    name = path.name
+    return StoreCorruptError(
+        f"the database {path} is damaged ({detail})",
+        reason=detail,
+        fix=f"stop Stepline and, in {path.parent}, move it aside with its -wal if there is one (mv {name} "
+        f"{name}.damaged; mv {name}-wal {name}.damaged-wal; rm -f {name}-shm), then start again with a new file "
+        f"or a backup; `sqlite3 {name}.damaged .recover | sqlite3 {name}` may save most of what it held",
+    )
 
 
 def _migrate_traces(conn: sqlite3.Connection) -> None:

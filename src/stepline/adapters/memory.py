@@ -138,11 +138,12 @@ class MemoryEventQueue:
         if entry is not None:
             self._remove(entry)
 
-    async def retry(self, delivery: Delivery, delay: float, error: str) -> None:
+    async def retry(self, delivery: Delivery, delay: float, error: str, *, counts: bool = True) -> None:
         entry = self._release(delivery)
         if entry is not None:
             entry.leased = False
             entry.lost = False
+            entry.attempts -= 0 if counts else 1
             entry.visible_at = self._clock() + delay
             heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
             self._wakeup.set()
