@@ -29,6 +29,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes = 0
         self._in_head = True  # reading a request's head (or waiting for the first one)
+        self._draining = False  # throwing away the rest of a body answered before it was read
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -62,17 +63,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         unread = self.cycle is not None and self.cycle.more_body  # answered before its body was read (a 413)
         super().on_response_complete()
-        # Between requests uvicorn's keep-alive timeout applies; the head deadline starts with the next byte.
-        self._in_head = True
-        self._head_bytes = 0
-        if unread and self._head_timer is None:
+        if unread:
             # uvicorn reads the rest of the body and throws it away, cancelling its keep-alive timer with
             # every byte: a body sent a byte at a time would hold the connection without this deadline.
+            # Those bytes are the old request's, not the next one's head (on_message_complete ends this).
+            self._draining = True
+            self._disarm()
             self._head_timer = self.loop.call_later(self.drain_timeout, self._drain_late)
+        else:
+            # Between requests uvicorn's keep-alive timeout applies; the head deadline starts with the next byte.
+            self._begin_head()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._draining:  # the rest of a refused body is read: what comes next is a new request
+            self._draining = False
+            self._disarm()
+            self._begin_head()
+
+    def _begin_head(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
 
     def _drain_late(self) -> None:
         self._head_timer = None
-        if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
+        if self._draining and not self.transport.is_closing():
             self.transport.close()
 
     def _arm(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -47,29 +48,46 @@ def parse(raw: bytes | str, what: str = "the body") -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SchemaValidationError(what, [FieldError("", f"not valid JSON: {exc}")]) from None
-    if _LONG_NUMBER.search(data):  # a long run of digits: maybe an integer orjson made a float of
-        value = json.loads(data)  # exact integers, to find them by place
-        problem = _find(value, lambda v: isinstance(v, int) and not isinstance(v, bool) and not _fits(v))
-        if problem is not None:
-            path, number = problem
-            raise SchemaValidationError(
-                what,
-                [
-                    FieldError(
-                        path,
-                        f"the integer {str(number)[:40]}{'...' if len(str(number)) > 40 else ''} is beyond 64 bits, "
-                        "which cannot be kept exactly; send it as a string",
-                    )
-                ],
-            )
+    # Depth first: the exact re-parse below (json.loads) recurses, and raised RecursionError (a 500) on a body
+    # orjson took (it nests up to 1024 levels) that was nested past ~1000 levels and held a long number.
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
         raise SchemaValidationError(
             what, [FieldError(_find_deep(value), f"nested more than {MAX_DEPTH} levels deep; flatten the data")]
         )
+    if _LONG_NUMBER.search(data):  # a long run of digits: maybe an integer orjson made a float of
+        check_keepable(json.loads(data), what)  # exact integers, to find them by place
     return value
 
 
-def _fits(number: int) -> bool:
+def check_keepable(value: Any, what: str, fix: str = "send it as a string") -> None:
+    """Refuse (SchemaValidationError naming the place) a number no store keeps exactly: an integer beyond 64
+    bits, or a float that is not finite (NaN and Infinity are not JSON: orjson writes them as null)."""
+    problem = _find(value, _unkeepable)
+    if problem is None:
+        return
+    path, number = problem
+    if isinstance(number, float):
+        message = f"the number {number} is not finite, which JSON cannot carry; send a finite number"
+    else:
+        try:
+            text = str(number)
+        except ValueError:  # past Python's 4300-digit limit for int -> str (a validator may make one)
+            text = f"of {number.bit_length()} bits"
+        message = (
+            f"the integer {text[:40]}{'...' if len(text) > 40 else ''} is beyond 64 bits, "
+            f"which cannot be kept exactly; {fix}"
+        )
+    raise SchemaValidationError(what, [FieldError(path, message)])
+
+
+def _unkeepable(v: Any) -> bool:
+    if isinstance(v, float):
+        return not math.isfinite(v)
+    return isinstance(v, int) and not isinstance(v, bool) and not fits(v)
+
+
+def fits(number: int) -> bool:
+    """Whether an integer is one orjson, and so every store, keeps exactly (64 bits)."""
     return _INT64[0] <= number <= _INT64[1]
 
 

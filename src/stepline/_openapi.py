@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -34,9 +35,19 @@ def openapi(project: Project, title: str | None = None, version: str = "0.1.0") 
                 "description": _reason(status),
                 "content": {"application/json": {"schema": _hoist(schema, components)}},
             }
+        # What Stepline itself answers before the handler runs (src/stepline/_http.py), documented so that a
+        # client, and a fuzzer such as schemathesis, knows these refusals are the contract: 400 with the field
+        # errors, 415 for a body that is not sent as JSON, 413 for one over the size limit. The handler's own
+        # answers are `default` unless `responseSchema` names them: a step with a body schema and no response
+        # schema used to document its 400 alone, as if it had no success response at all.
         if config.body_schema is not None or config.query_params is not None:
-            responses.setdefault("400", {"description": "The request does not match its schema"})
-        op["responses"] = responses or {"default": {"description": "Response"}}
+            responses.setdefault("400", _refusal("The request does not match its schema"))
+        if config.body_schema is not None:
+            responses.setdefault("413", _refusal("The body is larger than the server's limit"))
+            responses.setdefault("415", _refusal("The body is not sent as JSON (Content-Type: application/json)"))
+        if not config.response_schema:
+            responses["default"] = {"description": "Response"}
+        op["responses"] = responses
         paths.setdefault(config.path, {})[config.method.lower()] = op
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
@@ -46,6 +57,30 @@ def openapi(project: Project, title: str | None = None, version: str = "0.1.0") 
     if components:
         doc["components"] = {"schemas": components}
     return doc
+
+
+# The body of every refusal Stepline sends itself: {"error", "errors": [{"path", "message"}], "traceId"}.
+_REFUSAL = {
+    "type": "object",
+    "properties": {
+        "error": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"path": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["path", "message"],
+            },
+        },
+        "more": {"type": "string"},
+        "traceId": {"type": "string"},
+    },
+    "required": ["error"],
+}
+
+
+def _refusal(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": copy.deepcopy(_REFUSAL)}}}
 
 
 def _query_parameters(config: ApiConfig, components: dict[str, Any]) -> list[dict[str, Any]]:

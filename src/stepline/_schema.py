@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import jsonschema
 from pydantic import BaseModel, ValidationError
 
+from . import _json
 from ._errors import FieldError, SchemaValidationError
 
 # Keywords of which a real JSON Schema object has at least one; a dict without any of them
@@ -116,7 +118,13 @@ class Schema:
                 instance = self._model.model_validate(data)
             except ValidationError as exc:
                 raise SchemaValidationError(what, _pydantic_errors(exc)) from None
-            return instance.model_dump(mode="json")
+            dumped = instance.model_dump(mode="json")
+            # A model's lax coercion makes numbers that are not in the JSON it got: "1" * 30 for an int field
+            # became an integer no store keeps (the handler's emit, or its response, was then a 500), and
+            # "nan" or "inf" for a float field a NaN the handler got and JSON turned into null. Refused here,
+            # as the same numbers sent as JSON are.
+            _json.check_keepable(dumped, what, fix="send a number within 64 bits")
+            return dumped
         assert self._validator is not None
         # Lazily, and no further than a report shows: a large body of wrong items has an error per item.
         errors = sorted(itertools.islice(self._validator.iter_errors(data), MAX_ERRORS + 1), key=lambda e: list(e.path))
@@ -144,10 +152,13 @@ def _coerce(value: Any, kind: Any) -> Any:
     if not isinstance(value, str):
         return value
     try:
+        # Only numbers JSON keeps ("nan", "inf" or 30 digits stay text, which the schema then refuses).
         if kind == "integer":
-            return int(value)
+            number = int(value)
+            return number if _json.fits(number) else value
         if kind == "number":
-            return float(value)
+            real = float(value)
+            return real if math.isfinite(real) else value
     except ValueError:
         return value
     if kind == "boolean" and value.lower() in {"true", "false", "1", "0"}:
