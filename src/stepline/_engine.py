@@ -14,13 +14,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from types import FrameType
 from typing import Any
 
 from . import _json
@@ -89,16 +90,6 @@ BLOCKING_ADVICE = (
 )
 
 
-@dataclass(eq=False)
-class Run:
-    """A handler running now: what the watchdog names when the loop is blocked, and what it found."""
-
-    step: str
-    trace_id: str
-    delivery_id: str | None = None
-    blocked: str | None = None  # where it blocked the loop, once the watchdog saw it
-
-
 class Engine:
     def __init__(
         self,
@@ -128,9 +119,10 @@ class Engine:
         self._rand = rand
         self._renew_every = renew_every
         self._blocked_after = blocked_after
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._inflight: dict[asyncio.Task[None], str] = {}  # a running delivery's task -> its delivery id
         self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
-        self._runs: dict[asyncio.Task[Any], Run] = {}
+        # Where a task blocked the event loop, as the watchdog found it (set from its thread, read by the run).
+        self._blocked: dict[asyncio.Task[Any] | None, str] = {}
         self._buffer: deque[TraceRecord] = deque()
         self._dropped = 0  # trace records dropped while the trace store failed
         self._flushed = asyncio.Event()
@@ -140,15 +132,18 @@ class Engine:
         self._threads = HandlerThreads(concurrency)
         self._watchdog: LoopWatchdog | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._stopped: set[str] = set()  # traces a person stopped (`stepline traces stop`)
         self._listeners: set[asyncio.Queue[TraceRecord]] = set()  # live views (the Workbench)
         self._stopped_read = 0.0
         self._specs = _claim_specs(project)
+        self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._running = True
         self._tasks = [
             asyncio.create_task(self._work(), name="stepline-worker"),
@@ -194,6 +189,7 @@ class Engine:
         """Hot reload: new deliveries run the new code; queued events stay queued, in-flight ones finish."""
         self.project = project
         self._specs = _claim_specs(project)
+        self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
         self._activity.set()
 
     async def settle(self, timeout: float = 30.0, horizon: float | None = None) -> None:
@@ -236,23 +232,18 @@ class Engine:
 
     def record(self, record: TraceRecord) -> None:
         """Buffer a trace record (from any thread); a background task writes them in batches."""
-        if len(self._buffer) >= _TRACE_BUFFER:
-            self._buffer.popleft()
+        buffer = self._buffer
+        if len(buffer) >= _TRACE_BUFFER:
+            buffer.popleft()
             self._dropped += 1
-        self._buffer.append(record)
-        loop = self._loop
-        if loop is None:
+        buffer.append(record)
+        if self._loop is None or threading.get_ident() == self._loop_thread:
             self._flushed.set()
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._wake_writer(record)
+            if self._listeners:
+                self._tell(record)
         else:  # a sync handler's thread, the watchdog
             with contextlib.suppress(RuntimeError):  # the loop is closed: flush() at stop took what it could
-                loop.call_soon_threadsafe(self._wake_writer, record)
+                self._loop.call_soon_threadsafe(self._wake_writer, record)
 
     async def flush(self) -> None:
         """Write the buffered records. On a failure they stay buffered, in order, for the next try."""
@@ -444,17 +435,21 @@ class Engine:
         return await self._traced(step, trace_id, {}, run(0))
 
     async def _traced(
-        self, step: Step, trace_id: str, info: dict[str, Any], work: Awaitable[Any], delivery_id: str | None = None
+        self,
+        step: Step,
+        trace_id: str,
+        info: dict[str, Any],
+        work: Awaitable[Any],
+        timeout: float | None = None,
     ) -> Any:
+        """Run `work`, recording its start and end. With `timeout`, a run that ended past it without being
+        cancelled (it never yielded to the event loop, which fires the timeout) fails as timed out."""
         started = time.time()
-        task = asyncio.current_task()
-        run = Run(step.name, trace_id, delivery_id)
-        outer = self._runs.get(task) if task is not None else None  # a step called as a tool, in its caller's task
-        if task is not None:
-            self._runs[task] = run
         self.record(TraceRecord(trace_id, "start", step.name, started, info))
         try:
             result = await work
+            if timeout is not None and time.time() - started > timeout:
+                raise _Overran(timeout, time.time() - started, self._blocked.get(asyncio.current_task()))
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             end = {
@@ -464,30 +459,30 @@ class Engine:
                 "error": clip(_describe(exc)),
                 "traceback": clip(traceback.format_exc(), tail=True),
             }
-            if run.blocked:
-                end["blocked_at"] = run.blocked
+            if self._blocked:
+                self._note_blocked(end)
             self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
             if status == "error":
                 log.error(
                     "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
                 )
             raise
-        finally:
-            if task is not None:
-                if outer is not None:
-                    self._runs[task] = outer
-                else:
-                    self._runs.pop(task, None)
         end = {**info, "status": "ok", "duration_ms": _ms(started)}
-        if run.blocked:
-            end["blocked_at"] = run.blocked
+        if self._blocked:
+            self._note_blocked(end)
         self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
         return result
+
+    def _note_blocked(self, end: dict[str, Any]) -> None:
+        """The watchdog saw this run block the loop: its end record says where."""
+        where = self._blocked.pop(asyncio.current_task(), None)
+        if where is not None:
+            end["blocked_at"] = where
 
     # -- a blocked event loop (the watchdog calls these from its own thread) --------------------------
 
     def _loop_blocked(self, blocked: Blocked) -> None:
-        run = self._runs.get(blocked.task) if blocked.task is not None else None
+        run = _run_of(blocked.stack)
         if run is None:
             log.warning(
                 "the event loop has been blocked for %.1f s at %s; %s",
@@ -496,23 +491,25 @@ class Engine:
                 BLOCKING_ADVICE,
             )
             return
-        run.blocked = blocked.where
+        assert blocked.task is not None
+        self._blocked[blocked.task] = blocked.where
+        step, trace_id, delivery_id = run
         log.warning(
             "step %s has blocked the event loop for %.1f s at %s; %s",
-            run.step,
+            step,
             self._blocked_after,
             blocked.where,
             BLOCKING_ADVICE,
-            extra={"trace_id": run.trace_id, "step": run.step},
+            extra={"trace_id": trace_id, "step": step},
         )
         data: dict[str, Any] = {
             "level": "warn",
             "message": f"blocked the event loop for over {self._blocked_after:g} s at {blocked.where}",
             "fields": {"blocked_at": blocked.where},
         }
-        if run.delivery_id is not None:
-            data["delivery_id"] = run.delivery_id
-        self.record(TraceRecord(run.trace_id, "log", run.step, time.time(), data))
+        if delivery_id is not None:
+            data["delivery_id"] = delivery_id
+        self.record(TraceRecord(trace_id, "log", step, time.time(), data))
 
     def _loop_unblocked(self, blocked: Blocked) -> None:
         log.warning("the event loop answers again after %.1f s blocked at %s", blocked.seconds, blocked.where)
@@ -533,7 +530,9 @@ class Engine:
                 continue
             for delivery in deliveries:
                 task = asyncio.create_task(self._deliver(delivery))
-                self._inflight.add(task)
+                self._inflight[task] = delivery.id
+                # Its lease is renewed from now until its task is done (see _finished).
+                self._leases[delivery.id] = (delivery, self._lease_seconds.get(delivery.step, _LEASE_MARGIN))
                 task.add_done_callback(self._finished)
             if not deliveries:
                 if free > 0:
@@ -577,7 +576,7 @@ class Engine:
             self._stopped_read = now
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
+        self._leases.pop(self._inflight.pop(task, ""), None)
         self._activity.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task crashed", exc_info=task.exception())
@@ -586,15 +585,11 @@ class Engine:
         step = self.project.steps.get(delivery.step)
         if step is None or not isinstance(step.config, EventConfig | CronConfig):
             # The step went away in a reload after the delivery was claimed: keep it for later.
-            await self._settle(partial(self.queue.retry, delivery, 1.0, f"step {delivery.step!r} is not loaded"))
+            await self._settle(
+                partial(self.queue.retry, delivery, 1.0, f"step {delivery.step!r} is not loaded"), delivery
+            )
             return
-        self._leases[delivery.id] = (delivery, _lease_of(step.config))
-        try:
-            await self._run_delivery(step, step.config, delivery)
-        finally:
-            self._leases.pop(delivery.id, None)
-
-    async def _run_delivery(self, step: Step, config: EventConfig | CronConfig, delivery: Delivery) -> None:
+        config = step.config
         event = delivery.event
         info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
         if event.trace_id in self._stopped:
@@ -648,10 +643,9 @@ class Engine:
         ctx = self.context(step, event.trace_id, delivery.id)
         timeout = config.infrastructure.handler.timeout
         args = (data,) if isinstance(config, EventConfig) else ()
-        started = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
-                await self._traced(step, event.trace_id, info, self._overran(step, timeout, ctx, args), delivery.id)
+                await self._traced(step, event.trace_id, info, self.call(step, ctx, *args), timeout)
         except TimeoutError:
             await self._failed(step, delivery, f"timed out after {timeout:g}s", None)
         except _Overran as exc:
@@ -663,9 +657,13 @@ class Engine:
         except Exception as exc:
             await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
         else:
-            log.debug("ran %s in %.3f s", step.name, time.monotonic() - started)
-            await self._settle(partial(self.queue.ack, delivery))
-            self.health.recovered("runs")
+            try:
+                await self.queue.ack(delivery)
+                self._leases.pop(delivery.id, None)
+            except StoreError:
+                await self._settle(partial(self.queue.ack, delivery), delivery)
+            if self.health.failing:
+                self.health.recovered("runs")
 
     async def _store_failed(self, step: Step, delivery: Delivery, exc: StoreUnavailableError) -> None:
         """The store failed the run (a full disk, a lock held elsewhere), not the handler: it runs again
@@ -673,28 +671,13 @@ class Engine:
         self.health.failed("runs", exc, "runs that need the store wait, their attempts not counted")
         await self._retry(step, delivery, clip(str(exc)), counts=False)
 
-    async def _overran(self, step: Step, timeout: float, ctx: Context, args: tuple[Any, ...]) -> Any:
-        """The handler, failed as timed out when it ran past its timeout without giving the loop a chance to
-        cancel it (a blocking call in an async handler)."""
-        started = time.monotonic()
-        result = await self.call(step, ctx, *args)
-        took = time.monotonic() - started
-        if took > timeout:
-            task = asyncio.current_task()
-            run = self._runs.get(task) if task is not None else None
-            where = f" at {run.blocked}" if run is not None and run.blocked else ""
-            raise _Overran(
-                f"timed out after {timeout:g}s: it ran {took:.1f} s without yielding to the event loop{where}, so "
-                f"the timeout could not stop it; {BLOCKING_ADVICE}"
-            )
-        return result
-
-    async def _settle(self, outcome: Callable[[], Awaitable[None]]) -> None:
+    async def _settle(self, outcome: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         """Record a run's outcome (ack, retry, dead letter), however long the store takes to accept it: the
         lease is renewed meanwhile, so the run is not handed out again, and nothing is lost."""
         while True:
             try:
                 await outcome()
+                self._leases.pop(delivery.id, None)  # settled: no lease to renew
             except StoreError as exc:
                 if not self._running:
                     raise  # shutting down: the lease runs out and the delivery runs again
@@ -720,7 +703,7 @@ class Engine:
         if not counts:
             data["counted"] = False
         self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, time.time(), data))
-        await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts))
+        await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts), delivery)
 
     async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
         self.record(
@@ -732,11 +715,33 @@ class Engine:
                 {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
             )
         )
-        await self._settle(partial(self.queue.dead_letter, delivery, error, tb))
+        await self._settle(partial(self.queue.dead_letter, delivery, error, tb), delivery)
 
 
 class _Overran(Exception):
-    """A handler that finished, but past its timeout: it failed as a timeout."""
+    """A handler that finished, but past its timeout (it never gave the loop a chance to cancel it): it
+    failed as a timeout."""
+
+    def __init__(self, timeout: float, took: float, where: str | None) -> None:
+        at = f" at {where}" if where else ""
+        super().__init__(
+            f"timed out after {timeout:g}s: it ran {took:.1f} s without yielding to the event loop{at}, so the "
+            f"timeout could not stop it; {BLOCKING_ADVICE}"
+        )
+
+
+def _run_of(stack: list[FrameType]) -> tuple[str, str, str | None] | None:
+    """The step, trace and delivery of the innermost run on the blocked loop's stack (innermost first): read
+    from the frame of its `_traced`, so that no run pays to be named; only the watchdog looks, when it must."""
+    for frame in stack:
+        if frame.f_code is _TRACED:
+            local = frame.f_locals
+            info = local.get("info") or {}
+            return local["step"].name, local["trace_id"], info.get("delivery_id")
+    return None
+
+
+_TRACED = Engine._traced.__code__
 
 
 def _claim_specs(project: Project) -> dict[str, ClaimSpec]:

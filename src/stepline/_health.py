@@ -73,6 +73,11 @@ class Health:
             )
         return float(min(_MAX_PAUSE, _FIRST_PAUSE * 2 ** (count - 1)))
 
+    @property
+    def failing(self) -> bool:
+        """Whether anything fails now (cheap: for hot paths that report a recovery only then)."""
+        return bool(self._failing)
+
     def recovered(self, component: str) -> None:
         if component not in self._failing:  # the hot path: one dict lookup
             return

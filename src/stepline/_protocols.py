@@ -238,7 +238,8 @@ class TraceStore(Protocol):
         traces take more than `max_bytes`, the oldest traces; returns how many traces went."""
 
     async def size(self) -> int:
-        """About how many bytes the stored traces take (their JSON, before the store's own overhead)."""
+        """About how many bytes the stored traces take. A store whose traces share a file with the rest of
+        its data (SQLite) counts the file's bytes in use: the cap then bounds the file, and traces give way."""
 
     async def close(self) -> None: ...
 

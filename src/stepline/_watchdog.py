@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +26,7 @@ class Blocked:
     where: str  # "steps/slow_step.py:7 in handler", or the innermost frame when no project code is on the stack
     task: asyncio.Task[object] | None  # what the loop was running, if it was running a task
     started: float  # time.monotonic() of the unanswered ping
+    stack: list[FrameType] = field(default_factory=list)  # the loop thread's frames then, innermost first
     seconds: float = 0.0  # how long it lasted, once it is over
 
 
@@ -78,17 +79,24 @@ class LoopWatchdog:
                     return
             elif episode is None and now - self._sent >= self._after:
                 task = asyncio.current_task(self._loop)  # a dict lookup: safe from this thread
-                episode = Blocked(self._where(), task, self._sent)
+                stack = self._stack()
+                episode = Blocked(self._where(stack), task, self._sent, stack)
                 self._on_blocked(episode)
+                episode.stack = []  # frames hold their locals: keep them no longer than the report
 
-    def _where(self) -> str:
+    def _stack(self) -> list[FrameType]:
         frame = sys._current_frames().get(self._loop_thread)
-        innermost: FrameType | None = frame
+        stack = []
         while frame is not None:
+            stack.append(frame)
+            frame = frame.f_back
+        return stack
+
+    def _where(self, stack: list[FrameType]) -> str:
+        for frame in stack:
             if self._is_project(frame.f_code.co_filename):
                 return _describe(frame, self._root)
-            frame = frame.f_back
-        return _describe(innermost, None) if innermost is not None else "(unknown)"
+        return _describe(stack[0], None) if stack else "(unknown)"
 
     def _is_project(self, filename: str) -> bool:
         if self._root is None or "site-packages" in filename:

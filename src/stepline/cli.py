@@ -122,7 +122,9 @@ SyncOption = Annotated[str, typer.Option("--sync", help="normal (default) or ful
 KeepOption = Annotated[float, typer.Option("--keep-traces", min=0.01, help="Days to keep traces.")]
 TraceCapOption = Annotated[
     float,
-    typer.Option("--max-traces-mb", min=0, help="Most MB of traces kept (the oldest go first past it); 0: no cap."),
+    typer.Option(
+        "--max-traces-mb", min=0, help="Past this many MB in the database file, the oldest traces go; 0: no cap."
+    ),
 ]
 MaxBodyOption = Annotated[
     str, typer.Option("--max-body", help="Largest request body taken, like 1MB or 512KB; larger ones get 413.")

@@ -113,16 +113,17 @@ async def test_a_large_prune_goes_in_several_transactions(adapters: Adapters, mo
 
 async def test_a_size_cap_prunes_the_oldest_traces_first(adapters: Adapters) -> None:
     t = adapters.traces
-    assert await t.size() == 0
-    payload = {"text": "x" * 1000}
+    empty = await t.size()  # SQLite counts its file's pages in use: an empty one has its tables
+    payload = {"text": "x" * 20_000}
     for i in range(40):
         await t.append([TraceRecord(f"t{i:02d}", "trigger", "S", 1000.0 + i, {"entry": f"e{i}", **payload})])
     full = await t.size()
-    assert full > 40 * 1000
+    assert full - empty > 40 * 20_000
+    cap = empty + (full - empty) // 2
     # nothing is old, but the traces take more than the cap: the oldest go until they fit
-    removed = await t.prune(older_than=0.0, max_bytes=full // 2)
+    removed = await t.prune(older_than=0.0, max_bytes=cap)
     assert 0 < removed < 40
-    assert await t.size() <= full // 2
+    assert await t.size() <= cap
     kept = {s.trace_id for s in await t.recent(100)}
     assert kept == {f"t{i:02d}" for i in range(40 - len(kept), 40)}  # the newest, all of them
     assert await t.prune(older_than=0.0, max_bytes=full) == 0  # under the cap: nothing goes

@@ -104,14 +104,9 @@ SCHEMA = [
         last_at REAL NOT NULL,
         records INTEGER NOT NULL,
         errors INTEGER NOT NULL,
-        data BLOB NOT NULL,
-        size INTEGER NOT NULL DEFAULT 0
+        data BLOB NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id)",
-    # The sum of trace_parts.size, kept in step with every append and prune: the size cap is checked
-    # without reading the table.
-    "CREATE TABLE IF NOT EXISTS trace_size (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
-    "INSERT OR IGNORE INTO trace_size (id, bytes) VALUES (0, 0)",
     "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
 ]
@@ -120,10 +115,6 @@ MIGRATIONS: dict[int, list[str]] = {
     1: [
         "ALTER TABLE deliveries ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency_keys (expires_at)",
-        "ALTER TABLE trace_parts ADD COLUMN size INTEGER NOT NULL DEFAULT 0",
-        "UPDATE trace_parts SET size = length(data)",
-        "CREATE TABLE IF NOT EXISTS trace_size (id INTEGER PRIMARY KEY CHECK (id = 0), bytes INTEGER NOT NULL)",
-        "INSERT OR REPLACE INTO trace_size (id, bytes) VALUES (0, (SELECT COALESCE(SUM(size), 0) FROM trace_parts))",
     ],
 }
 
@@ -384,7 +375,12 @@ class Database:
             log.debug("WAL checkpoint skipped", exc_info=True)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        results, committed = self._transaction(conn, batch)
+        results, committed, failed = self._transaction(conn, batch)
+        if not failed:  # the usual case, looked at no further
+            for job, result in zip(batch, results, strict=True):
+                with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
+                    job.loop.call_soon_threadsafe(_resolve, job.future, True, result[1])
+            return
         damaged_at = next((i for i, (ok, value) in enumerate(results) if not ok and _met_damage(value)), None)
         if damaged_at is not None and len(batch) > 1:
             # The operation that met a damaged page poisons the rest of its transaction (what follows it
@@ -402,10 +398,11 @@ class Database:
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits any more
                 job.loop.call_soon_threadsafe(_resolve, job.future, ok, value)
 
-    def _transaction(self, conn: sqlite3.Connection, batch: list[_Job]) -> tuple[list[tuple[bool, Any]], bool]:
-        """Each job in a savepoint of one transaction: (ok, result or exception) per job, and whether the
-        transaction committed."""
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Job]) -> tuple[list[tuple[bool, Any]], bool, bool]:
+        """Each job in a savepoint of one transaction: (ok, result or exception) per job, whether the
+        transaction committed, and whether any job failed."""
         results: list[tuple[bool, Any]] = []
+        failed = False
         try:
             conn.execute("BEGIN IMMEDIATE" if any(j.write for j in batch) else "BEGIN")
             for job in batch:
@@ -417,13 +414,14 @@ class Database:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     results.append((False, exc))
+                    failed = True
             conn.execute("COMMIT")
         except Exception as exc:  # the transaction itself failed: nothing in the batch happened
             _rollback(conn)
             # A job's own error says more than the COMMIT's; the jobs that had succeeded get the COMMIT's.
             lost = (False, exc)
-            return [r if not r[0] else lost for r in results] + [lost] * (len(batch) - len(results)), False
-        return results, True
+            return [r if not r[0] else lost for r in results] + [lost] * (len(batch) - len(results)), False, True
+        return results, True, failed
 
     def _found_damage(self, error: BaseException) -> None:
         """Damage met while running: reported to health (which logs it) once, and left there, since the
@@ -536,13 +534,13 @@ def _migrate_traces(conn: sqlite3.Connection) -> None:
         if conn.execute(old).fetchone():
             # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
             conn.execute(
-                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data, size) "
+                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
                 "SELECT trace_id, COALESCE(r->'$[0][3]'->>'entry', r->>'$[0][1]', '?'), r->>'$[0][2]', "
                 "(SELECT MAX(value->>2) FROM json_each(r)), json_array_length(r), (SELECT COUNT(*) "
-                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r, length(r) "
+                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r "
                 "FROM (SELECT id, trace_id, CAST(records AS TEXT) AS r FROM trace_chunks) ORDER BY id"
             )
-            conn.execute("UPDATE trace_size SET bytes = (SELECT COALESCE(SUM(size), 0) FROM trace_parts)")
+
             conn.execute("DROP TABLE trace_chunks")
             conn.execute("DROP TABLE IF EXISTS traces")
         conn.execute("COMMIT")
