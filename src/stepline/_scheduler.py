@@ -36,6 +36,13 @@ class CronScheduler:
         self._changed.set()
 
     async def run(self) -> None:
+        try:
+            await self._schedule()
+        finally:  # stopped: ticks still being published (retrying a failing store) stop with it
+            for task in list(self._running):
+                task.cancel()
+
+    async def _schedule(self) -> None:
         while True:
             try:
                 await self._catch_up()
