@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from stepline import Stepline
-from stepline._cron import CronSchedule
+from stepline.steps.cron import CronSchedule
 
 from .conftest import ProjectFactory
 

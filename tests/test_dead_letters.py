@@ -9,7 +9,7 @@ import pytest
 
 from stepline import Stepline
 from stepline._ids import new_id
-from stepline._protocols import ClaimSpec, Event
+from stepline.adapters.base import ClaimSpec, Event
 
 from .conftest import ProjectFactory
 

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from stepline import Stepline
-from stepline._server import bind
+from stepline.cli.serve import bind
 
 from .conftest import ProjectFactory
 

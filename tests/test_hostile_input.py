@@ -273,7 +273,7 @@ def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
 async def test_idle_slow_header_and_slow_body_connections_are_closed(
     make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stepline import _connections
+    from stepline.http import connections as _connections
 
     monkeypatch.setattr(_connections.GuardedHttpToolsProtocol, "head_timeout", 0.5)
     async with serve(make_project(ITEMS), body_timeout=0.5) as app:

@@ -87,7 +87,7 @@ def assert_has_page(wheel: Path) -> None:
     assert any(a.endswith(".js") for a in assets), html
     for asset in assets:
         assert f"{PAGE}/{asset}" in names
-    assert "stepline/_workbench_api.py" in names
+    assert "stepline/http/admin.py" in names
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ FAN_OUT = {
 
 
 def test_traces_show_keeps_overlapping_runs_of_one_step_apart(make_project: ProjectFactory) -> None:
-    from stepline._cli_runtime import trace_tree
+    from stepline.cli.runtime import trace_tree
     from stepline.testing import serve
 
     async def fan() -> tuple[str, list[object]]:

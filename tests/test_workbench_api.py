@@ -166,7 +166,7 @@ async def test_no_cross_origin_reads(make_project: ProjectFactory) -> None:
 async def test_the_page_is_served_in_dev_and_off_in_start_without_a_token(
     make_project: ProjectFactory, dev: bool, token: str | None, status: int
 ) -> None:
-    from stepline._workbench_api import STATIC
+    from stepline.http.admin import STATIC
 
     if not (STATIC / "index.html").exists():
         pytest.skip("the Workbench is not built: make install")

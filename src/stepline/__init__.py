@@ -1,7 +1,24 @@
 """Stepline: APIs, background jobs, cron jobs and agents as steps in one event-driven Python backend."""
 
-from ._app import Stepline
-from ._config import (
+from stepline._errors import (
+    NotJSONError,
+    Problem,
+    ProjectLoadError,
+    SchemaValidationError,
+    StateUpdateError,
+    SteplineError,
+    StoreCorruptError,
+    StoreError,
+    StoreUnavailableError,
+    UndeclaredEmitError,
+)
+from stepline.agents.llm import LLM, LLMError, LLMUsageError, Reply, StructuredOutputError, TurnLimitError, Usage
+from stepline.agents.mcp import McpServerError, mcp_tools
+from stepline.agents.memory import Memory, MemoryConflictError
+from stepline.agents.tools import Tool, ToolError
+from stepline.app import Stepline
+from stepline.core.context import Context, State, StepLogger
+from stepline.steps.config import (
     ApiConfig,
     Backoff,
     CronConfig,
@@ -14,27 +31,10 @@ from ._config import (
     QueueSettings,
     StepConfig,
 )
-from ._context import Context, State, StepLogger
-from ._errors import (
-    NotJSONError,
-    Problem,
-    ProjectLoadError,
-    SchemaValidationError,
-    StateUpdateError,
-    SteplineError,
-    StoreCorruptError,
-    StoreError,
-    StoreUnavailableError,
-    UndeclaredEmitError,
-)
-from ._llm import LLM, LLMError, LLMUsageError, Reply, StructuredOutputError, TurnLimitError, Usage
-from ._loader import load_project
-from ._mcp import McpServerError, mcp_tools
-from ._memory import Memory, MemoryConflictError
-from ._project import Project, Step
-from ._request import ApiRequest, ApiResponse
-from ._settings import LLMSettings, Price
-from ._tools import Tool, ToolError
+from stepline.steps.loader import load_project
+from stepline.steps.project import Project, Step
+from stepline.steps.request import ApiRequest, ApiResponse
+from stepline.steps.settings import LLMSettings, Price
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from stepline.cli import main
 
 main()

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ._errors import StoreCorruptError, StoreError
+from stepline._errors import StoreCorruptError, StoreError
 
 log = logging.getLogger("stepline.health")
 

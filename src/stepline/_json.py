@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from ._errors import FieldError, NotJSONError, SchemaValidationError
+from stepline._errors import FieldError, NotJSONError, SchemaValidationError
 
 
 def dumps(value: Any, what: str = "value") -> bytes:

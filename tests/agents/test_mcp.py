@@ -242,8 +242,8 @@ def _running(pid: int) -> bool:
 
 def test_a_star_in_the_mcp_table_serves_every_api_step_or_every_subscribed_topic(make_project: ProjectFactory) -> None:
     from stepline import Stepline
-    from stepline._mcp import exposed
-    from stepline._settings import McpSettings
+    from stepline.agents.mcp import exposed
+    from stepline.steps.settings import McpSettings
 
     app = Stepline(make_project(DECIDING), engine="memory")
     steps, topics, problems = exposed(app.engine, McpSettings(steps=["*"], topics=["*"]))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stepline._sandbox import run_code
+from stepline.agents.sandbox import run_code
 from stepline.testing import serve
 
 from ..conftest import ProjectFactory

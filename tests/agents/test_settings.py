@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from stepline import ProjectLoadError, Stepline
-from stepline._settings import load_settings
+from stepline.steps.settings import load_settings
 from stepline.testing import ScriptedLLM, serve
 
 from ..conftest import ProjectFactory

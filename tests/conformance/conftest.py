@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from stepline._protocols import CronLock, EventQueue, StateStore, TraceStore
 from stepline.adapters import EngineName
+from stepline.adapters.base import CronLock, EventQueue, StateStore, TraceStore
 from stepline.adapters.memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
 from stepline.adapters.sqlite import open_sqlite
 

@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 
 from stepline import Stepline
-from stepline._scheduler import CronScheduler
 from stepline.adapters import EngineName
 from stepline.adapters.memory import MemoryCronLock
+from stepline.core.scheduler import CronScheduler
 
 from ..conftest import ProjectFactory
 from .conftest import ENGINES

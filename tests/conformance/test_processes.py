@@ -19,7 +19,7 @@ async def test_increments_from_two_processes_are_not_lost(tmp_path: Path, engine
     script = f"""
         import asyncio
         from pathlib import Path
-        from stepline._protocols import Increment
+        from stepline.adapters.base import Increment
         from stepline.adapters import open_adapters
 
         async def main():

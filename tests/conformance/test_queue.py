@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from stepline._ids import new_id
-from stepline._protocols import ClaimSpec, Event
+from stepline.adapters.base import ClaimSpec, Event
 
 from .conftest import Adapters
 

@@ -58,7 +58,7 @@ async def test_non_json_values_are_refused(adapters: Adapters) -> None:
 
 async def test_atomic_updates(adapters: Adapters) -> None:
     from stepline import StateUpdateError
-    from stepline._protocols import CompareAndSet, Increment, Merge
+    from stepline.adapters.base import CompareAndSet, Increment, Merge
 
     s = adapters.state
     assert (await s.update("g", "n", Increment())).value == 1
@@ -81,7 +81,7 @@ async def test_atomic_updates(adapters: Adapters) -> None:
 async def test_increments_from_many_tasks_are_not_lost(adapters: Adapters) -> None:
     import asyncio
 
-    from stepline._protocols import Increment
+    from stepline.adapters.base import Increment
 
     await asyncio.gather(*(adapters.state.update("g", "count", Increment()) for _ in range(500)))
     assert await adapters.state.get("g", "count") == 500

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from stepline._protocols import TraceRecord
 from stepline.adapters import sqlite as sqlite_adapter
+from stepline.adapters.base import TraceRecord
 
 from .conftest import Adapters
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from stepline._protocols import ClaimSpec, Event
 from stepline.adapters import sqlite as sqlite_adapter
+from stepline.adapters.base import ClaimSpec, Event
 from stepline.adapters.sqlite import open_sqlite
 
 from ..conftest import ProjectFactory, free_port
@@ -29,7 +29,7 @@ async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, mo
     db = tmp_path / "stepline.db"
     script = f"""
         import asyncio, sys
-        from stepline._protocols import ClaimSpec
+        from stepline.adapters.base import ClaimSpec
         from stepline.adapters.sqlite import open_sqlite
 
         async def main():

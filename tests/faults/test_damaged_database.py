@@ -25,7 +25,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from stepline._protocols import Event
+from stepline.adapters.base import Event
 
 from ..conftest import free_port
 from ..durability.helpers import STEPLINE, kill_group, query, start_server, wait_until
@@ -65,7 +65,7 @@ REQUESTS = 150
 # damage is then met while running.
 UNCHECKED = """
 import sys
-import stepline.adapters._sqlite_db as sqlite_db
+import stepline.adapters.sqlite.db as sqlite_db
 sqlite_db.CHECK_AT_OPEN_BYTES = 0
 from stepline.cli import main
 sys.argv = ["stepline", *sys.argv[1:]]
@@ -241,7 +241,7 @@ def test_sqlites_own_errors_for_damaged_files_are_store_corrupt_errors(ran: Path
     """The errors SQLite itself raises on the damaged files, SQLITE_NOTADB ("file is not a database") and
     SQLITE_CORRUPT ("database disk image is malformed"), become StoreCorruptError naming the file."""
     from stepline._errors import StoreCorruptError
-    from stepline.adapters._sqlite_db import store_error
+    from stepline.adapters.sqlite.db import store_error
 
     seen = {}
     for damage in ("header", "truncated", "middle"):
@@ -341,8 +341,8 @@ async def test_operations_batched_with_one_that_meets_damage_still_commit(
 ) -> None:
     """One operation that reads a damaged page fails its whole transaction at COMMIT: the others of its
     batch run again without it, and commit. The writer thread is held on purpose so that they share one."""
-    from stepline.adapters import _sqlite_db
     from stepline.adapters.sqlite import SqliteEventQueue, SqliteStateStore
+    from stepline.adapters.sqlite import db as _sqlite_db
 
     monkeypatch.setattr(_sqlite_db, "CHECK_AT_OPEN_BYTES", 0, raising=False)  # opened as a larger file is
     _, db = _copy(ran, tmp_path)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from stepline._protocols import Event
 from stepline.adapters import sqlite as sqlite_adapter
+from stepline.adapters.base import Event
 from stepline.adapters.sqlite import SqliteEventQueue, open_sqlite
 
 NOW = 1_000_000.0

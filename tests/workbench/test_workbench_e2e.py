@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from stepline import LLMSettings, load_project
-from stepline._workbench_api import STATIC
+from stepline.http.admin import STATIC
 from stepline.testing import RunningApp, serve
 
 ROOT = Path(__file__).resolve().parents[2]

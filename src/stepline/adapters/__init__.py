@@ -1,12 +1,12 @@
-"""Storage adapters. The engine depends only on the Protocols in `stepline._protocols`."""
+"""Storage adapters. The engine depends only on the Protocols in `stepline.adapters.base`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from .._health import Health
-from .._protocols import (
+from stepline._health import Health
+from stepline.adapters.base import (
     Adapters,
     ClaimSpec,
     CronLock,
@@ -37,11 +37,11 @@ def open_adapters(
 
     `health` hears of the store's failing background work (SQLite's heartbeat)."""
     if engine == "memory":
-        from .memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
+        from stepline.adapters.memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
 
         return Adapters(MemoryEventQueue(), MemoryStateStore(), MemoryTraceStore(), MemoryCronLock())
     if engine == "sqlite":
-        from .sqlite import open_sqlite
+        from stepline.adapters.sqlite import open_sqlite
 
         return open_sqlite(database or root / DEFAULT_DATABASE, synchronous=synchronous, health=health)
     raise ValueError(f"unknown engine {engine!r}; use sqlite or memory")

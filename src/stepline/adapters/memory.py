@@ -16,9 +16,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _json, _updates
-from .._ids import new_id
-from .._protocols import (
+from stepline import _json
+from stepline._ids import new_id
+from stepline.adapters import updates as _updates
+from stepline.adapters.base import (
     ClaimSpec,
     DeadLetter,
     Delivery,

@@ -1,0 +1,187 @@
+"""`ctx.approvals`: a person decides, the flow waits for it (for hours, across restarts), or times out.
+
+    # the step that proposes (it lists "report.decided" in its emits)
+    await ctx.approvals.request("report", report_id, topic="report.decided", data=draft, timeout=86400)
+
+    # the API step a person calls (it lists "report.decided" in its emits too)
+    approval = await ctx.approvals.decide("report", report_id, approved=True, by="ada")
+
+    # the step that acts on the decision (it subscribes to "report.decided")
+    async def handler(input, ctx):
+        approval = await ctx.approvals.settle(input)
+        if approval is None:
+            return  # a timeout that came after the decision: nothing to do
+        if approval.approved: ...
+
+The request is a record in state (group "approvals"), so it is as durable as the engine. The timeout is
+an ordinary delayed event on the same topic; whichever of the decision and the timeout comes first
+wins (compare-and-set on the record), and `settle` tells the late one to do nothing. The decision event
+goes out in the trace of the request, so one trace shows the whole story.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from stepline._errors import SteplineError
+
+if TYPE_CHECKING:
+    from stepline.core.context import Context
+
+GROUP = "approvals"
+Status = Literal["pending", "approved", "rejected", "timeout"]
+
+
+class ApprovalError(SteplineError):
+    """An approval asked for in a way that cannot work (a second request for a pending one, bad input)."""
+
+
+@dataclass
+class Approval:
+    name: str
+    key: str
+    topic: str
+    status: Status
+    trace_id: str
+    step: str
+    requested_at: float
+    data: Any = None
+    message: str | None = None
+    expires_at: float | None = None
+    decided_at: float | None = None
+    by: str | None = None
+    comment: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def approved(self) -> bool:
+        return self.status == "approved"
+
+    @property
+    def pending(self) -> bool:
+        return self.status == "pending"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Approval:
+        return cls(**value)
+
+
+def _id(name: str, key: str) -> str:
+    if not name or not key or "/" in name:
+        raise ApprovalError(f"an approval needs a name without '/' and a key; got {name!r} and {key!r}")
+    return f"{name}/{key}"
+
+
+class Approvals:
+    """`ctx.approvals` of one step run."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    async def request(
+        self,
+        name: str,
+        key: str,
+        *,
+        topic: str,
+        data: Any = None,
+        message: str | None = None,
+        timeout: float | None = None,
+    ) -> Approval:
+        """Ask for a decision on (name, key). `topic` gets the decision, or `decision: "timeout"` after
+        `timeout` seconds. Asking again while one is pending is an error; after a decision, it starts anew."""
+        ctx = self._ctx
+        now = time.time()
+        approval = Approval(
+            name,
+            key,
+            topic,
+            "pending",
+            ctx.trace_id,
+            ctx.step,
+            now,
+            data=data,
+            message=message,
+            expires_at=now + timeout if timeout else None,
+        )
+        current = await ctx.state.get(GROUP, _id(name, key))
+        if isinstance(current, dict) and current.get("status") == "pending":
+            raise ApprovalError(f"approval {name}/{key} is already pending (since {current['requested_at']:.0f})")
+        if not await ctx.state.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
+            raise ApprovalError(f"approval {name}/{key} was requested at the same moment by another step")
+        if timeout:
+            await ctx.emit(
+                topic,
+                _event(approval, "timeout"),
+                delay=timeout,
+                idempotency_key=f"approval-timeout:{name}/{key}:{now}",
+            )
+        ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
+        return approval
+
+    async def decide(
+        self, name: str, key: str, *, approved: bool, by: str | None = None, comment: str | None = None
+    ) -> Approval | None:
+        """Record a person's decision and emit it, in the request's trace. None if nothing is pending
+        (never requested, already decided, or timed out): answer 409 or 404 to the person."""
+        ctx = self._ctx
+        current = await self.get(name, key)
+        if current is None or not current.pending:
+            return None
+        decided = Approval.from_dict(
+            current.to_dict()
+            | {"status": "approved" if approved else "rejected", "decided_at": time.time()}
+            | {"by": by, "comment": comment}
+        )
+        if not await ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), decided.to_dict()):
+            return None  # decided or timed out a moment ago
+        await ctx._emit_to_trace(current.trace_id, current.topic, _event(decided, decided.status))
+        ctx.logger.info("approval decided", {"approval": f"{name}/{key}", "status": decided.status, "by": by})
+        return decided
+
+    async def settle(self, event: dict[str, Any]) -> Approval | None:
+        """In the step subscribed to the decision topic: the approval this event decides, or None when the
+        event is stale (a timeout after a decision, or a repeated delivery of a superseded request)."""
+        if not isinstance(event, dict) or "approval" not in event:
+            raise ApprovalError("settle() takes the event of an approval topic, as received by the handler")
+        name, key, requested_at = event["approval"]["name"], event["approval"]["key"], event["requested_at"]
+        current = await self.get(name, key)
+        if current is None or current.requested_at != requested_at:
+            return None
+        if event["decision"] != "timeout":
+            return current if current.status == event["decision"] else None
+        if not current.pending:
+            return current if current.status == "timeout" else None  # a redelivery, or the decision won
+        timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": time.time()})
+        if not await self._ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
+            return None
+        return timed_out
+
+    async def get(self, name: str, key: str) -> Approval | None:
+        value = await self._ctx.state.get(GROUP, _id(name, key))
+        return Approval.from_dict(value) if isinstance(value, dict) else None
+
+    async def pending(self, name: str | None = None) -> list[Approval]:
+        """The approvals waiting for a person, oldest first."""
+        return pending_in(await self._ctx.state.items(GROUP), name)
+
+
+def pending_in(items: dict[str, Any], name: str | None = None) -> list[Approval]:
+    found = [Approval.from_dict(v) for v in items.values() if isinstance(v, dict) and v.get("status") == "pending"]
+    return sorted((a for a in found if name is None or a.name == name), key=lambda a: a.requested_at)
+
+
+def _event(approval: Approval, decision: str) -> dict[str, Any]:
+    return {
+        "approval": {"name": approval.name, "key": approval.key},
+        "decision": decision,
+        "requested_at": approval.requested_at,
+        "data": approval.data,
+        "by": approval.by,
+        "comment": approval.comment,
+    }

@@ -1,0 +1,193 @@
+"""`Stepline`: a project, its engine, its cron scheduler and its ASGI app, as one object to run, mount or test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+from stepline._errors import Problem, ProjectLoadError
+from stepline._health import Health
+from stepline.adapters import EngineName, open_adapters
+from stepline.adapters.base import Adapters, DeadLetter, Event
+from stepline.agents.llm import LLMClient
+from stepline.agents.mcp import close_sessions as close_mcp_sessions
+from stepline.core.engine import Engine, replay_all
+from stepline.core.scheduler import CronScheduler
+from stepline.http.app import BODY_TIMEOUT, MAX_BODY, HttpApp
+from stepline.steps.loader import load_project
+from stepline.steps.project import Project
+from stepline.steps.settings import LLMSettings, load_settings
+
+log = logging.getLogger("stepline")
+
+DAY = 86400.0
+MB = 1024 * 1024
+_PRUNE_EVERY = 60.0
+
+
+class Stepline:
+    """Load the project at `root` and wire it up. Raises ProjectLoadError listing every problem.
+
+    The engine is durable by default: SQLite in `.stepline/stepline.db` under the project root
+    (`engine="memory"` keeps everything in the process). Run it with uvicorn
+    (`uvicorn.run(Stepline(".").asgi)`), mount `.asgi` inside a FastAPI or Starlette app (pass
+    `lifespan=sl.lifespan` to that app so the engine starts), or drive it from tests with
+    `async with sl.lifespan(): ...`.
+    """
+
+    def __init__(
+        self,
+        root: str | Path = ".",
+        *,
+        dev: bool = False,
+        admin_token: str | None = None,
+        concurrency: int = 64,
+        engine: EngineName = "sqlite",
+        database: str | Path | None = None,
+        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        trace_retention: float = 7 * DAY,
+        trace_max_bytes: int | None = 1024 * MB,
+        idempotency_window: float = DAY,
+        adapters: Adapters | None = None,
+        llm: LLMSettings | None = None,
+        max_body: int = MAX_BODY,
+        body_timeout: float = BODY_TIMEOUT,
+        allowed_hosts: list[str] | None = None,
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.dev = dev
+        self.project: Project = load_project(self.root)
+        self._llm_override = llm
+        self.settings = load_settings(self.root)
+        if llm is not None:
+            self.settings.llm = llm
+        self.health = (adapters.health if adapters is not None else None) or Health()
+        self.adapters = adapters or open_adapters(
+            engine,
+            self.root,
+            database=Path(database) if database else None,
+            synchronous=synchronous,
+            health=self.health,
+        )
+        self.trace_retention = trace_retention
+        self.trace_max_bytes = trace_max_bytes
+        self.engine = Engine(
+            self.project,
+            queue=self.adapters.queue,
+            state=self.adapters.state,
+            traces=self.adapters.traces,
+            concurrency=concurrency,
+            idempotency_window=idempotency_window,
+            llm=self.settings.llm,
+            health=self.health,
+        )
+        self.scheduler = CronScheduler(self.engine, self.adapters.cron)
+        self.asgi = HttpApp(
+            self.engine,
+            dev=dev,
+            admin_token=admin_token,
+            on_startup=self.start,
+            on_shutdown=self.stop,
+            max_body=max_body,
+            body_timeout=body_timeout,
+            allowed_hosts=allowed_hosts,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        await self.engine.start()
+        self._tasks = [
+            asyncio.create_task(self.scheduler.run(), name="stepline-cron"),
+            asyncio.create_task(self._prune_traces(), name="stepline-prune"),
+        ]
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Drain: stop taking work, give running handlers `grace` seconds, then close the storage."""
+        if not self._tasks:
+            return
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self.engine.stop(grace)
+        await close_mcp_sessions()  # the servers mcp_tools started, with the handlers that used them done
+        await self.adapters.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """An ASGI lifespan: `FastAPI(lifespan=sl.lifespan)`, or `async with sl.lifespan():` in tests."""
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    def reload(self) -> list[Problem]:
+        """Load the project again. On problems, keep the last good version running and return them."""
+        try:
+            project = load_project(self.root)
+            settings = load_settings(self.root)
+        except ProjectLoadError as exc:
+            return exc.problems
+        if self._llm_override is None and settings.llm != self.settings.llm:
+            self.engine.llm = LLMClient(settings.llm)  # calls under way finish on the old client
+            self.settings = settings
+        self.project = project
+        self.engine.replace_project(project)
+        self.asgi.set_project(project)
+        self.scheduler.project_changed()
+        return []
+
+    async def emit(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """Emit from outside any step: starts a new trace."""
+        return await self.engine.emit_external(
+            topic, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key
+        )
+
+    async def settle(self, timeout: float = 30.0) -> None:
+        """Wait until every queued event has been handled."""
+        await self.engine.settle(timeout)
+
+    # -- dead letters ------------------------------------------------------------------------------
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        return await self.adapters.queue.dead_letters(limit)
+
+    async def replay(self, delivery_id: str | None = None) -> int:
+        """Replay one dead letter (by delivery id), or all of them; returns how many went back."""
+        if delivery_id is not None:
+            return int(await self.adapters.queue.replay(delivery_id))
+        return len(await replay_all(self.adapters.queue))
+
+    async def purge(self, delivery_id: str | None = None) -> int:
+        return await self.adapters.queue.purge(None if delivery_id is None else [delivery_id])
+
+    async def _prune_traces(self) -> None:
+        """Traces older than `trace_retention` go, then the oldest while they take more than `trace_max_bytes`."""
+        while True:
+            try:
+                removed = await self.adapters.traces.prune(time.time() - self.trace_retention, self.trace_max_bytes)
+            except Exception as exc:
+                pause = self.health.failed("pruning", exc, "traces grow until it recovers")
+                await asyncio.sleep(pause)
+                continue
+            self.health.recovered("pruning")
+            if removed:
+                cap = f" or over {self.trace_max_bytes / MB:,.0f} MB" if self.trace_max_bytes else ""
+                log.info("pruned %d traces older than %g days%s", removed, self.trace_retention / DAY, cap)
+            await asyncio.sleep(_PRUNE_EVERY)

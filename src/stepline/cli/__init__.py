@@ -1,0 +1,549 @@
+"""The `stepline` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx2 as httpx
+import typer
+from dotenv import load_dotenv
+from rich.markup import escape
+from rich.table import Table
+
+from stepline._errors import Problem, ProjectLoadError, StoreError
+from stepline.adapters.base import TraceRecord
+from stepline.agents.evals import load_evals, previous, save
+from stepline.app import Stepline
+from stepline.cli.console import console, out, print_json, print_machine, print_problems, setup_logging
+from stepline.cli.evals import run_eval, run_table, summary_line
+from stepline.cli.loop import approvals, state_app
+from stepline.cli.runtime import dlq_app, traces_app
+from stepline.steps.config import ApiConfig
+from stepline.steps.graph import as_json, mermaid, text_tree, trigger
+from stepline.steps.loader import load_project
+from stepline.steps.project import Project
+from stepline.steps.settings import load_settings
+
+app = typer.Typer(
+    name="stepline",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="APIs, background jobs, cron jobs and agents as steps of one event-driven backend.",
+)
+
+DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
+HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface, as in a container).")]
+PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+DEFAULT_PORT = 3000
+ENV_FILE = ".env"
+
+
+def _load_env(root: Path) -> None:
+    """Load the project's .env, if it has one; a variable already set in the environment wins (the
+    deployment decides, not the file)."""
+    load_dotenv(root / ENV_FILE, override=False)
+
+
+@contextlib.contextmanager
+def _in_project(root: Path) -> Iterator[Path]:
+    """Enter the project at `root` for a command that loads or runs it; yields the root, absolute.
+
+    The project's .env is loaded first, so settings and step modules see it. The project folder is the
+    working directory while the command runs, so a step's relative paths land in the project wherever the
+    command was typed. Paths on the command line (`--db`) are resolved before this, against where they
+    were typed.
+    """
+    root = root.resolve()
+    _load_env(root)
+    if not root.is_dir():  # no such folder: loading the project says so, and what to do
+        yield root
+        return
+    with contextlib.chdir(root):
+        yield root
+
+
+def _load(root: Path) -> Project:
+    try:
+        return load_project(root)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+
+
+def _app(root: Path, **kwargs: Any) -> Stepline:
+    try:
+        return Stepline(root, **kwargs)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+    except StoreError as exc:  # a damaged or unreachable database: one line, what and what to do
+        console.print(f"[bold red]Cannot open the store:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="Folder to create the project in.")],
+) -> None:
+    """Create a project that runs at once: an example flow and its tests."""
+    target = Path(name)
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        console.print(f"[red]{target} already exists and is not empty.[/] Choose another name.")
+        raise typer.Exit(1)
+    template = resources.files("stepline") / "_template"
+    with resources.as_file(template) as source:
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    # Shipped under other names so that neither packaging nor pytest nor git treats them as the repo's own.
+    for path in target.rglob("*.tmpl"):
+        path.rename(path.with_suffix(""))
+    (target / "gitignore").rename(target / ".gitignore")
+    for filled in (target / "README.md", target / "pyproject.toml"):
+        filled.write_text(filled.read_text().replace("{{name}}", target.resolve().name))
+    console.print(
+        f"[green]Created[/] {target}/ with an example flow and its tests. Next:\n"
+        f"  cd {name}\n  stepline dev        # serves http://127.0.0.1:{DEFAULT_PORT}\n"
+        f"  pytest              # the example's tests"
+    )
+
+
+EngineOption = Annotated[str, typer.Option("--engine", help="sqlite (durable, the default) or memory.")]
+DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
+SyncOption = Annotated[str, typer.Option("--sync", help="normal (default) or full: fsync every commit.")]
+KeepOption = Annotated[float, typer.Option("--keep-traces", min=0.01, help="Days to keep traces.")]
+TraceCapOption = Annotated[
+    float,
+    typer.Option(
+        "--max-traces-mb", min=0, help="Past this many MB in the database file, the oldest traces go; 0: no cap."
+    ),
+]
+MaxBodyOption = Annotated[
+    str, typer.Option("--max-body", help="Largest request body taken, like 1MB or 512KB; larger ones get 413.")
+]
+HostsOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allowed-host",
+        help="A host name (besides localhost and IP addresses) the admin API and Workbench answer to without "
+        "a token; repeat it for more. Also STEPLINE_ALLOWED_HOSTS, comma-separated.",
+    ),
+]
+
+
+def _engine_options(
+    engine: str, db: Path | None, sync: str, keep_traces: float = 7.0, max_traces_mb: float = 1024
+) -> dict[str, Any]:
+    if engine not in ("sqlite", "memory"):
+        console.print(f"[red]--engine {engine!r} is not an engine;[/] use sqlite or memory")
+        raise typer.Exit(2)
+    if sync.upper() not in ("NORMAL", "FULL"):
+        console.print(f"[red]--sync {sync!r} is not a setting;[/] use normal or full")
+        raise typer.Exit(2)
+    # Resolved here, before a command enters the project folder: --db is relative to where it was typed.
+    database = db.resolve() if db is not None else None
+    return {
+        "engine": engine,
+        "database": database,
+        "synchronous": sync.upper(),
+        "trace_retention": keep_traces * 86400,
+        "trace_max_bytes": int(max_traces_mb * 1024 * 1024) or None,
+    }
+
+
+def _http_options(max_body: str, allowed_hosts: list[str] | None) -> dict[str, Any]:
+    hosts = [*(allowed_hosts or []), *os.environ.get("STEPLINE_ALLOWED_HOSTS", "").split(",")]
+    return {"max_body": parse_size(max_body, "--max-body"), "allowed_hosts": [h.strip() for h in hosts if h.strip()]}
+
+
+def parse_size(text: str, flag: str) -> int:
+    """`1MB`, `512KB`, `2GB` or a number of bytes (K, M and G are powers of 1024)."""
+    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
+    number = text.strip().upper()
+    unit = number.lstrip("0123456789.")
+    try:
+        size = int(float(number[: len(number) - len(unit)]) * units[unit.strip()])
+    except (ValueError, KeyError):
+        console.print(f"[red]{flag} {text!r} is not a size;[/] write it like 1MB, 512KB or 1048576")
+        raise typer.Exit(2) from None
+    if size <= 0:
+        console.print(f"[red]{flag} must be above 0[/]")
+        raise typer.Exit(2)
+    return size
+
+
+@app.command()
+def dev(
+    root: DirOption = Path("."),
+    host: HostOption = "127.0.0.1",
+    port: PortOption = DEFAULT_PORT,
+    engine: EngineOption = "sqlite",
+    db: DbOption = None,
+    sync: SyncOption = "normal",
+    keep_traces: KeepOption = 7.0,
+    max_traces_mb: TraceCapOption = 1024,
+    max_body: MaxBodyOption = "1MB",
+    allowed_host: HostsOption = None,
+) -> None:
+    """Run the project in one process with hot reload, the admin API on."""
+    from stepline.cli.serve import serve
+
+    setup_logging()
+    options = _engine_options(engine, db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    with _in_project(root) as project_root:
+        stepline = _app(project_root, dev=True, **options)
+        asyncio.run(serve(stepline, host, port, reload=True))
+
+
+@app.command()
+def start(
+    root: DirOption = Path("."),
+    host: HostOption = "127.0.0.1",
+    port: PortOption = DEFAULT_PORT,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps.")] = 1,
+    engine: EngineOption = "sqlite",
+    db: DbOption = None,
+    sync: SyncOption = "normal",
+    grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
+    keep_traces: KeepOption = 7.0,
+    max_traces_mb: TraceCapOption = 1024,
+    max_body: MaxBodyOption = "1MB",
+    allowed_host: HostsOption = None,
+) -> None:
+    """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set.
+
+    Listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0 in a container). SIGTERM drains: no
+    new work is taken, running handlers get --grace seconds, then the process exits.
+    """
+    options = _engine_options(engine, db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    with _in_project(root) as project_root:
+        if workers > 1:
+            if engine == "memory":
+                console.print("[red]--workers needs a shared engine;[/] the memory engine lives in one process")
+                raise typer.Exit(2)
+            from stepline.cli.workers import supervise
+
+            # Fail here, once, with the problems listed (a broken step, a damaged database), rather than in
+            # every worker, which the supervisor would start again and again.
+            asyncio.run(_app(project_root, dev=False, **options).adapters.close())
+            # Every option a worker runs with, on its command line (the folder and the file made absolute).
+            forwarded = ["--sync", sync, "--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb)]
+            forwarded += ["--max-body", str(options["max_body"])]
+            for name in options["allowed_hosts"]:
+                forwarded += ["--allowed-host", name]
+            if options["database"] is not None:
+                forwarded += ["--db", str(options["database"])]
+            raise typer.Exit(supervise(project_root, host, port, workers, forwarded, grace=grace))
+        _serve_start(project_root, host, port, options, grace)
+
+
+def _serve_start(
+    root: Path, host: str, port: int, options: dict[str, Any], grace: float, fd: int | None = None
+) -> None:
+    from stepline.cli.serve import serve
+
+    setup_logging()
+    stepline = _app(root, dev=False, admin_token=os.environ.get("STEPLINE_ADMIN_TOKEN") or None, **options)
+    asyncio.run(serve(stepline, host, port, reload=False, fd=fd, grace=grace, banner=fd is None))
+
+
+@app.command("worker", hidden=True)
+def worker(
+    fd: Annotated[int, typer.Option(help="The listening socket, inherited from the supervisor.")],
+    root: DirOption = Path("."),
+    db: DbOption = None,
+    sync: SyncOption = "normal",
+    grace: float = 30.0,
+    keep_traces: KeepOption = 7.0,
+    max_traces_mb: TraceCapOption = 1024,
+    max_body: MaxBodyOption = "1MB",
+    allowed_host: HostsOption = None,
+) -> None:
+    """One worker process of `stepline start --workers N` (started by it, not by hand)."""
+    from stepline.cli.workers import die_with_parent
+
+    die_with_parent()
+    options = _engine_options("sqlite", db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    with _in_project(root) as project_root:
+        _serve_start(project_root, "", 0, options, grace, fd=fd)
+
+
+@app.command()
+def emit(
+    topic: Annotated[str, typer.Option("--topic", "-t", help="The topic to emit.")],
+    data: Annotated[str, typer.Option("--data", help="The event data, as JSON.")] = "null",
+    url: Annotated[
+        str, typer.Option(help="A running server (stepline dev or start).")
+    ] = f"http://127.0.0.1:{DEFAULT_PORT}",
+    local: Annotated[
+        bool, typer.Option("--local", help="Run the subscribers here, in this process, until the trace settles.")
+    ] = False,
+    root: DirOption = Path("."),
+    as_json_: JsonOption = False,
+) -> None:
+    """Emit an event to a running server, or run it locally with --local.
+
+    With --local, every delivery that failed while it ran is listed, and the exit code is 1 when any went
+    to the dead letters."""
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]--data is not JSON:[/] {exc}. Example: --data '{{\"id\": 1}}'")
+        raise typer.Exit(2) from None
+    if local:
+        with _in_project(root) as project_root:
+            result = asyncio.run(_emit_local(project_root, topic, payload))
+        _report_local(topic, result, as_json_)
+        return
+    _load_env(root.resolve())  # the project's .env may hold the STEPLINE_ADMIN_TOKEN its server runs with
+    token = os.environ.get("STEPLINE_ADMIN_TOKEN")
+    headers = {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    try:
+        response = httpx.post(
+            f"{url.rstrip('/')}/__stepline/emit",
+            json={"topic": topic, "data": payload},
+            headers=headers,
+            timeout=10,
+        )
+    except httpx.ConnectError:
+        console.print(f"[red]No server at {url}.[/] Start one with `stepline dev`, or use --local.")
+        raise typer.Exit(1) from None
+    if response.status_code != 202:
+        console.print(f"[red]The server refused the event ({response.status_code}):[/] {response.text}")
+        raise typer.Exit(1)
+    result = response.json()
+    if as_json_:
+        print_json(result)
+        return
+    _print_emitted(topic, result)
+
+
+def _print_emitted(topic: str, result: dict[str, Any]) -> None:
+    subs = ", ".join(result["subscribers"]) or "[yellow]no subscriber[/]"
+    console.print(f"[green]emitted[/] {topic} → {subs}  [dim]trace {result['traceId']}[/]")
+
+
+async def _emit_local(root: Path, topic: str, data: Any) -> dict[str, Any]:
+    setup_logging()
+    stepline = _app(root, dev=True)
+    records: asyncio.Queue[TraceRecord] = asyncio.Queue()  # unbounded: no record of the run is dropped
+    async with stepline.lifespan():
+        # Every record, not only this trace's: leftover events in the database run here too, and their
+        # failures happened during this run as much as the new event's.
+        unsubscribe = stepline.engine.subscribe(records)
+        try:
+            event = await stepline.emit(topic, data)
+            await stepline.settle()
+        finally:
+            unsubscribe()
+    failures: list[dict[str, Any]] = []
+    dead: list[dict[str, Any]] = []
+    while not records.empty():
+        r = records.get_nowait()
+        if r.kind == "end" and "delivery_id" in r.data and r.data.get("status") != "ok":
+            failures.append(
+                {
+                    "step": r.step,
+                    "traceId": r.trace_id,
+                    "deliveryId": r.data["delivery_id"],
+                    "attempt": r.data.get("attempt"),
+                    "error": r.data.get("error") or r.data.get("status"),
+                }
+            )
+        elif r.kind == "dead_letter":
+            dead.append(
+                {
+                    "step": r.step,
+                    "traceId": r.trace_id,
+                    "deliveryId": r.data.get("delivery_id"),
+                    "attempts": r.data.get("attempts"),
+                    "error": r.data.get("error"),
+                }
+            )
+    return {
+        "traceId": event.trace_id,
+        "eventId": event.id,
+        "subscribers": [s.name for s in stepline.project.subscribers(topic)],
+        "failures": failures,
+        "deadLetters": dead,
+    }
+
+
+def _report_local(topic: str, result: dict[str, Any], as_json_: bool) -> None:
+    """What `emit --local` ran into: failed attempts (retried or not), and deliveries that went to the dead
+    letters, the one outcome that exits 1 (a failed attempt that a retry fixed is not a failure of the run)."""
+    dead = result["deadLetters"]
+    if as_json_:
+        print_json(result)
+    else:
+        _print_emitted(topic, result)
+        # A delivery's last failed attempt is said by its dead-letter line; the attempts before it are not.
+        last = {(d["deliveryId"], d["attempts"]) for d in dead}
+        for f in result["failures"]:
+            if (f["deliveryId"], f["attempt"]) in last:
+                continue
+            attempt = f" (attempt {f['attempt']})" if f.get("attempt") else ""
+            console.print(f"  [yellow]failed[/] {f['step']}{attempt}: {escape(str(f['error']))}")
+        for d in dead:
+            attempts = f"{d['attempts']} attempt{'' if d['attempts'] == 1 else 's'}"
+            console.print(
+                f"  [red]dead letter[/] {d['step']} after {attempts}: {escape(str(d['error']))}"
+                f"  [dim](stepline dlq show {d['deliveryId']})[/]"
+            )
+        if dead:
+            console.print(
+                f"[red]{len(dead)} {'delivery' if len(dead) == 1 else 'deliveries'} went to the dead letters.[/]"
+                " Fix the cause (or the event data), then `stepline dlq replay ID` or `--all`."
+            )
+    if dead:
+        raise typer.Exit(1)
+
+
+@app.command()
+def graph(
+    root: DirOption = Path("."),
+    flow: Annotated[str | None, typer.Option(help="Only this flow (and flows nested in it).")] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, mermaid or json.")] = "text",
+) -> None:
+    """The flow graph: steps and the topics between them."""
+    with _in_project(root) as project_root:
+        project = _load(project_root)
+    if fmt == "mermaid":
+        print_machine(mermaid(project, flow))
+    elif fmt == "json":
+        print_json(as_json(project, flow))
+    elif fmt == "text":
+        out.print(text_tree(project, flow))
+    else:
+        console.print(f"[red]unknown format {fmt!r}[/]; use text, mermaid or json")
+        raise typer.Exit(2)
+
+
+@app.command()
+def routes(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
+    """The HTTP routes of the API steps."""
+    with _in_project(root) as project_root:
+        project = _load(project_root)
+    rows: list[dict[str, Any]] = []
+    for step in sorted(project.api_steps, key=lambda s: (getattr(s.config, "path", ""), s.name)):
+        assert isinstance(step.config, ApiConfig)
+        rows.append(
+            {
+                "method": step.config.method,
+                "path": step.config.path,
+                "step": step.name,
+                "file": step.rel,
+                "emits": step.config.emit_topics,
+            }
+        )
+    if as_json_:
+        print_json(rows)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("method", "path", "step", "emits", "file"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["method"], row["path"], row["step"], ", ".join(row["emits"]), f"[dim]{row['file']}[/]")
+    out.print(table)
+
+
+@app.command()
+def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
+    """Load the project and its stepline.toml and list their problems; exit 1 if it cannot load."""
+    problems: list[Problem] = []
+    project = None
+    with _in_project(root) as root:
+        try:
+            project = load_project(root)
+        except ProjectLoadError as exc:
+            problems += exc.problems
+        try:
+            load_settings(root)
+        except ProjectLoadError as exc:
+            problems += exc.problems
+    if problems or project is None:
+        if as_json_:
+            print_json({"ok": False, "problems": [p.to_dict() for p in problems]})
+        else:
+            print_problems(problems, f"[bold red]The project at {root} cannot load:[/]")
+        raise typer.Exit(1) from None
+    if as_json_:
+        print_json({"ok": True, "steps": len(project.steps), "problems": [p.to_dict() for p in project.warnings]})
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("type", "step", "trigger", "file"):
+        table.add_column(column)
+    for step in project.steps.values():
+        table.add_row(step.type, step.name, trigger(step), f"[dim]{step.rel}[/]")
+    out.print(table)
+    print_problems(project.warnings)
+    console.print(f"[green]ok[/]: {len(project.steps)} steps, {len(project.warnings)} warnings")
+
+
+@app.command("mcp")
+def mcp(root: DirOption = Path("."), engine: EngineOption = "sqlite", db: DbOption = None) -> None:
+    """Serve the API steps and topics that [mcp] in stepline.toml lists as MCP tools over stdin/stdout."""
+    from stepline.agents.mcp import serve_stdio
+
+    setup_logging()  # to stderr: stdout carries the protocol
+    options = _engine_options(engine, db, "normal")
+    with _in_project(root) as project_root:
+        stepline = _app(project_root, dev=False, **options)
+        asyncio.run(serve_stdio(stepline))
+
+
+@app.command("eval")
+def eval_(
+    name: Annotated[str | None, typer.Argument(help="One eval (its file name in evals/, without .yaml).")] = None,
+    root: DirOption = Path("."),
+    as_json_: JsonOption = False,
+) -> None:
+    """Run the evals in evals/ through the real flow; exit 1 when a gate fails (for CI)."""
+    with _in_project(root) as project_root:
+        _run_evals(project_root, name, as_json_)
+
+
+def _run_evals(root: Path, name: str | None, as_json_: bool) -> None:
+    try:
+        evals = load_evals(root, name)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, "[bold red]The evals cannot load:[/]")
+        raise typer.Exit(1) from None
+    if not evals:
+        console.print(f"No evals in {root / 'evals'}. docs/agents.md shows the format.")
+        raise typer.Exit(1)
+    runs = []
+    for ev in evals:
+        run = asyncio.run(run_eval(root, ev))
+        before = previous(root, ev.name)
+        save(root, run)
+        runs.append(run)
+        if not as_json_:
+            out.print(run_table(run))
+            out.print(summary_line(run, before))
+            for failure in run.gate_failures:
+                out.print(f"[red]gate failed:[/] {failure}")
+    if as_json_:
+        print_json([r.to_dict() for r in runs])
+    if any(r.gate_failures for r in runs):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(traces_app, name="traces")
+app.add_typer(state_app, name="state")
+app.command("approvals")(approvals)

@@ -1,0 +1,318 @@
+"""What a handler gets as `ctx`: emit, state, logger, trace id and flows."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from stepline import _json
+from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
+
+if TYPE_CHECKING:
+    from stepline.agents.approvals import Approvals
+    from stepline.agents.llm import LLM
+    from stepline.agents.sandbox import CodeResult
+
+log = logging.getLogger("stepline.step")
+
+
+class Recorder(Protocol):
+    def __call__(self, record: TraceRecord) -> None: ...
+
+
+class Emitter(Protocol):
+    def __call__(
+        self,
+        step: str | None,
+        trace_id: str,
+        topic: str,
+        data: Any,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> Awaitable[object]: ...
+
+
+class StepLogger:
+    """Structured logs that carry the trace id and the step name, to the console and into the trace.
+
+    The second argument may be any value, as in Motia: a dict (or any mapping) is the line's fields, a
+    Pydantic model its `model_dump(mode="json")`, anything else one field, `value`. A log call never raises
+    over what it is given: the trace stores JSON, so what is not JSON is stored as its `repr`."""
+
+    def __init__(self, record: Recorder, trace_id: str, step: str) -> None:
+        self._record = record
+        self.trace_id = trace_id
+        self.step = step
+
+    def _log(self, level: int, name: str, message: Any, value: Any, kw: dict[str, Any]) -> None:
+        data = self._fields(value, kw)
+        text = message if isinstance(message, str) else self._str(message)
+        self._record(
+            TraceRecord(self.trace_id, "log", self.step, time.time(), {"level": name, "message": text, "fields": data})
+        )
+        if log.isEnabledFor(level):
+            log.log(level, text, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
+
+    def debug(self, message: str, fields: Any = None, **kw: Any) -> None:
+        self._log(logging.DEBUG, "debug", message, fields, kw)
+
+    def info(self, message: str, fields: Any = None, **kw: Any) -> None:
+        self._log(logging.INFO, "info", message, fields, kw)
+
+    def warn(self, message: str, fields: Any = None, **kw: Any) -> None:
+        self._log(logging.WARNING, "warn", message, fields, kw)
+
+    warning = warn
+
+    def error(self, message: str, fields: Any = None, **kw: Any) -> None:
+        self._log(logging.ERROR, "error", message, fields, kw)
+
+    @classmethod
+    def _fields(cls, value: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        """A line's fields as plain JSON, copied (a handler changing its dict afterwards changes nothing logged)."""
+        from collections.abc import Mapping
+
+        from pydantic import BaseModel
+
+        try:
+            if isinstance(value, BaseModel):
+                value = cls._to_json(value)
+            fields: dict[Any, Any] = (
+                {} if value is None else dict(value) if isinstance(value, Mapping) else {"value": value}
+            )
+        except Exception:  # a mapping that cannot be read
+            fields = {"value": cls._repr(value)}
+        fields.update(kw)
+        try:
+            plain: dict[str, Any] = cls._plain(fields)
+            return plain
+        except Exception:
+            # One bad value must not cost the line its other fields, nor (the trace is written in
+            # batches) the records logged next to it.
+            return {k if isinstance(k, str) else cls._repr(k): cls._plain_or_repr(v) for k, v in fields.items()}
+
+    @classmethod
+    def _plain(cls, value: Any) -> Any:
+        import orjson
+
+        return orjson.loads(orjson.dumps(value, default=cls._to_json, option=orjson.OPT_NON_STR_KEYS))
+
+    @classmethod
+    def _plain_or_repr(cls, value: Any) -> Any:
+        try:
+            return cls._plain(value)
+        except Exception:
+            return cls._repr(value)
+
+    @classmethod
+    def _to_json(cls, value: Any) -> Any:
+        """What orjson cannot encode itself: a model's JSON dump, a set as a list, anything else its repr."""
+        from pydantic import BaseModel
+
+        if isinstance(value, BaseModel):
+            try:
+                return value.model_dump(mode="json")
+            except Exception:  # a field with no JSON form
+                return cls._repr(value)
+        if isinstance(value, set | frozenset):
+            return list(value)
+        return cls._repr(value)
+
+    @classmethod
+    def _str(cls, value: Any) -> str:
+        try:
+            return str(value)
+        except Exception:
+            return cls._repr(value)
+
+    @staticmethod
+    def _repr(value: Any) -> str:
+        try:
+            return repr(value)
+        except Exception:
+            return f"<{type(value).__name__} object>"
+
+
+class State:
+    """`ctx.state`: JSON values by (group, key), every change recorded in the trace."""
+
+    def __init__(self, store: StateStore, record: Recorder, trace_id: str, step: str) -> None:
+        self._store = store
+        self._record = record
+        self._trace_id = trace_id
+        self._step = step
+
+    def _note(self, op: str, group: str, key: str | None = None) -> None:
+        self._record(
+            TraceRecord(self._trace_id, "state", self._step, time.time(), {"op": op, "group": group, "key": key})
+        )
+
+    async def get(self, group: str, key: str) -> Any:
+        return await self._store.get(group, key)
+
+    async def set(self, group: str, key: str, value: Any) -> Any:
+        _check_key(group, key)
+        await self._store.set(group, key, value)
+        self._note("set", group, key)
+        return value
+
+    async def increment(self, group: str, key: str, by: int | float = 1) -> int | float:
+        """Add `by` atomically (a missing key counts as 0); returns the new value."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, Increment(by))
+        self._note("increment", group, key)
+        value: int | float = result.value
+        return value
+
+    async def merge(self, group: str, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Shallow-merge `fields` into a dict atomically (a missing key counts as {}); returns the new dict."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, Merge(_json.copy(fields, f"state value {group}/{key}")))
+        self._note("merge", group, key)
+        merged: dict[str, Any] = result.value
+        return merged
+
+    async def compare_and_set(self, group: str, key: str, expected: Any, new: Any) -> bool:
+        """Set `new` only if the value is `expected` (None: the key is missing); True if it was set."""
+        _check_key(group, key)
+        result = await self._store.update(group, key, CompareAndSet(expected, _json.copy(new)))
+        if result.applied:
+            self._note("set", group, key)
+        return result.applied
+
+    async def delete(self, group: str, key: str) -> bool:
+        existed = await self._store.delete(group, key)
+        if existed:
+            self._note("delete", group, key)
+        return existed
+
+    async def get_group(self, group: str) -> list[Any]:
+        """The values of a group, in key order (the keys themselves: `items`)."""
+        items = await self._store.get_group(group)
+        return [items[k] for k in sorted(items)]
+
+    async def items(self, group: str) -> dict[str, Any]:
+        return await self._store.get_group(group)
+
+    async def clear(self, group: str) -> int:
+        removed = await self._store.clear(group)
+        self._note("clear", group)
+        return removed
+
+
+def _check_key(group: Any, key: Any) -> None:
+    if not isinstance(group, str) or not group or not isinstance(key, str) or not key:
+        raise ValueError(f"state group and key must be non-empty strings, got {group!r} and {key!r}")
+
+
+class Context:
+    """The second argument of every handler (the only one of a cron handler)."""
+
+    def __init__(
+        self,
+        *,
+        step: str,
+        trace_id: str,
+        flows: list[str],
+        emitter: Emitter,
+        state: State,
+        logger: StepLogger,
+        record: Recorder,
+        llm: Callable[[Context], LLM] | None = None,
+    ) -> None:
+        self.step = step
+        self.trace_id = trace_id
+        self.flows = flows
+        self.state = state
+        self.logger = logger
+        self._emitter = emitter
+        self._llm_factory = llm
+        self._llm: LLM | None = None
+        self._record = record
+
+    @property
+    def approvals(self) -> Approvals:
+        """Ask a person for a decision and wait for it durably (see docs/agents.md)."""
+        from stepline.agents.approvals import Approvals
+
+        return Approvals(self)
+
+    async def _emit_to_trace(self, trace_id: str, topic: str, data: Any) -> None:
+        # An approval's decision continues the trace that asked for it, not the decider's own.
+        await self._emitter(self.step, trace_id, topic, data)
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        timeout: float = 10.0,
+        memory: int = 256 * 1024 * 1024,
+        stdin: str = "",
+        files: dict[str, str] | None = None,
+    ) -> CodeResult:
+        """Run Python in a separate, limited process (see docs/agents.md for what it bounds and what not)."""
+        from stepline.agents.sandbox import run_code
+
+        started = time.time()
+        result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
+        self._record(
+            TraceRecord(
+                self.trace_id,
+                "code",
+                self.step,
+                started,
+                {
+                    "code": code[:20_000],
+                    "exit_code": result.exit_code,
+                    "killed_by": result.killed_by,
+                    "duration_ms": round(result.duration * 1000, 2),
+                    "stdout": result.stdout[:2000],
+                    "stderr": result.stderr[-2000:],
+                },
+            )
+        )
+        return result
+
+    @property
+    def llm(self) -> LLM:
+        """The chat client of this step (see docs/agents.md), made on first use."""
+        if self._llm is None:
+            if self._llm_factory is None:
+                raise RuntimeError("this context has no LLM client (it was built outside an engine)")
+            self._llm = self._llm_factory(self)
+        return self._llm
+
+    async def emit(
+        self,
+        event: dict[str, Any] | str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """`await ctx.emit({"topic": "t", "data": {...}})`, or `await ctx.emit("t", {...})`.
+
+        `messageGroupId` orders the event within its group for FIFO subscribers; `delay` (seconds) holds
+        it back; `idempotencyKey` makes a repeated emit with the same key count once."""
+        if isinstance(event, dict):
+            unknown = set(event) - _EMIT_KEYS
+            if "topic" not in event or unknown:
+                raise TypeError(
+                    f"emit takes a dict with keys {sorted(_EMIT_KEYS)} (topic required); got {sorted(event)}"
+                )
+            topic = event["topic"]
+            data = event.get("data")
+            message_group_id = event.get("messageGroupId", message_group_id)
+            delay = event.get("delay", delay)
+            idempotency_key = event.get("idempotencyKey", idempotency_key)
+        else:
+            topic = event
+        await self._emitter(self.step, self.trace_id, topic, data, message_group_id, delay, idempotency_key)
+
+
+_EMIT_KEYS = frozenset({"topic", "data", "messageGroupId", "delay", "idempotencyKey"})
+Handler = Callable[..., Any]

@@ -1,0 +1,794 @@
+"""The engine: emits events, runs handlers for deliveries, API requests and cron ticks, and traces it all.
+
+It knows nothing of SQLite, Redis or HTTP: storage comes in through the Protocols of `_protocols`.
+
+Every background loop here (delivery, lease renewal, trace writing) survives any exception: it reports
+to `health` (which logs it once, with what to do), pauses, and tries again; the work it could not do
+stays in the store. A delivery's lease is renewed while its handler runs, so a live run is never handed
+out twice; a run whose worker died counts as an attempt, and the last one goes to the dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from functools import partial
+from types import FrameType
+from typing import Any
+
+from stepline import _json
+from stepline._errors import SchemaValidationError, StoreError, StoreUnavailableError, UndeclaredEmitError
+from stepline._health import Health
+from stepline._ids import new_id
+from stepline.adapters.base import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
+from stepline.agents.llm import LLM, LLMClient
+from stepline.core.context import Context, Recorder, State, StepLogger
+from stepline.core.sync import SyncContext
+from stepline.core.threads import HandlerThreads
+from stepline.core.watchdog import Blocked, LoopWatchdog
+from stepline.steps.config import ApiConfig, CronConfig, EventConfig
+from stepline.steps.project import Project, Step
+from stepline.steps.request import ApiRequest
+from stepline.steps.schema import MAX_ERRORS
+from stepline.steps.settings import LLMSettings
+
+STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
+
+
+async def stop_trace(state: StateStore, trace_id: str, reason: str = "") -> None:
+    """A person stops a trace: engines reading `state` dead-letter its next deliveries (within a second)."""
+    await state.set(STOPPED_TRACES, trace_id, {"at": time.time(), "reason": reason})
+
+
+async def resume_trace(state: StateStore, trace_id: str) -> bool:
+    """Lift a stop; False if the trace was not stopped."""
+    return await state.delete(STOPPED_TRACES, trace_id)
+
+
+async def replay_all(queue: EventQueue, page: int = 1000) -> list[str]:
+    """Put every dead letter there is now back in the queue; returns their ids. Goes a page at a time, and
+    stops at letters it replayed already (one that failed again while this ran is not replayed twice)."""
+    replayed: list[str] = []
+    seen: set[str] = set()
+    while True:
+        fresh = [d.delivery_id for d in await queue.dead_letters(page) if d.delivery_id not in seen]
+        if not fresh:
+            return replayed
+        for delivery_id in fresh:
+            seen.add(delivery_id)
+            if await queue.replay(delivery_id):
+                replayed.append(delivery_id)
+
+
+log = logging.getLogger("stepline.engine")
+
+# A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
+_LEASE_MARGIN = 10.0
+_TRACE_LINGER = 0.02
+_FLUSH_BATCH = 5000
+# Records kept while the trace store cannot take them (a full disk): past this, the oldest are dropped.
+_TRACE_BUFFER = 100_000
+# Event data, errors and tracebacks larger than this are cut in trace records (never in the event itself).
+TRACE_DATA_LIMIT = 16 * 1024
+_TRACE_TEXT_LIMIT = 8 * 1024
+LOST_ATTEMPT = (
+    "its worker died during the run (the process exited or was killed: os._exit, a crash, the OOM killer), "
+    "or stopped renewing the lease (a blocked event loop)"
+)
+BLOCKING_ADVICE = (
+    "while an async handler blocks, nothing else in this process runs and its timeout cannot fire: await an "
+    "async call instead, move the blocking call to `await asyncio.to_thread(...)`, or make the handler a plain "
+    "`def` (it then runs on a thread)"
+)
+
+
+class Engine:
+    def __init__(
+        self,
+        project: Project,
+        *,
+        queue: EventQueue,
+        state: StateStore,
+        traces: TraceStore,
+        concurrency: int = 64,
+        poll_interval: float = 1.0,
+        idempotency_window: float = 86400.0,
+        rand: Callable[[], float] = random.random,
+        llm: LLMSettings | None = None,
+        health: Health | None = None,
+        renew_every: float = 1.0,
+        blocked_after: float = 1.0,
+    ) -> None:
+        self.project = project
+        self.llm = LLMClient(llm or LLMSettings())
+        self.queue = queue
+        self.state = state
+        self.traces = traces
+        self.health = health or Health()
+        self.concurrency = concurrency
+        self._poll = poll_interval
+        self.idempotency_window = idempotency_window
+        self._rand = rand
+        self._renew_every = renew_every
+        self._blocked_after = blocked_after
+        self._inflight: dict[asyncio.Task[None], str] = {}  # a running delivery's task -> its delivery id
+        self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
+        # Where a task blocked the event loop, as the watchdog found it (set from its thread, read by the run).
+        self._blocked: dict[asyncio.Task[Any] | None, str] = {}
+        self._buffer: deque[TraceRecord] = deque()
+        self._dropped = 0  # trace records dropped while the trace store failed
+        self._flushed = asyncio.Event()
+        self._activity = asyncio.Event()
+        self._running = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._threads = HandlerThreads(concurrency)
+        self._watchdog: LoopWatchdog | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._stopped: set[str] = set()  # traces a person stopped (`stepline traces stop`)
+        self._listeners: set[asyncio.Queue[TraceRecord]] = set()  # live views (the Workbench)
+        self._stopped_read = 0.0
+        self._specs = _claim_specs(project)
+        self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._running = True
+        self._tasks = [
+            asyncio.create_task(self._work(), name="stepline-worker"),
+            asyncio.create_task(self._flush_loop(), name="stepline-traces"),
+            asyncio.create_task(self._renew_loop(), name="stepline-leases"),
+        ]
+        self._watchdog = LoopWatchdog(
+            self._loop,
+            root=self.project.root,
+            on_blocked=self._loop_blocked,
+            on_unblocked=self._loop_unblocked,
+            after=self._blocked_after,
+        )
+        self._watchdog.start()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop claiming, let in-flight handlers finish within `grace` seconds, then flush traces.
+
+        Handlers still running after the grace period are cancelled; their deliveries run again (the store
+        gives their leases back as it closes, or they run out), their attempts counted as lost."""
+        self._running = False
+        self._activity.set()
+        if self._tasks:  # the claim loop first: lease renewal and trace writing go on while handlers finish
+            self._tasks[0].cancel()
+        if self._inflight:
+            _done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.stop()
+        try:
+            await self.flush()
+        except Exception as exc:
+            log.error("could not write %d trace records at shutdown: %s", len(self._buffer), exc)
+        await self.llm.close()
+        self._threads.shutdown()
+
+    def replace_project(self, project: Project) -> None:
+        """Hot reload: new deliveries run the new code; queued events stay queued, in-flight ones finish."""
+        self.project = project
+        self._specs = _claim_specs(project)
+        self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
+        self._activity.set()
+
+    async def settle(self, timeout: float = 30.0, horizon: float | None = None) -> None:
+        """Wait until no event is queued, leased or due within `horizon` seconds (default: `timeout`) and no
+        handler runs (for tests and `emit --local`). A delivery delayed past the horizon (a 24-hour approval
+        timeout) is not waited for: it could not run before the timeout anyway."""
+        deadline = time.monotonic() + timeout
+        async with asyncio.timeout(timeout):
+            while True:
+                left = deadline - time.monotonic()
+                stats = await self.queue.stats(horizon=left if horizon is None else horizon)
+                if not self._inflight and stats.pending == 0:
+                    break
+                self._activity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._activity.wait(), 0.05)
+        await self.flush()
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Sync handlers abandoned at their timeout whose threads still run."""
+        return self._threads.abandoned
+
+    # -- traces ----------------------------------------------------------------------------------
+
+    def subscribe(self, queue: asyncio.Queue[TraceRecord]) -> Callable[[], None]:
+        """Every trace record from now on also goes to `queue` (dropped when it is full); returns the undo."""
+        self._listeners.add(queue)
+        return lambda: self._listeners.discard(queue)
+
+    def _tell(self, record: TraceRecord) -> None:
+        for queue in list(self._listeners):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(record)
+
+    def _wake_writer(self, record: TraceRecord) -> None:
+        self._flushed.set()
+        if self._listeners:
+            self._tell(record)
+
+    def record(self, record: TraceRecord) -> None:
+        """Buffer a trace record (from any thread); a background task writes them in batches."""
+        buffer = self._buffer
+        if len(buffer) >= _TRACE_BUFFER:
+            buffer.popleft()
+            self._dropped += 1
+        buffer.append(record)
+        if self._loop is None or threading.get_ident() == self._loop_thread:
+            self._flushed.set()
+            if self._listeners:
+                self._tell(record)
+        else:  # a sync handler's thread, the watchdog
+            with contextlib.suppress(RuntimeError):  # the loop is closed: flush() at stop took what it could
+                self._loop.call_soon_threadsafe(self._wake_writer, record)
+
+    async def flush(self) -> None:
+        """Write the buffered records. On a failure they stay buffered, in order, for the next try."""
+        while self._buffer:
+            batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), _FLUSH_BATCH))]
+            try:
+                await self.traces.append(batch)
+            except BaseException:
+                self._buffer.extendleft(reversed(batch))
+                raise
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flushed.wait()
+            # Under load, records arrive by the hundred: waiting a moment writes them in one transaction
+            # instead of one each. Readers (the admin API, tests) call flush() first and lose nothing.
+            await asyncio.sleep(_TRACE_LINGER)
+            self._flushed.clear()
+            try:
+                await self.flush()
+            except Exception as exc:
+                pause = self.health.failed(
+                    "traces", exc, "trace records are kept in memory meanwhile (the newest 100,000) and written later"
+                )
+                self._flushed.set()
+                await asyncio.sleep(pause)
+            else:
+                self.health.recovered("traces")
+                if self._dropped:
+                    log.error("%d trace records were dropped while the trace store failed", self._dropped)
+                    self._dropped = 0
+
+    # -- emitting --------------------------------------------------------------------------------
+
+    async def emit(
+        self,
+        step: str | None,
+        trace_id: str,
+        topic: str,
+        data: Any,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+        *,
+        delivery_id: str | None = None,
+        trigger: TraceRecord | None = None,
+    ) -> Event:
+        """Accept an event: every current subscriber of `topic` gets a delivery.
+
+        With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued.
+        Raises StoreError when the store cannot take it: then nothing was accepted (and nothing traced;
+        `trigger`, the record of what started the trace, is recorded only for an accepted event)."""
+        if step is not None:
+            declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
+            if topic not in declared:
+                raise UndeclaredEmitError(step, topic, declared)
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+        raw = _json.dumps(data, f"data of the event {topic!r}")
+        data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
+        event = Event(new_id(), topic, data, trace_id, step, time.time(), message_group_id)
+        subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
+        accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
+        shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
+        record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": shown}
+        if message_group_id is not None:
+            record["message_group_id"] = message_group_id
+        if delay:
+            record["delay"] = delay
+        if idempotency_key is not None:
+            record |= {"idempotency_key": idempotency_key, "duplicate": not accepted}
+        if delivery_id is not None:
+            record["delivery_id"] = delivery_id
+        if trigger is not None:
+            self.record(trigger)
+        self.record(TraceRecord(trace_id, "emit", step, event.created_at, record))
+        if not subscribers and not self.project.awaited_by(topic):
+            log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
+        self._activity.set()
+        return event
+
+    async def emit_external(
+        self,
+        topic: str,
+        data: Any,
+        trace_id: str | None = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> Event:
+        """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
+        trace_id = trace_id or new_id()
+        trigger = TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"})
+        return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key, trigger=trigger)
+
+    async def publish_cron(self, step: Step, tick: float | None = None) -> str | None:
+        """A cron tick becomes a delivery of the cron step, like any event's: leased, timed out, retried and
+        dead-lettered. Every worker publishes every tick; the idempotency key `cron:{step}:{tick}` lets one
+        of them through. `tick` None is a run asked for now (the Workbench's "run now"). Returns the new
+        trace id, or None when another worker published this tick first."""
+        config = step.config
+        assert isinstance(config, CronConfig)
+        trace_id = new_id()
+        now = time.time()
+        event = Event(new_id(), f"cron:{step.name}", {"tick": tick}, trace_id, None, now)
+        key = window = None
+        if tick is not None:
+            key = f"cron:{step.name}:{round(tick)}"
+            moment = datetime.fromtimestamp(tick, UTC)
+            period = config.schedule.next_after(moment).timestamp() - tick
+            window = max(3600.0, 2 * period)  # long enough to outlast any worker's late start
+        accepted = await self.queue.publish(event, {step.name: 0.0}, key, window or self.idempotency_window)
+        if not accepted:
+            return None
+        entry = {"entry": f"cron {step.name}", "type": "cron", "tick": tick}
+        self.record(TraceRecord(trace_id, "trigger", step.name, now, entry))
+        self._activity.set()
+        return trace_id
+
+    async def run_cron(self, step: Step) -> str:
+        """Run a cron step now, outside its schedule (the Workbench's "run now"): a delivery like a tick's."""
+        trace_id = await self.publish_cron(step)
+        assert trace_id is not None  # no idempotency key: always accepted
+        return trace_id
+
+    # -- contexts ---------------------------------------------------------------------------------
+
+    def context(self, step: Step, trace_id: str, delivery_id: str | None = None) -> Context:
+        """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
+        step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose."""
+        record: Recorder = self.record if delivery_id is None else partial(_in_run, self.record, delivery_id)
+        return Context(
+            step=step.name,
+            trace_id=trace_id,
+            flows=list(step.flows),
+            emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
+            state=State(self.state, record, trace_id, step.name),
+            logger=StepLogger(record, trace_id, step.name),
+            llm=lambda ctx: LLM(self.llm, self, ctx, record),
+            record=record,
+        )
+
+    async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
+        """Run a handler: async on the loop, sync on a thread of its own pool with a blocking `ctx`."""
+        assert step.handler is not None
+        if step.is_async:
+            return await step.handler(*args, ctx)
+        loop = asyncio.get_running_loop()
+        sync_ctx = SyncContext(ctx, loop)
+        run = self._threads.submit(partial(step.handler, *args, sync_ctx))
+        try:
+            result = await asyncio.wrap_future(run.future)
+        except asyncio.CancelledError:
+            self._threads.abandon(run)  # a timeout: the thread runs on alone, and is replaced in the pool
+            raise
+        if asyncio.iscoroutine(result):  # a plain function that returned a coroutine
+            return await result
+        return result
+
+    # -- API requests -----------------------------------------------------------------------------
+
+    async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any:
+        """Run an API step's middleware chain and handler; return what the handler returned."""
+        assert isinstance(step.config, ApiConfig)
+        trace_id = trace_id or new_id()
+        self.record(
+            TraceRecord(
+                trace_id,
+                "trigger",
+                step.name,
+                time.time(),
+                {"entry": f"{request.method} {request.path}", "type": "api"},
+            )
+        )
+        ctx = self.context(step, trace_id)
+        middleware = step.config.middleware
+
+        if not middleware:
+            return await self._traced(step, trace_id, {}, self.call(step, ctx, request))
+
+        async def run(index: int) -> Any:
+            if index < len(middleware):
+                return await middleware[index](request, ctx, partial(run, index + 1))
+            return await self.call(step, ctx, request)
+
+        return await self._traced(step, trace_id, {}, run(0))
+
+    async def _traced(
+        self,
+        step: Step,
+        trace_id: str,
+        info: dict[str, Any],
+        work: Awaitable[Any],
+        timeout: float | None = None,
+    ) -> Any:
+        """Run `work`, recording its start and end. With `timeout`, a run that ended past it without being
+        cancelled (it never yielded to the event loop, which fires the timeout) fails as timed out."""
+        started = time.time()
+        self.record(TraceRecord(trace_id, "start", step.name, started, info))
+        try:
+            result = await work
+            if timeout is not None and time.time() - started > timeout:
+                raise _Overran(timeout, time.time() - started, self._blocked.get(asyncio.current_task()))
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
+            end = {
+                **info,
+                "status": status,
+                "duration_ms": _ms(started),
+                "error": clip(_describe(exc)),
+                "traceback": clip(traceback.format_exc(), tail=True),
+            }
+            if self._blocked:
+                self._note_blocked(end)
+            self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
+            if status == "error":
+                log.error(
+                    "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
+                )
+            raise
+        end = {**info, "status": "ok", "duration_ms": _ms(started)}
+        if self._blocked:
+            self._note_blocked(end)
+        self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
+        return result
+
+    def _note_blocked(self, end: dict[str, Any]) -> None:
+        """The watchdog saw this run block the loop: its end record says where."""
+        where = self._blocked.pop(asyncio.current_task(), None)
+        if where is not None:
+            end["blocked_at"] = where
+
+    # -- a blocked event loop (the watchdog calls these from its own thread) --------------------------
+
+    def _loop_blocked(self, blocked: Blocked) -> None:
+        run = _run_of(blocked.stack)
+        if run is None:
+            log.warning(
+                "the event loop has been blocked for %.1f s at %s; %s",
+                self._blocked_after,
+                blocked.where,
+                BLOCKING_ADVICE,
+            )
+            return
+        assert blocked.task is not None
+        self._blocked[blocked.task] = blocked.where
+        step, trace_id, delivery_id = run
+        log.warning(
+            "step %s has blocked the event loop for %.1f s at %s; %s",
+            step,
+            self._blocked_after,
+            blocked.where,
+            BLOCKING_ADVICE,
+            extra={"trace_id": trace_id, "step": step},
+        )
+        data: dict[str, Any] = {
+            "level": "warn",
+            "message": f"blocked the event loop for over {self._blocked_after:g} s at {blocked.where}",
+            "fields": {"blocked_at": blocked.where},
+        }
+        if delivery_id is not None:
+            data["delivery_id"] = delivery_id
+        self.record(TraceRecord(trace_id, "log", step, time.time(), data))
+
+    def _loop_unblocked(self, blocked: Blocked) -> None:
+        log.warning("the event loop answers again after %.1f s blocked at %s", blocked.seconds, blocked.where)
+
+    # -- the delivery loop ------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        while self._running:
+            try:
+                await self._read_stopped()
+                free = self.concurrency - len(self._inflight)
+                deliveries = await self.queue.claim(self._specs, free) if free > 0 else []
+                self.health.recovered("delivery")
+            except Exception as exc:
+                await asyncio.sleep(
+                    self.health.failed("delivery", exc, "no handler runs until it recovers; queued events wait")
+                )
+                continue
+            for delivery in deliveries:
+                task = asyncio.create_task(self._deliver(delivery))
+                self._inflight[task] = delivery.id
+                # Its lease is renewed from now until its task is done (see _finished).
+                self._leases[delivery.id] = (delivery, self._lease_seconds.get(delivery.step, _LEASE_MARGIN))
+                task.add_done_callback(self._finished)
+            if not deliveries:
+                if free > 0:
+                    await self.queue.wait(self._poll)
+                else:
+                    self._activity.clear()
+                    await self._activity.wait()
+
+    async def _renew_loop(self) -> None:
+        """Extend the lease of every running delivery, so that a live run is never handed out again."""
+        while True:
+            leases = list(self._leases.values())
+            pause = min([self._renew_every, *(lease / 3 for _, lease in leases)])
+            await asyncio.sleep(pause)
+            leases = list(self._leases.values())
+            if not leases:
+                continue
+            try:
+                lost = await self.queue.renew(leases)
+            except Exception as exc:
+                await asyncio.sleep(
+                    self.health.failed(
+                        "leases", exc, "running handlers go on; if it lasts longer than a lease, their events run twice"
+                    )
+                )
+                continue
+            self.health.recovered("leases")
+            for delivery in lost:
+                if delivery.id in self._leases:  # not merely settled a moment ago
+                    log.warning(
+                        "the lease of a run of %s ran out before it could be renewed; another worker may run it too",
+                        delivery.step,
+                        extra={"trace_id": delivery.event.trace_id, "step": delivery.step},
+                    )
+
+    async def _read_stopped(self) -> None:
+        # Once a second at most: stopping is a person's act, and another process (the CLI) may do it.
+        now = time.monotonic()
+        if now - self._stopped_read >= 1.0:
+            self._stopped = set(await self.state.get_group(STOPPED_TRACES))
+            self._stopped_read = now
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._leases.pop(self._inflight.pop(task, ""), None)
+        self._activity.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task crashed", exc_info=task.exception())
+
+    async def _deliver(self, delivery: Delivery) -> None:
+        step = self.project.steps.get(delivery.step)
+        if step is None or not isinstance(step.config, EventConfig | CronConfig):
+            # The step went away in a reload after the delivery was claimed: keep it for later.
+            await self._settle(
+                partial(self.queue.retry, delivery, 1.0, f"step {delivery.step!r} is not loaded"), delivery
+            )
+            return
+        config = step.config
+        event = delivery.event
+        info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
+        if event.trace_id in self._stopped:
+            # Kept, not dropped: `stepline traces resume` and a replay run it after all.
+            await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
+            return
+        if delivery.lost:
+            error = f"attempt {delivery.attempt - 1} did not finish: {LOST_ATTEMPT}"
+            attempts = config.infrastructure.queue.max_retries + 1
+            if delivery.attempt > attempts:
+                # The lost attempt was the last: running it again would break maxRetries (and a handler that
+                # kills its worker would be redelivered for ever).
+                await self._dead_letter(
+                    delivery, f"the worker died during the run, on the last of {attempts} attempts: {error}", None
+                )
+                return
+            self.record(
+                TraceRecord(
+                    event.trace_id,
+                    "retry",
+                    step.name,
+                    time.time(),
+                    {"delivery_id": delivery.id, "attempt": delivery.attempt - 1, "delay": 0, "error": error},
+                )
+            )
+            log.warning("%s; running it again", error, extra={"trace_id": event.trace_id, "step": step.name})
+        data = event.data
+        if isinstance(config, EventConfig) and config.input is not None:
+            try:
+                data = config.input.validate(event.data, f"the input of step {step.name!r}")
+            except SchemaValidationError as exc:
+                # Retrying cannot fix the data: record why, and dead-letter it where it can be replayed.
+                self.record(
+                    TraceRecord(
+                        event.trace_id,
+                        "end",
+                        step.name,
+                        time.time(),
+                        {
+                            **info,
+                            "status": "error",
+                            "duration_ms": 0.0,
+                            "error": clip(str(exc)),
+                            "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
+                        },
+                    )
+                )
+                log.error("%s; not handled", clip(str(exc)), extra={"trace_id": event.trace_id, "step": step.name})
+                await self._dead_letter(delivery, clip(str(exc)), None)
+                return
+        ctx = self.context(step, event.trace_id, delivery.id)
+        timeout = config.infrastructure.handler.timeout
+        args = (data,) if isinstance(config, EventConfig) else ()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._traced(step, event.trace_id, info, self.call(step, ctx, *args), timeout)
+        except TimeoutError:
+            await self._failed(step, delivery, f"timed out after {timeout:g}s", None)
+        except _Overran as exc:
+            await self._failed(step, delivery, str(exc), None)
+        except asyncio.CancelledError:
+            raise  # shutting down: the lease expires and the delivery runs again
+        except StoreUnavailableError as exc:
+            await self._store_failed(step, delivery, exc)
+        except Exception as exc:
+            await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
+        else:
+            try:
+                await self.queue.ack(delivery)
+                self._leases.pop(delivery.id, None)
+            except StoreError:
+                await self._settle(partial(self.queue.ack, delivery), delivery)
+            if self.health.failing:
+                self.health.recovered("runs")
+
+    async def _store_failed(self, step: Step, delivery: Delivery, exc: StoreUnavailableError) -> None:
+        """The store failed the run (a full disk, a lock held elsewhere), not the handler: it runs again
+        after a pause, and the attempt does not count, so that an outage never dead-letters work."""
+        self.health.failed("runs", exc, "runs that need the store wait, their attempts not counted")
+        await self._retry(step, delivery, clip(str(exc)), counts=False)
+
+    async def _settle(self, outcome: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
+        """Record a run's outcome (ack, retry, dead letter), however long the store takes to accept it: the
+        lease is renewed meanwhile, so the run is not handed out again, and nothing is lost."""
+        while True:
+            try:
+                await outcome()
+                self._leases.pop(delivery.id, None)  # settled: no lease to renew
+            except StoreError as exc:
+                if not self._running:
+                    raise  # shutting down: the lease runs out and the delivery runs again
+                await asyncio.sleep(
+                    self.health.failed("outcomes", exc, "finished runs wait to be recorded; none runs twice")
+                )
+                continue
+            self.health.recovered("outcomes")
+            return
+
+    async def _failed(self, step: Step, delivery: Delivery, error: str, tb: str | None) -> None:
+        assert isinstance(step.config, EventConfig | CronConfig)
+        if delivery.attempt <= step.config.infrastructure.queue.max_retries:
+            await self._retry(step, delivery, error)
+        else:
+            await self._dead_letter(delivery, error, tb)
+
+    async def _retry(self, step: Step, delivery: Delivery, error: str, counts: bool = True) -> None:
+        """Back to the queue after the step's backoff, the retry in the trace (`counted` when it does not count)."""
+        assert isinstance(step.config, EventConfig | CronConfig)
+        delay = step.config.infrastructure.queue.backoff.delay(delivery.attempt, self._rand())
+        data = {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error}
+        if not counts:
+            data["counted"] = False
+        self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, time.time(), data))
+        await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts), delivery)
+
+    async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
+        self.record(
+            TraceRecord(
+                delivery.event.trace_id,
+                "dead_letter",
+                delivery.step,
+                time.time(),
+                {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
+            )
+        )
+        await self._settle(partial(self.queue.dead_letter, delivery, error, tb), delivery)
+
+
+class _Overran(Exception):
+    """A handler that finished, but past its timeout (it never gave the loop a chance to cancel it): it
+    failed as a timeout."""
+
+    def __init__(self, timeout: float, took: float, where: str | None) -> None:
+        at = f" at {where}" if where else ""
+        super().__init__(
+            f"timed out after {timeout:g}s: it ran {took:.1f} s without yielding to the event loop{at}, so the "
+            f"timeout could not stop it; {BLOCKING_ADVICE}"
+        )
+
+
+def _run_of(stack: list[FrameType]) -> tuple[str, str, str | None] | None:
+    """The step, trace and delivery of the innermost run on the blocked loop's stack (innermost first): read
+    from the frame of its `_traced`, so that no run pays to be named; only the watchdog looks, when it must."""
+    for frame in stack:
+        if frame.f_code is _TRACED:
+            local = frame.f_locals
+            info = local.get("info") or {}
+            return local["step"].name, local["trace_id"], info.get("delivery_id")
+    return None
+
+
+_TRACED = Engine._traced.__code__
+
+
+def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
+    specs: dict[str, ClaimSpec] = {}
+    for step in [*project.event_steps, *project.cron_steps]:
+        config = step.config
+        assert isinstance(config, EventConfig | CronConfig)
+        infra = config.infrastructure
+        specs[step.name] = ClaimSpec(_lease_of(config), infra.queue.type == "fifo", infra.handler.concurrency)
+    return specs
+
+
+def _lease_of(config: EventConfig | CronConfig) -> float:
+    infra = config.infrastructure
+    return infra.queue.visibility_timeout or infra.handler.timeout + _LEASE_MARGIN
+
+
+def _delay_of(step: Step) -> float:
+    config = step.config
+    return config.infrastructure.queue.delay_seconds if isinstance(config, EventConfig) else 0.0
+
+
+def _in_run(record: Recorder, delivery_id: str, r: TraceRecord) -> None:
+    r.data.setdefault("delivery_id", delivery_id)
+    record(r)
+
+
+def clip(text: str, limit: int = _TRACE_TEXT_LIMIT, tail: bool = False) -> str:
+    """Text for a trace record or an error message, cut to `limit` characters with a marker saying so.
+    `tail` keeps the end (of a traceback: where it was raised)."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"[{cut} characters cut] ...{text[-limit:]}" if tail else f"{text[:limit]}... [{cut} characters cut]"
+
+
+def clipped(raw: bytes) -> dict[str, Any]:
+    """What a trace keeps of event data too large to store whole: its size and its start."""
+    return {"_truncated": f"{len(raw)} bytes, cut in the trace", "start": raw[:1024].decode(errors="replace")}
+
+
+def _ms(started: float) -> float:
+    return round((time.time() - started) * 1000, 3)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, _Overran):  # Stepline's own verdict, not an exception the handler raised
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,106 @@
+"""A loaded project: its steps, and the graph their topics make."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stepline._errors import Problem
+from stepline.steps.config import ApiConfig, CronConfig, EventConfig, NoopConfig, StepConfig
+
+
+@dataclass(eq=False)
+class Step:
+    config: StepConfig
+    file: Path
+    rel: str  # the file relative to the project root, as shown to people
+    handler: Callable[..., Any] | None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def type(self) -> str:
+        return self.config.type
+
+    @property
+    def flows(self) -> list[str]:
+        return self.config.flows
+
+    def __post_init__(self) -> None:
+        # asked on every call: worked out once
+        self.is_async = inspect.iscoroutinefunction(self.handler)
+
+
+@dataclass
+class Project:
+    root: Path
+    steps: dict[str, Step]
+    warnings: list[Problem] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._subscribers: dict[str, list[Step]] = {}
+        for step in self.steps.values():
+            if isinstance(step.config, EventConfig):
+                for topic in step.config.subscribes:
+                    self._subscribers.setdefault(topic, []).append(step)
+
+    def subscribers(self, topic: str) -> list[Step]:
+        return self._subscribers.get(topic, [])
+
+    def awaited_by(self, topic: str) -> list[Step]:
+        """Steps that virtually subscribe to `topic`: a human or an outside system acts on it."""
+        return [s for s in self.steps.values() if topic in s.config.virtual_subscribes]
+
+    def of_type(self, config_type: type[StepConfig]) -> list[Step]:
+        return [s for s in self.steps.values() if isinstance(s.config, config_type)]
+
+    @property
+    def api_steps(self) -> list[Step]:
+        return self.of_type(ApiConfig)
+
+    @property
+    def event_steps(self) -> list[Step]:
+        return self.of_type(EventConfig)
+
+    @property
+    def cron_steps(self) -> list[Step]:
+        return self.of_type(CronConfig)
+
+    @property
+    def noop_steps(self) -> list[Step]:
+        return self.of_type(NoopConfig)
+
+    @property
+    def flows(self) -> list[str]:
+        return sorted({f for s in self.steps.values() for f in s.flows})
+
+    def edges(self) -> list[Edge]:
+        """Emitter -> subscriber for every topic, real and virtual."""
+        listeners: dict[str, list[tuple[Step, bool]]] = {}
+        for step in self.steps.values():
+            if isinstance(step.config, EventConfig):
+                for topic in step.config.subscribes:
+                    listeners.setdefault(topic, []).append((step, False))
+            for topic in step.config.virtual_subscribes:
+                listeners.setdefault(topic, []).append((step, True))
+        edges: list[Edge] = []
+        for step in self.steps.values():
+            emits = [(e, False) for e in step.config.emits] + [(e, True) for e in step.config.virtual_emits]
+            for emit, virtual_emit in emits:
+                for target, virtual_sub in listeners.get(emit.topic, []):
+                    edges.append(Edge(step.name, target.name, emit.topic, virtual_emit or virtual_sub, emit.label))
+        return edges
+
+
+@dataclass(frozen=True)
+class Edge:
+    source: str
+    target: str
+    topic: str
+    virtual: bool
+    label: str | None = None

@@ -1,0 +1,176 @@
+"""Project settings from `stepline.toml` and the environment: the `[llm]` table of `ctx.llm`, and `[mcp]`,
+what `stepline mcp` serves.
+
+    [llm]
+    base_url = "http://127.0.0.1:8080/v1"   # any OpenAI-compatible endpoint; env STEPLINE_LLM_BASE_URL
+    model = "gpt-4o-mini"                    # the default model; env STEPLINE_LLM_MODEL
+    api_key_env = "OPENAI_API_KEY"           # the variable that holds the key (keys never go in this file)
+    timeout = 60                             # seconds per call
+    max_retries = 4                          # on 429, 5xx, timeouts and dropped connections
+    redact = "myproject.privacy:scrub"       # messages -> messages, before they are written to traces
+
+    [llm.prices."gpt-4o-mini"]               # USD per million tokens, for the cost in traces
+    input = 0.15
+    output = 0.60
+
+    [mcp]                                    # nothing is served unless listed here
+    steps = ["GetWeather"]                   # API steps, by name ("*": every API step)
+    topics = ["weather.alert"]               # topics to emit to ("*": every topic with subscribers)
+
+The environment wins over the file, so a deployment can point the same project at another provider.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from stepline._errors import Problem, ProjectLoadError
+
+SETTINGS_FILE = "stepline.toml"
+Redactor = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: float = Field(ge=0, description="USD per million input (prompt) tokens")
+    output: float = Field(ge=0, description="USD per million output (completion) tokens")
+
+
+class LLMSettings(BaseModel):
+    """How `ctx.llm` reaches its model. Every field has a default, so a project without settings loads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = "https://api.openai.com/v1"
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    api_key: str | None = Field(None, exclude=True)  # set in code or from api_key_env, never from the file
+    timeout: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    retry_base_delay: float = Field(0.5, ge=0)
+    redact: str | Redactor | None = None
+    prices: dict[str, Price] = Field(default_factory=dict)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    def key(self) -> str:
+        # Local servers ignore the key, but the client insists on one.
+        return self.api_key or os.environ.get(self.api_key_env) or "not-needed"
+
+    def price(self, model: str) -> Price | None:
+        return self.prices.get(model)
+
+    def redactor(self) -> Redactor | None:
+        if self.redact is None or callable(self.redact):
+            return self.redact
+        module, _, name = self.redact.partition(":")
+        function = getattr(importlib.import_module(module), name)
+        if not callable(function):
+            raise TypeError(f"llm.redact names {self.redact!r}, which is not a function")
+        redactor: Redactor = function
+        return redactor
+
+
+class McpSettings(BaseModel):
+    """What `stepline mcp` serves. Nothing unless listed: an MCP client is often a model, and an API step
+    may decide things (approve a refund) that no model should reach by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: list[str] = Field(default_factory=list, description='API steps by name; "*" for every API step')
+    topics: list[str] = Field(default_factory=list, description='topics to emit to; "*" for every subscribed topic')
+
+    @property
+    def exposes_nothing(self) -> bool:
+        return not self.steps and not self.topics
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    mcp: McpSettings = Field(default_factory=McpSettings)
+
+
+_ENV = {"STEPLINE_LLM_BASE_URL": "base_url", "STEPLINE_LLM_MODEL": "model", "STEPLINE_LLM_API_KEY": "api_key"}
+
+
+def load_settings(root: Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Read `stepline.toml` under `root` (if there is one), then the environment on top of it."""
+    environ = os.environ if environ is None else environ
+    path = root / SETTINGS_FILE
+    raw: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ProjectLoadError(
+                root, [Problem(SETTINGS_FILE, "", f"not valid TOML: {exc}", "fix the syntax at the place named")]
+            ) from None
+    llm = dict(raw.get("llm", {})) if isinstance(raw.get("llm", {}), dict) else raw.get("llm")
+    if isinstance(llm, dict):
+        if "api_key" in llm:
+            raise ProjectLoadError(
+                root,
+                [
+                    Problem(
+                        SETTINGS_FILE,
+                        "llm.api_key",
+                        "an API key does not belong in a file that is committed",
+                        'put it in an environment variable and name that variable: api_key_env = "MY_KEY"',
+                    )
+                ],
+            )
+        if "OPENAI_BASE_URL" in environ and "base_url" not in llm:
+            llm["base_url"] = environ["OPENAI_BASE_URL"]
+        for variable, name in _ENV.items():
+            if environ.get(variable):
+                llm[name] = environ[variable]
+        raw = {**raw, "llm": llm}
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            Problem(
+                SETTINGS_FILE,
+                ".".join(str(p) for p in err["loc"]),
+                err["msg"],
+                _fix(err["loc"], err["type"]),
+            )
+            for err in exc.errors()
+        ]
+        raise ProjectLoadError(root, problems) from None
+
+
+_FIXES = {
+    "base_url": 'an OpenAI-compatible endpoint, e.g. base_url = "http://127.0.0.1:8080/v1"',
+    "timeout": "seconds, a number above 0",
+    "max_retries": "a whole number from 0 to 20",
+    "input": "USD per million input tokens, e.g. input = 0.15",
+    "output": "USD per million output tokens, e.g. output = 0.60",
+    "steps": 'a list of API step names, e.g. steps = ["GetWeather"] (or ["*"] for all)',
+    "topics": 'a list of topics, e.g. topics = ["weather.alert"] (or ["*"] for all)',
+}
+_TABLE_FIXES = {
+    "llm": "see docs/agents.md for the [llm] settings and their types",
+    "mcp": "the [mcp] table takes steps = [...] and topics = [...] (see docs/agents.md#mcp)",
+}
+
+
+def _fix(loc: tuple[int | str, ...], kind: str) -> str:
+    if kind == "extra_forbidden":  # a misspelt or unknown name: say which names the table takes
+        if len(loc) == 1:
+            return "stepline.toml has the tables [llm] and [mcp]"
+        return _TABLE_FIXES.get(str(loc[0]), "see docs/agents.md for the settings and their types")
+    return _FIXES.get(str(loc[-1]), "see docs/agents.md for the settings and their types")
