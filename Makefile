@@ -31,6 +31,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests examples bench
 	$(BIN)/ruff format --check src tests examples bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

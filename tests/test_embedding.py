@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from stepline import Stepline
-from stepline.cli.serve import bind
+from stepline.http.server import bind
 
 from .conftest import ProjectFactory
 

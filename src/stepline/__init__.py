@@ -1,6 +1,10 @@
 """Stepline: APIs, background jobs, cron jobs and agents as steps in one event-driven Python backend."""
 
 from stepline._errors import (
+    LLMError,
+    LLMUsageError,
+    McpServerError,
+    MemoryConflictError,
     NotJSONError,
     Problem,
     ProjectLoadError,
@@ -10,14 +14,19 @@ from stepline._errors import (
     StoreCorruptError,
     StoreError,
     StoreUnavailableError,
+    StructuredOutputError,
+    ToolError,
+    TurnLimitError,
     UndeclaredEmitError,
 )
-from stepline.agents.llm import LLM, LLMError, LLMUsageError, Reply, StructuredOutputError, TurnLimitError, Usage
-from stepline.agents.mcp import McpServerError, mcp_tools
-from stepline.agents.memory import Memory, MemoryConflictError
-from stepline.agents.tools import Tool, ToolError
+from stepline._version import __version__
+from stepline.agents.llm import LLM, Reply, Usage
+from stepline.agents.mcp import mcp_tools
+from stepline.agents.memory import Memory
+from stepline.agents.tools import Tool
 from stepline.app import Stepline
-from stepline.core.context import Context, State, StepLogger
+from stepline.context import Context
+from stepline.core.context import RunContext, State, StepLogger
 from stepline.steps.config import (
     ApiConfig,
     Backoff,
@@ -35,8 +44,6 @@ from stepline.steps.loader import load_project
 from stepline.steps.project import Project, Step
 from stepline.steps.request import ApiRequest, ApiResponse
 from stepline.steps.settings import LLMSettings, Price
-
-__version__ = "0.1.0"
 
 __all__ = [
     "LLM",
@@ -65,6 +72,7 @@ __all__ = [
     "QueryParam",
     "QueueSettings",
     "Reply",
+    "RunContext",
     "SchemaValidationError",
     "State",
     "StateUpdateError",

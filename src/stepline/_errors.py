@@ -1,18 +1,38 @@
 """Stepline's exceptions.
 
+Every error Stepline raises on purpose is a SteplineError; a store's own driver errors are mapped
+to StoreError at the adapter boundary, so nothing above the adapters sees sqlite3 or redis errors.
+
 SteplineError
-├── ProjectLoadError        the project has problems; carries every one of them
-├── UndeclaredEmitError     a step emitted a topic its config does not list
-├── NotJSONError            a state value or event data is not JSON
-├── SchemaValidationError   data did not match a step's schema
-└── StoreError              the store (SQLite, ...) could not do an operation; nothing was written
-    ├── StoreUnavailableError   for now: a full disk, a lock held by another process, an I/O error
-    └── StoreCorruptError       the store's file is damaged; it will not heal by itself
+├── ProjectLoadError          the project has problems; carries every one of them (as Problems)
+├── UndeclaredEmitError       a step emitted a topic its config does not list
+├── NotJSONError              a state value or event data is not JSON             (also a TypeError)
+├── StateUpdateError          an increment of a non-number, a merge into a non-dict (also a TypeError)
+├── SchemaValidationError     data did not match a step's schema (FieldErrors say where)
+├── NotASchemaError           something given as a schema is not one              (also a ValueError)
+├── HttpError                 a request refused before any handler ran: status and reason
+├── EngineStoppedError        a sync handler used its ctx after the engine stopped (also a RuntimeError)
+├── StoreError                the store could not do an operation; nothing was written
+│   ├── StoreUnavailableError     for now: a full disk, a lock held elsewhere, a lost connection
+│   └── StoreCorruptError         the store's data is damaged; it will not heal by itself
+├── LLMError                  a model call failed for good
+│   ├── StructuredOutputError     the reply did not fit the output model
+│   └── TurnLimitError            the tool loop ran out of turns
+├── LLMUsageError             a ctx.llm call that cannot work, refused before sending
+├── ToolError                 a tool could not be built
+├── ToolArgumentsError        a model called a tool with arguments that do not fit
+├── McpServerError            an MCP server could not be started or reached
+├── ApprovalError             an approval asked for in a way that cannot work
+└── MemoryConflictError       other writers changed a memory under every attempt
+
+BaseException
+└── ControlSignal             the runtime's own flow control (suspend, cancel); not an error,
+                              and not caught by a handler's `except Exception`
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,14 +108,14 @@ class FieldError:
         return {"path": self.path, "message": self.message}
 
 
-@dataclass
 class SchemaValidationError(SteplineError):
-    what: str
-    errors: list[FieldError] = field(default_factory=list)
+    """Data did not match a step's schema; `errors` says where and why, one entry per field."""
 
-    def __str__(self) -> str:
+    def __init__(self, what: str, errors: list[FieldError] | None = None) -> None:
+        self.what = what
+        self.errors = list(errors or [])
         detail = "; ".join(f"{e.path or '(root)'}: {e.message}" for e in self.errors)
-        return f"{self.what} does not match its schema: {detail}"
+        super().__init__(f"{what} does not match its schema: {detail}")
 
 
 class StoreError(SteplineError):
@@ -116,3 +136,101 @@ class StoreUnavailableError(StoreError):
 
 class StoreCorruptError(StoreError):
     """The store's data is damaged (a SQLite file with a bad header, truncated, or overwritten)."""
+
+
+class NotASchemaError(SteplineError, ValueError):
+    """Raised by `Schema.of` with a message that says what was given and what is expected."""
+
+
+class HttpError(SteplineError):
+    """A request refused before any handler ran: the status and the reason to send."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+class EngineStoppedError(SteplineError, RuntimeError):
+    """A sync handler used its ctx after the engine stopped (it ran past its timeout, or shutdown began)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the engine stopped while this sync handler ran (it was abandoned after its timeout, "
+            "or the process is shutting down); its ctx can no longer be used"
+        )
+
+
+class LLMError(SteplineError):
+    """A call to the model failed for good (after retries, or with an error that retrying cannot fix)."""
+
+    def __init__(self, message: str, retries: int = 0) -> None:
+        super().__init__(message)
+        self.retries = retries
+
+
+class StructuredOutputError(LLMError):
+    """The model's reply did not fit the output model, even after the repair attempts."""
+
+    def __init__(self, model: type, text: str, errors: str) -> None:
+        self.text = text
+        self.errors = errors
+        super().__init__(f"the reply does not match {model.__name__} after repair: {errors}\nreply: {text[:500]}")
+
+
+class TurnLimitError(LLMError):
+    """The tool loop used all its turns without a final answer; `messages` holds the conversation so far."""
+
+    def __init__(self, max_turns: int, messages: list[dict[str, Any]]) -> None:
+        self.messages = messages
+        super().__init__(
+            f"no final answer after {max_turns} turns of tool calls; raise max_turns, or tell the model "
+            "in the system prompt when to stop calling tools"
+        )
+
+
+class LLMUsageError(SteplineError):
+    """A `ctx.llm` call was written in a way that cannot work (an unknown option, an option the call sets
+    itself, tools where they would be ignored); raised before anything is sent, with the fix."""
+
+
+class ToolError(SteplineError):
+    """A tool could not be built (a bad name, a step that does not exist, a signature without types)."""
+
+
+class ToolArgumentsError(SteplineError):
+    """The model called a tool with arguments that do not fit its schema; the message goes back to the model."""
+
+
+class McpServerError(SteplineError):
+    """An MCP server given to `mcp_tools` could not be started or reached."""
+
+    def __init__(self, server: str, exc: BaseException) -> None:
+        super().__init__(
+            f"the MCP server {server} could not be started or reached ({type(exc).__name__}: {exc}); "
+            "check the command (or url), and run it by hand to see its own errors"
+        )
+
+
+class ApprovalError(SteplineError):
+    """An approval asked for in a way that cannot work (a second request for a pending one, bad input)."""
+
+
+class MemoryConflictError(SteplineError):
+    """Other writers changed the memory under every attempt of a write."""
+
+    def __init__(self, group: str, key: str, attempts: int) -> None:
+        super().__init__(
+            f"memory {group}/{key} changed under this write {attempts} times in a row: too many steps write "
+            "the same memory at once; give them memories of their own (another key), or fewer concurrent runs "
+            "(infrastructure.handler.concurrency in the step's config)"
+        )
+
+
+class ControlSignal(BaseException):
+    """Reserved for the runtime's own flow control (a handler suspended to wait, a run cancelled).
+
+    It derives from BaseException, not Exception, so that a handler's `except Exception:` does not
+    swallow it on its way back to the engine. Nothing raises it yet; durable handlers will.
+    """

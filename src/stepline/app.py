@@ -16,6 +16,7 @@ from stepline.adapters import EngineName, open_adapters
 from stepline.adapters.base import Adapters, DeadLetter, Event
 from stepline.agents.llm import LLMClient
 from stepline.agents.mcp import close_sessions as close_mcp_sessions
+from stepline.context import Context
 from stepline.core.engine import Engine, replay_all
 from stepline.core.scheduler import CronScheduler
 from stepline.http.app import BODY_TIMEOUT, MAX_BODY, HttpApp
@@ -83,9 +84,10 @@ class Stepline:
             traces=self.adapters.traces,
             concurrency=concurrency,
             idempotency_window=idempotency_window,
-            llm=self.settings.llm,
             health=self.health,
+            context_factory=self._context,
         )
+        self.llm = LLMClient(self.settings.llm)  # one per app: connections stay warm across steps
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
         self.asgi = HttpApp(
             self.engine,
@@ -117,8 +119,13 @@ class Stepline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.engine.stop(grace)
+        await self.llm.close()
         await close_mcp_sessions()  # the servers mcp_tools started, with the handlers that used them done
         await self.adapters.close()
+
+    def _context(self, **parts: Any) -> Context:
+        """The engine's context factory: its RunContext, with the agent features (ctx.llm and the rest)."""
+        return Context(**parts, client=self.llm, caller=self.engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -137,7 +144,7 @@ class Stepline:
         except ProjectLoadError as exc:
             return exc.problems
         if self._llm_override is None and settings.llm != self.settings.llm:
-            self.engine.llm = LLMClient(settings.llm)  # calls under way finish on the old client
+            self.llm = LLMClient(settings.llm)  # calls under way finish on the old client
             self.settings = settings
         self.project = project
         self.engine.replace_project(project)

@@ -242,7 +242,7 @@ def _running(pid: int) -> bool:
 
 def test_a_star_in_the_mcp_table_serves_every_api_step_or_every_subscribed_topic(make_project: ProjectFactory) -> None:
     from stepline import Stepline
-    from stepline.agents.mcp import exposed
+    from stepline.cli.mcp import exposed
     from stepline.steps.settings import McpSettings
 
     app = Stepline(make_project(DECIDING), engine="memory")

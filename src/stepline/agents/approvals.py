@@ -25,17 +25,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from stepline._errors import SteplineError
+from stepline._errors import ApprovalError
 
 if TYPE_CHECKING:
-    from stepline.core.context import Context
+    from stepline.core.context import RunContext
 
 GROUP = "approvals"
 Status = Literal["pending", "approved", "rejected", "timeout"]
-
-
-class ApprovalError(SteplineError):
-    """An approval asked for in a way that cannot work (a second request for a pending one, bad input)."""
 
 
 @dataclass
@@ -80,7 +76,7 @@ def _id(name: str, key: str) -> str:
 class Approvals:
     """`ctx.approvals` of one step run."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: RunContext) -> None:
         self._ctx = ctx
 
     async def request(
@@ -140,7 +136,8 @@ class Approvals:
         )
         if not await ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), decided.to_dict()):
             return None  # decided or timed out a moment ago
-        await ctx._emit_to_trace(current.trace_id, current.topic, _event(decided, decided.status))
+        # The decision continues the trace that asked for it, not the decider's own.
+        await ctx.emit(current.topic, _event(decided, decided.status), trace_id=current.trace_id)
         ctx.logger.info("approval decided", {"approval": f"{name}/{key}", "status": decided.status, "by": by})
         return decided
 

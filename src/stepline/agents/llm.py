@@ -21,17 +21,23 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from stepline._errors import SteplineError
+from stepline._errors import (
+    LLMError,
+    LLMUsageError,
+    StructuredOutputError,
+    ToolArgumentsError,
+    ToolError,
+    TurnLimitError,
+)
 from stepline.adapters.base import TraceRecord
-from stepline.agents.tools import Tool, ToolArgumentsError, ToolError, as_tool, result_text
+from stepline.agents.memory import CONVERSATIONS, Memory, Policy
+from stepline.agents.tools import Tool, as_tool, result_text
 from stepline.steps.settings import LLMSettings, Redactor
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from stepline.agents.memory import Memory, Policy
-    from stepline.core.context import Context, Recorder, StepLogger
-    from stepline.core.engine import Engine
+    from stepline.core.context import Recorder, RunContext, StepCaller, StepLogger
 
 M = TypeVar("M", bound=BaseModel)
 Messages = str | Sequence[dict[str, Any]]
@@ -39,39 +45,6 @@ Messages = str | Sequence[dict[str, Any]]
 # A message longer than this is cut in the trace (not in the call): traces stay small enough to list.
 _TRACE_TEXT_LIMIT = 20_000
 _MAX_BACKOFF = 30.0
-
-
-class LLMError(SteplineError):
-    """A call to the model failed for good (after retries, or with an error that retrying cannot fix)."""
-
-    def __init__(self, message: str, retries: int = 0) -> None:
-        super().__init__(message)
-        self.retries = retries
-
-
-class LLMUsageError(SteplineError):
-    """A `ctx.llm` call was written in a way that cannot work (an unknown option, an option the call sets
-    itself, tools where they would be ignored); raised before anything is sent, with the fix."""
-
-
-class StructuredOutputError(LLMError):
-    """The model's reply did not fit the output model, even after the repair attempts."""
-
-    def __init__(self, model: type[BaseModel], text: str, errors: str) -> None:
-        self.text = text
-        self.errors = errors
-        super().__init__(f"the reply does not match {model.__name__} after repair: {errors}\nreply: {text[:500]}")
-
-
-class TurnLimitError(LLMError):
-    """The tool loop used all its turns without a final answer; `messages` holds the conversation so far."""
-
-    def __init__(self, max_turns: int, messages: list[dict[str, Any]]) -> None:
-        self.messages = messages
-        super().__init__(
-            f"no final answer after {max_turns} turns of tool calls; raise max_turns, or tell the model "
-            "in the system prompt when to stop calling tools"
-        )
 
 
 @dataclass
@@ -113,7 +86,7 @@ class Reply:
 
 
 class LLMClient:
-    """One per engine: the settings and one pooled HTTP client, so connections stay warm across steps."""
+    """One per app: the settings and one pooled HTTP client, so connections stay warm across steps."""
 
     def __init__(self, settings: LLMSettings) -> None:
         self.settings = settings
@@ -184,9 +157,9 @@ class LLMClient:
 class LLM:
     """`ctx.llm`. Prompts are a string (one user message) or a list of chat messages."""
 
-    def __init__(self, client: LLMClient, engine: Engine, ctx: Context, record: Recorder) -> None:
+    def __init__(self, client: LLMClient, caller: StepCaller, ctx: RunContext, record: Recorder) -> None:
         self._client = client
-        self._engine = engine
+        self._caller = caller
         self._ctx = ctx
         self._record = record
 
@@ -201,16 +174,12 @@ class LLM:
 
     def conversation(self, *, max_messages: int = 40, policy: Policy = "truncate") -> Memory:
         """Short-term memory shared by every step of this trace (one request's whole journey)."""
-        from stepline.agents.memory import CONVERSATIONS, Memory
-
         return Memory(
             self._ctx.state, CONVERSATIONS, self._ctx.trace_id, max_messages=max_messages, policy=policy, llm=self
         )
 
     def memory(self, key: str, *, group: str = "memory", max_messages: int = 40, policy: Policy = "truncate") -> Memory:
         """Long-term memory under `key` in the state group `group`, across traces and restarts."""
-        from stepline.agents.memory import Memory
-
         return Memory(self._ctx.state, group, key, max_messages=max_messages, policy=policy, llm=self)
 
     # -- the four ways to call -------------------------------------------------------------------
@@ -296,7 +265,7 @@ class LLM:
         _check_options("run", options)
         if output is not None:
             _check_output(output, repair)
-        resolved = [as_tool(t).resolve(self._engine) for t in tools]
+        resolved = [as_tool(t).resolve(self._caller) for t in tools]
         by_name = {t.name: t for t in resolved}
         if len(by_name) != len(resolved):
             raise ToolError("two tools share a name; pass name=... to tell them apart")

@@ -11,20 +11,32 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from stepline._errors import SteplineError
-from stepline.agents.llm import LLMError
+from stepline._errors import LLMError, MemoryConflictError
 
 if TYPE_CHECKING:
-    from stepline.agents.llm import LLM
-    from stepline.core.context import State
+    from stepline.core.context import State, StepLogger
 
 Policy = Literal["truncate", "summarize"]
 CONVERSATIONS = "llm.conversations"  # the state group of trace-scoped memory
 
 _SUMMARY_PREFIX = "Summary of the earlier conversation: "
 _ATTEMPTS = 200  # compare-and-set attempts per write; each conflict means another writer succeeded
+
+
+class _Text(Protocol):
+    @property
+    def text(self) -> str: ...
+
+
+class Summarizer(Protocol):
+    """What the "summarize" policy needs of `ctx.llm`: one chat call, and a logger to report a failed one."""
+
+    @property
+    def logger(self) -> StepLogger: ...
+
+    async def chat(self, prompt: str, *, system: str | None = None) -> _Text: ...
 
 
 class Memory:
@@ -38,7 +50,7 @@ class Memory:
         *,
         max_messages: int = 40,
         policy: Policy = "truncate",
-        llm: LLM | None = None,
+        llm: Summarizer | None = None,
     ) -> None:
         if max_messages < 2:
             raise ValueError("max_messages must be at least 2 (a question and its answer)")
@@ -81,7 +93,7 @@ class Memory:
             if await self._state.compare_and_set(self.group, self.key, stored, change(current)):
                 return
             await _back_off(attempt)
-        raise MemoryConflictError(self.group, self.key)
+        raise MemoryConflictError(self.group, self.key, _ATTEMPTS)
 
     def _truncated(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if len(messages) <= self.max_messages:
@@ -134,18 +146,7 @@ class Memory:
             if await self._state.compare_and_set(self.group, self.key, stored, [summary, *current[len(older) :]]):
                 return
             await _back_off(attempt)
-        raise MemoryConflictError(self.group, self.key)
-
-
-class MemoryConflictError(SteplineError):
-    """Other writers changed the memory under every attempt of a write."""
-
-    def __init__(self, group: str, key: str) -> None:
-        super().__init__(
-            f"memory {group}/{key} changed under this write {_ATTEMPTS} times in a row: too many steps write "
-            "the same memory at once; give them memories of their own (another key), or fewer concurrent runs "
-            "(infrastructure.handler.concurrency in the step's config)"
-        )
+        raise MemoryConflictError(self.group, self.key, _ATTEMPTS)
 
 
 async def _back_off(attempt: int) -> None:

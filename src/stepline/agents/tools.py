@@ -17,26 +17,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
 
-from stepline._errors import SchemaValidationError, SteplineError
+from stepline._errors import SchemaValidationError, ToolArgumentsError, ToolError
 from stepline.steps.config import ApiConfig, EventConfig
 from stepline.steps.request import ApiRequest, unpack_result
 
 if TYPE_CHECKING:
-    from stepline.core.context import Context
-    from stepline.core.engine import Engine
+    from stepline.core.context import RunContext, StepCaller
     from stepline.steps.project import Step
     from stepline.steps.schema import Schema
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-Invoke = Callable[[dict[str, Any], "Context"], Awaitable[Any]]
-
-
-class ToolError(SteplineError):
-    """A tool could not be built (a bad name, a step that does not exist, a signature without types)."""
-
-
-class ToolArgumentsError(SteplineError):
-    """The model called a tool with arguments that do not fit its schema; the message goes back to the model."""
+Invoke = Callable[[dict[str, Any], "RunContext"], Awaitable[Any]]
 
 
 @dataclass(frozen=True)
@@ -90,7 +81,7 @@ class Tool:
         schema = _without_titles(model.model_json_schema())
         is_async = inspect.iscoroutinefunction(fn)
 
-        async def invoke(arguments: dict[str, Any], ctx: Context) -> Any:
+        async def invoke(arguments: dict[str, Any], ctx: RunContext) -> Any:
             try:
                 parsed = model.model_validate(arguments)
             except ValidationError as exc:
@@ -112,17 +103,22 @@ class Tool:
     @classmethod
     def emit(cls, topic: str, *, name: str | None = None, description: str | None = None) -> Tool:
         """Emit an event to a topic (the calling step must declare it in `emits`), validated like any emit."""
-        tool_name = name or "emit_" + re.sub(r"[^A-Za-z0-9_-]", "_", topic)
+        tool_name = name or emit_tool_name(topic)
         return cls(tool_name, description or "", kind="emit", target=topic)
 
-    def resolve(self, engine: Engine) -> Tool:
+    def resolve(self, caller: StepCaller) -> Tool:
         """A step or emit tool with its schema and behaviour from the loaded project."""
         if self.invoke is not None:
             return self
         _check_name(self.name)
         if self.kind == "step":
-            return _api_step_tool(self, engine)
-        return _emit_tool(self, engine)
+            return _api_step_tool(self, caller)
+        return _emit_tool(self, caller)
+
+
+def emit_tool_name(topic: str) -> str:
+    """The name of the tool that emits to `topic`, here and in `stepline mcp`: `emit_` and the topic."""
+    return "emit_" + re.sub(r"[^A-Za-z0-9_-]", "_", topic)
 
 
 def as_tool(item: Tool | Callable[..., Any]) -> Tool:
@@ -147,10 +143,10 @@ def result_text(result: Any) -> str:
 # -- step and emit tools --------------------------------------------------------------------------------
 
 
-def api_step(engine: Engine, name: str) -> Step:
-    step = engine.project.steps.get(name)
+def api_step(caller: StepCaller, name: str) -> Step:
+    step = caller.project.steps.get(name)
     if step is None or not isinstance(step.config, ApiConfig):
-        api = ", ".join(s.name for s in engine.project.api_steps) or "none"
+        api = ", ".join(s.name for s in caller.project.api_steps) or "none"
         raise ToolError(f"Tool.step({name!r}): no API step of that name (API steps: {api})")
     return step
 
@@ -201,20 +197,20 @@ def api_request(config: ApiConfig, arguments: dict[str, Any]) -> ApiRequest:
     )
 
 
-def topic_schema(engine: Engine, topic: str) -> Schema | None:
+def topic_schema(caller: StepCaller, topic: str) -> Schema | None:
     """The input schema of the topic's subscribers (the first that declares one)."""
     return next(
         (
             s.config.input
-            for s in engine.project.subscribers(topic)
+            for s in caller.project.subscribers(topic)
             if isinstance(s.config, EventConfig) and s.config.input is not None
         ),
         None,
     )
 
 
-def topic_data(engine: Engine, topic: str, arguments: Any) -> Any:
-    schema = topic_schema(engine, topic)
+def topic_data(caller: StepCaller, topic: str, arguments: Any) -> Any:
+    schema = topic_schema(caller, topic)
     if schema is None:
         return arguments
     try:
@@ -227,28 +223,28 @@ def _path_params(config: ApiConfig) -> list[str]:
     return re.findall(r"{(\w+)(?::[^}]*)?}", config.path)
 
 
-def _api_step_tool(tool: Tool, engine: Engine) -> Tool:
-    step = api_step(engine, tool.target)
+def _api_step_tool(tool: Tool, caller: StepCaller) -> Tool:
+    step = api_step(caller, tool.target)
     config = step.config
     assert isinstance(config, ApiConfig)
     description = tool.description or config.description or f"{config.method} {config.path}"
 
-    async def invoke(arguments: dict[str, Any], ctx: Context) -> Any:
+    async def invoke(arguments: dict[str, Any], ctx: RunContext) -> Any:
         request = api_request(config, arguments)
-        status, response, _headers = unpack_result(await engine.call_api(step, request, trace_id=ctx.trace_id))
+        status, response, _headers = unpack_result(await caller.call_api(step, request, trace_id=ctx.trace_id))
         return {"status": status, "body": response}
 
     return Tool(tool.name, description, api_parameters(config), "step", tool.target, invoke)
 
 
-def _emit_tool(tool: Tool, engine: Engine) -> Tool:
-    schema = topic_schema(engine, tool.target)
+def _emit_tool(tool: Tool, caller: StepCaller) -> Tool:
+    schema = topic_schema(caller, tool.target)
     parameters = schema.json_schema() if schema is not None else {"type": "object", "description": "the event's data"}
-    names = ", ".join(s.name for s in engine.project.subscribers(tool.target)) or "no step yet"
+    names = ", ".join(s.name for s in caller.project.subscribers(tool.target)) or "no step yet"
     description = tool.description or f"Emit an event to topic {tool.target!r} (handled by {names})."
 
-    async def invoke(arguments: dict[str, Any], ctx: Context) -> Any:
-        await ctx.emit(tool.target, topic_data(engine, tool.target, arguments))
+    async def invoke(arguments: dict[str, Any], ctx: RunContext) -> Any:
+        await ctx.emit(tool.target, topic_data(caller, tool.target, arguments))
         return {"emitted": tool.target}
 
     return Tool(tool.name, description, parameters, "emit", tool.target, invoke)

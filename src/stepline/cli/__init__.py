@@ -493,7 +493,7 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
 @app.command("mcp")
 def mcp(root: DirOption = Path("."), engine: EngineOption = "sqlite", db: DbOption = None) -> None:
     """Serve the API steps and topics that [mcp] in stepline.toml lists as MCP tools over stdin/stdout."""
-    from stepline.agents.mcp import serve_stdio
+    from stepline.cli.mcp import serve_stdio
 
     setup_logging()  # to stderr: stdout carries the protocol
     options = _engine_options(engine, db, "normal")

@@ -11,8 +11,9 @@ from typing import Any
 
 from rich.table import Table
 
+from stepline._errors import LLMError
 from stepline.agents.evals import Case, CaseResult, Eval, EvalRun, StateOutput, check_case, gate_failures, value_at
-from stepline.agents.llm import LLMClient, LLMError
+from stepline.agents.llm import LLMClient
 from stepline.steps.settings import load_settings
 
 _WHY = 400  # characters of a case's failure reasons in the table (each reason is clipped already)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from stepline.cli.console import console
-from stepline.cli.serve import bind
+from stepline.http.server import bind
 
 _RESTART_PAUSE = 1.0
 

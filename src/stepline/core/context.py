@@ -1,21 +1,28 @@
-"""What a handler gets as `ctx`: emit, state, logger, trace id and flows."""
+"""What a handler gets as `ctx`, as the engine knows it: emit, state, logger, trace id and flows.
+
+A sync handler gets the same API with blocking methods (`SyncRunContext`): it runs on a worker thread,
+and each call runs on the engine's loop. The agent features built on it (`ctx.llm`, `ctx.approvals`,
+`ctx.run_code`) are in `stepline.context`."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepline import _json
+from stepline._errors import EngineStoppedError
 from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
 
 if TYPE_CHECKING:
-    from stepline.agents.approvals import Approvals
-    from stepline.agents.llm import LLM
-    from stepline.agents.sandbox import CodeResult
+    from stepline.steps.project import Project, Step
+    from stepline.steps.request import ApiRequest
 
 log = logging.getLogger("stepline.step")
+T = TypeVar("T")
 
 
 class Recorder(Protocol):
@@ -208,8 +215,36 @@ def _check_key(group: Any, key: Any) -> None:
         raise ValueError(f"state group and key must be non-empty strings, got {group!r} and {key!r}")
 
 
-class Context:
-    """The second argument of every handler (the only one of a cron handler)."""
+class StepCaller(Protocol):
+    """What calls a project's API steps from inside a run (a tool that is a step): the engine, injected."""
+
+    @property
+    def project(self) -> Project: ...
+
+    async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any: ...
+
+
+class ContextFactory(Protocol):
+    """Makes a handler's `ctx` from its parts: `RunContext` itself, or the app's, which adds the agent
+    features (`stepline.context.Context`)."""
+
+    def __call__(
+        self,
+        *,
+        step: str,
+        trace_id: str,
+        flows: list[str],
+        emitter: Emitter,
+        state: State,
+        logger: StepLogger,
+        record: Recorder,
+    ) -> RunContext: ...
+
+
+class RunContext:
+    """What every handler gets as `ctx`: emit, state, logger, its trace and step. The agent features
+    (`ctx.llm`, `ctx.approvals`, `ctx.run_code`) are `stepline.context.Context`'s, which the app gives
+    handlers; the engine knows only this."""
 
     def __init__(
         self,
@@ -221,7 +256,6 @@ class Context:
         state: State,
         logger: StepLogger,
         record: Recorder,
-        llm: Callable[[Context], LLM] | None = None,
     ) -> None:
         self.step = step
         self.trace_id = trace_id
@@ -229,61 +263,12 @@ class Context:
         self.state = state
         self.logger = logger
         self._emitter = emitter
-        self._llm_factory = llm
-        self._llm: LLM | None = None
         self._record = record
 
-    @property
-    def approvals(self) -> Approvals:
-        """Ask a person for a decision and wait for it durably (see docs/agents.md)."""
-        from stepline.agents.approvals import Approvals
+    def sync(self, loop: asyncio.AbstractEventLoop) -> SyncRunContext:
+        """The same context with blocking methods, for a sync handler on a thread of its own."""
 
-        return Approvals(self)
-
-    async def _emit_to_trace(self, trace_id: str, topic: str, data: Any) -> None:
-        # An approval's decision continues the trace that asked for it, not the decider's own.
-        await self._emitter(self.step, trace_id, topic, data)
-
-    async def run_code(
-        self,
-        code: str,
-        *,
-        timeout: float = 10.0,
-        memory: int = 256 * 1024 * 1024,
-        stdin: str = "",
-        files: dict[str, str] | None = None,
-    ) -> CodeResult:
-        """Run Python in a separate, limited process (see docs/agents.md for what it bounds and what not)."""
-        from stepline.agents.sandbox import run_code
-
-        started = time.time()
-        result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
-        self._record(
-            TraceRecord(
-                self.trace_id,
-                "code",
-                self.step,
-                started,
-                {
-                    "code": code[:20_000],
-                    "exit_code": result.exit_code,
-                    "killed_by": result.killed_by,
-                    "duration_ms": round(result.duration * 1000, 2),
-                    "stdout": result.stdout[:2000],
-                    "stderr": result.stderr[-2000:],
-                },
-            )
-        )
-        return result
-
-    @property
-    def llm(self) -> LLM:
-        """The chat client of this step (see docs/agents.md), made on first use."""
-        if self._llm is None:
-            if self._llm_factory is None:
-                raise RuntimeError("this context has no LLM client (it was built outside an engine)")
-            self._llm = self._llm_factory(self)
-        return self._llm
+        return SyncRunContext(self, loop)
 
     async def emit(
         self,
@@ -293,6 +278,7 @@ class Context:
         message_group_id: str | None = None,
         delay: float = 0.0,
         idempotency_key: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """`await ctx.emit({"topic": "t", "data": {...}})`, or `await ctx.emit("t", {...})`.
 
@@ -311,8 +297,90 @@ class Context:
             idempotency_key = event.get("idempotencyKey", idempotency_key)
         else:
             topic = event
-        await self._emitter(self.step, self.trace_id, topic, data, message_group_id, delay, idempotency_key)
+        # `trace_id` continues another trace: an approval's decision goes out in the trace that asked for it.
+        await self._emitter(self.step, trace_id or self.trace_id, topic, data, message_group_id, delay, idempotency_key)
 
 
 _EMIT_KEYS = frozenset({"topic", "data", "messageGroupId", "delay", "idempotencyKey"})
 Handler = Callable[..., Any]
+
+
+# -- sync handlers ------------------------------------------------------------------------------------
+
+
+class Blocking:
+    """Runs a coroutine on the engine's loop from another thread and waits for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop is closed: the handler outlived its engine (a timeout abandoned it)
+            coro.close()
+            raise EngineStoppedError() from None
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except concurrent.futures.TimeoutError:
+                if not self._loop.is_running():  # it will never run: do not hang this thread for ever
+                    future.cancel()
+                    raise EngineStoppedError() from None
+
+
+class SyncState(Blocking):
+    def __init__(self, state: State, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._state = state
+
+    def get(self, group: str, key: str) -> Any:
+        return self._run(self._state.get(group, key))
+
+    def set(self, group: str, key: str, value: Any) -> Any:
+        return self._run(self._state.set(group, key, value))
+
+    def increment(self, group: str, key: str, by: int | float = 1) -> int | float:
+        return self._run(self._state.increment(group, key, by))
+
+    def merge(self, group: str, key: str, fields: dict[str, Any]) -> dict[str, Any]:
+        return self._run(self._state.merge(group, key, fields))
+
+    def compare_and_set(self, group: str, key: str, expected: Any, new: Any) -> bool:
+        return self._run(self._state.compare_and_set(group, key, expected, new))
+
+    def delete(self, group: str, key: str) -> bool:
+        return self._run(self._state.delete(group, key))
+
+    def get_group(self, group: str) -> list[Any]:
+        return self._run(self._state.get_group(group))
+
+    def items(self, group: str) -> dict[str, Any]:
+        return self._run(self._state.items(group))
+
+    def clear(self, group: str) -> int:
+        return self._run(self._state.clear(group))
+
+
+class SyncRunContext(Blocking):
+    def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._ctx = ctx
+        self.step = ctx.step
+        self.trace_id = ctx.trace_id
+        self.flows = ctx.flows
+        self.logger = ctx.logger
+        self.state = SyncState(ctx.state, loop)
+
+    def emit(
+        self,
+        event: dict[str, Any] | str,
+        data: Any = None,
+        *,
+        message_group_id: str | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+    ) -> None:
+        self._run(
+            self._ctx.emit(event, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key)
+        )

@@ -29,16 +29,13 @@ from stepline._errors import SchemaValidationError, StoreError, StoreUnavailable
 from stepline._health import Health
 from stepline._ids import new_id
 from stepline.adapters.base import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
-from stepline.agents.llm import LLM, LLMClient
-from stepline.core.context import Context, Recorder, State, StepLogger
-from stepline.core.sync import SyncContext
+from stepline.core.context import ContextFactory, Recorder, RunContext, State, StepLogger
 from stepline.core.threads import HandlerThreads
 from stepline.core.watchdog import Blocked, LoopWatchdog
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
 from stepline.steps.project import Project, Step
 from stepline.steps.request import ApiRequest
 from stepline.steps.schema import MAX_ERRORS
-from stepline.steps.settings import LLMSettings
 
 STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
 
@@ -102,13 +99,14 @@ class Engine:
         poll_interval: float = 1.0,
         idempotency_window: float = 86400.0,
         rand: Callable[[], float] = random.random,
-        llm: LLMSettings | None = None,
+        context_factory: ContextFactory = RunContext,
         health: Health | None = None,
         renew_every: float = 1.0,
         blocked_after: float = 1.0,
     ) -> None:
         self.project = project
-        self.llm = LLMClient(llm or LLMSettings())
+        # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
+        self.context_factory = context_factory
         self.queue = queue
         self.state = state
         self.traces = traces
@@ -182,7 +180,6 @@ class Engine:
             await self.flush()
         except Exception as exc:
             log.error("could not write %d trace records at shutdown: %s", len(self._buffer), exc)
-        await self.llm.close()
         self._threads.shutdown()
 
     def replace_project(self, project: Project) -> None:
@@ -374,29 +371,27 @@ class Engine:
 
     # -- contexts ---------------------------------------------------------------------------------
 
-    def context(self, step: Step, trace_id: str, delivery_id: str | None = None) -> Context:
+    def context(self, step: Step, trace_id: str, delivery_id: str | None = None) -> RunContext:
         """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
         step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose."""
         record: Recorder = self.record if delivery_id is None else partial(_in_run, self.record, delivery_id)
-        return Context(
+        return self.context_factory(
             step=step.name,
             trace_id=trace_id,
             flows=list(step.flows),
             emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
             state=State(self.state, record, trace_id, step.name),
             logger=StepLogger(record, trace_id, step.name),
-            llm=lambda ctx: LLM(self.llm, self, ctx, record),
             record=record,
         )
 
-    async def call(self, step: Step, ctx: Context, *args: Any) -> Any:
+    async def call(self, step: Step, ctx: RunContext, *args: Any) -> Any:
         """Run a handler: async on the loop, sync on a thread of its own pool with a blocking `ctx`."""
         assert step.handler is not None
         if step.is_async:
             return await step.handler(*args, ctx)
         loop = asyncio.get_running_loop()
-        sync_ctx = SyncContext(ctx, loop)
-        run = self._threads.submit(partial(step.handler, *args, sync_ctx))
+        run = self._threads.submit(partial(step.handler, *args, ctx.sync(loop)))
         try:
             result = await asyncio.wrap_future(run.future)
         except asyncio.CancelledError:

@@ -22,11 +22,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from stepline import _json
-from stepline._errors import SchemaValidationError, StoreError
+from stepline._errors import HttpError, SchemaValidationError, StoreError
 from stepline.adapters.base import TraceRecord
 from stepline.core.engine import STOPPED_TRACES, replay_all, resume_trace, stop_trace
 from stepline.http.access import refusal
-from stepline.http.body import HttpError
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
 from stepline.steps.graph import as_json, trigger
 from stepline.steps.schema import Schema

@@ -23,13 +23,13 @@ from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
 from stepline import _json
-from stepline._errors import FieldError, SchemaValidationError, StoreCorruptError, StoreError
+from stepline._errors import FieldError, HttpError, SchemaValidationError, StoreCorruptError, StoreError
 from stepline._ids import new_id
 from stepline.adapters.base import TraceRecord
 from stepline.core.engine import Engine, clip
 from stepline.http.access import refusal
 from stepline.http.admin import WorkbenchApi, emit_request, json_response
-from stepline.http.body import HttpError, read_body
+from stepline.http.body import read_body
 from stepline.http.openapi import openapi
 from stepline.steps.config import ApiConfig
 from stepline.steps.loader import RESERVED_PREFIXES

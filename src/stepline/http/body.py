@@ -6,16 +6,7 @@ import asyncio
 
 from starlette.requests import Request
 
-
-class HttpError(Exception):
-    """A request refused before any handler ran: the status and the reason to send."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
+from stepline._errors import HttpError
 
 # A declared body up to this size is read and thrown away after a 413 (uvicorn does that on a kept-alive
 # connection), so the client, still sending, reads the answer; past it the connection is closed.

@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
-from stepline._errors import Problem
+from stepline._errors import NotASchemaError, Problem
 from stepline.steps.cron import CronSchedule
-from stepline.steps.schema import NotASchemaError, Schema
+from stepline.steps.schema import Schema
 
 STEP_TYPES = ("api", "event", "cron", "noop")
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")

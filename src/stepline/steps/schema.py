@@ -10,7 +10,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from stepline import _json
-from stepline._errors import FieldError, SchemaValidationError
+from stepline._errors import FieldError, NotASchemaError, SchemaValidationError
 
 # Keywords of which a real JSON Schema object has at least one; a dict without any of them
 # (like {"month": "string"}) is almost always a mistake, even though the spec would accept it.
@@ -56,10 +56,6 @@ _SCHEMA_KEYWORDS = frozenset(
 # Errors kept of one validation (a report, and a trace, need the first few, not one per wrong item): one
 # more than shown, so that a reader can tell there were more.
 MAX_ERRORS = 20
-
-
-class NotASchemaError(ValueError):
-    """Raised by `Schema.of` with a message that says what was given and what is expected."""
 
 
 class Schema:

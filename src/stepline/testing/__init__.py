@@ -27,7 +27,7 @@ import uvicorn
 
 from stepline.adapters.base import TraceRecord
 from stepline.app import Stepline
-from stepline.cli.serve import bind, server_config
+from stepline.http.server import bind, server_config
 from stepline.testing.scripted_llm import Answer, ScriptedLLM
 
 __all__ = ["Answer", "RunningApp", "ScriptedLLM", "serve"]

@@ -1,87 +1,104 @@
-"""`ctx` for sync handlers: the same API with blocking methods, run on the engine's loop from a worker thread."""
+"""`ctx` as handlers get it: the engine's RunContext (emit, state, logger) and the agent features,
+`ctx.llm`, `ctx.approvals` and `ctx.run_code`, with their blocking twins for sync handlers.
+
+The app builds one per run through the engine's context factory (`Stepline._context`), so that the
+engine itself knows nothing of models, approvals or the code sandbox.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from stepline._errors import LLMUsageError
+from stepline.adapters.base import TraceRecord
 from stepline.agents.approvals import Approval, Approvals
-from stepline.agents.llm import LLM, LLMUsageError, Messages, Reply
+from stepline.agents.llm import LLM, LLMClient, Messages, Reply
 from stepline.agents.memory import Memory, Policy
-from stepline.agents.sandbox import CodeResult
+from stepline.agents.sandbox import CodeResult, run_code
 from stepline.agents.tools import Tool
-from stepline.core.context import Context, State
+from stepline.core.context import Blocking, Emitter, Recorder, RunContext, State, StepCaller, StepLogger, SyncRunContext
 from stepline.steps.settings import LLMSettings
 
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Blocking:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+class Context(RunContext):
+    """The second argument of every handler (the only one of a cron handler)."""
 
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        except RuntimeError:  # the loop is closed: the handler outlived its engine (a timeout abandoned it)
-            coro.close()
-            raise EngineStoppedError() from None
-        while True:
-            try:
-                return future.result(timeout=1.0)
-            except concurrent.futures.TimeoutError:
-                if not self._loop.is_running():  # it will never run: do not hang this thread for ever
-                    future.cancel()
-                    raise EngineStoppedError() from None
-
-
-class EngineStoppedError(RuntimeError):
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        step: str,
+        trace_id: str,
+        flows: list[str],
+        emitter: Emitter,
+        state: State,
+        logger: StepLogger,
+        record: Recorder,
+        client: LLMClient | None = None,
+        caller: StepCaller | None = None,
+    ) -> None:
         super().__init__(
-            "the engine stopped while this sync handler ran (it was abandoned after its timeout, "
-            "or the process is shutting down); its ctx can no longer be used"
+            step=step, trace_id=trace_id, flows=flows, emitter=emitter, state=state, logger=logger, record=record
         )
+        self._client = client
+        self._caller = caller
+        self._llm: LLM | None = None
+
+    @property
+    def approvals(self) -> Approvals:
+        """Ask a person for a decision and wait for it durably (see docs/agents.md)."""
+        return Approvals(self)
+
+    async def run_code(
+        self,
+        code: str,
+        *,
+        timeout: float = 10.0,
+        memory: int = 256 * 1024 * 1024,
+        stdin: str = "",
+        files: dict[str, str] | None = None,
+    ) -> CodeResult:
+        """Run Python in a separate, limited process (see docs/agents.md for what it bounds and what not)."""
+        started = time.time()
+        result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
+        self._record(
+            TraceRecord(
+                self.trace_id,
+                "code",
+                self.step,
+                started,
+                {
+                    "code": code[:20_000],
+                    "exit_code": result.exit_code,
+                    "killed_by": result.killed_by,
+                    "duration_ms": round(result.duration * 1000, 2),
+                    "stdout": result.stdout[:2000],
+                    "stderr": result.stderr[-2000:],
+                },
+            )
+        )
+        return result
+
+    @property
+    def llm(self) -> LLM:
+        """The chat client of this step (see docs/agents.md), made on first use."""
+        if self._llm is None:
+            if self._client is None or self._caller is None:
+                raise RuntimeError("this context has no LLM client (it was built outside an app)")
+            self._llm = LLM(self._client, self._caller, self, self._record)
+        return self._llm
+
+    def sync(self, loop: asyncio.AbstractEventLoop) -> SyncContext:
+        return SyncContext(self, loop)
 
 
-class SyncState(_Blocking):
-    def __init__(self, state: State, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self._state = state
-
-    def get(self, group: str, key: str) -> Any:
-        return self._run(self._state.get(group, key))
-
-    def set(self, group: str, key: str, value: Any) -> Any:
-        return self._run(self._state.set(group, key, value))
-
-    def increment(self, group: str, key: str, by: int | float = 1) -> int | float:
-        return self._run(self._state.increment(group, key, by))
-
-    def merge(self, group: str, key: str, fields: dict[str, Any]) -> dict[str, Any]:
-        return self._run(self._state.merge(group, key, fields))
-
-    def compare_and_set(self, group: str, key: str, expected: Any, new: Any) -> bool:
-        return self._run(self._state.compare_and_set(group, key, expected, new))
-
-    def delete(self, group: str, key: str) -> bool:
-        return self._run(self._state.delete(group, key))
-
-    def get_group(self, group: str) -> list[Any]:
-        return self._run(self._state.get_group(group))
-
-    def items(self, group: str) -> dict[str, Any]:
-        return self._run(self._state.items(group))
-
-    def clear(self, group: str) -> int:
-        return self._run(self._state.clear(group))
-
-
-class SyncLLM(_Blocking):
+class SyncLLM(Blocking):
     """`ctx.llm` in a sync handler: the same calls with the same parameters, blocking (streaming is for
     async handlers)."""
 
@@ -160,7 +177,7 @@ class SyncLLM(_Blocking):
         return self._llm.memory(key, group=group, max_messages=max_messages, policy=policy)
 
 
-class SyncApprovals(_Blocking):
+class SyncApprovals(Blocking):
     """`ctx.approvals` in a sync handler, blocking."""
 
     def __init__(self, approvals: Approvals, loop: asyncio.AbstractEventLoop) -> None:
@@ -183,36 +200,20 @@ class SyncApprovals(_Blocking):
         return self._run(self._approvals.pending(name))
 
 
-class SyncContext(_Blocking):
+class SyncContext(SyncRunContext):
+    """`ctx` in a sync handler: the same API, blocking."""
+
     def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop)
-        self._ctx = ctx
-        self.step = ctx.step
-        self.trace_id = ctx.trace_id
-        self.flows = ctx.flows
-        self.logger = ctx.logger
-        self.state = SyncState(ctx.state, loop)
+        super().__init__(ctx, loop)
+        self._agent_ctx = ctx
 
     @property
     def approvals(self) -> SyncApprovals:
-        return SyncApprovals(self._ctx.approvals, self._loop)
+        return SyncApprovals(self._agent_ctx.approvals, self._loop)
 
     def run_code(self, code: str, **kw: Any) -> CodeResult:
-        return self._run(self._ctx.run_code(code, **kw))
+        return self._run(self._agent_ctx.run_code(code, **kw))
 
     @property
     def llm(self) -> SyncLLM:
-        return SyncLLM(self._ctx.llm, self._loop)
-
-    def emit(
-        self,
-        event: dict[str, Any] | str,
-        data: Any = None,
-        *,
-        message_group_id: str | None = None,
-        delay: float = 0.0,
-        idempotency_key: str | None = None,
-    ) -> None:
-        self._run(
-            self._ctx.emit(event, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key)
-        )
+        return SyncLLM(self._agent_ctx.llm, self._loop)
