@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import SHARED_STORES, STORES, StoreKind
+
 ProjectFactory = Callable[[dict[str, str]], Path]
 
 
@@ -31,3 +33,17 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.fixture(params=STORES, ids=str)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh store, once for each kind in tests/stores.py."""
+    kind: StoreKind = request.param
+    return kind.url(tmp_path)
+
+
+@pytest.fixture(params=SHARED_STORES, ids=str)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a fresh store that several processes can share, once for each such kind."""
+    kind: StoreKind = request.param
+    return kind.url(tmp_path)

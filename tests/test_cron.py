@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from stepline import Stepline
+from stepline.adapters.base import TraceSummary
 from stepline.steps.cron import CronSchedule
+from stepline.testing import FakeClock
 
 from .conftest import ProjectFactory
 
@@ -48,13 +53,14 @@ async def test_cron_step_fires_with_its_own_trace(make_project: ProjectFactory) 
         """,
         }
     )
-    sl = Stepline(root)
+    start = datetime(2026, 12, 1, 9, 0, 0, 500_000, tzinfo=UTC).timestamp()
+    clock = FakeClock(start)
+    sl = Stepline(root, clock=clock)
     async with sl.lifespan():
-        async with asyncio.timeout(5):
-            while True:
-                if await sl.engine.state.get_group("ticks"):
-                    break
-                await asyncio.sleep(0.05)
+        await asleep_until(clock, start + 0.5)  # the scheduler waits for 09:00:01
+        assert await sl.engine.state.get_group("ticks") == {}
+        clock.advance(0.5)
+        await until(lambda: sl.engine.state.get_group("ticks"))
         await sl.settle()
         ticks = await sl.engine.state.get_group("ticks")
         trace_id, seen = next(iter(ticks.items()))
@@ -75,13 +81,36 @@ async def test_a_failing_cron_handler_is_recorded_and_the_schedule_goes_on(make_
         """,
         }
     )
-    sl = Stepline(root)
+    clock = FakeClock()
+    sl = Stepline(root, store="memory://", clock=clock)
+
+    async def failures() -> list[TraceSummary]:
+        await sl.engine.flush()
+        return [s for s in await sl.engine.traces.recent() if s.errors]
+
+    async def failed_twice() -> bool:
+        return len(await failures()) >= 2
+
     async with sl.lifespan():
-        async with asyncio.timeout(6):
-            while True:
-                await sl.engine.flush()
-                failures = [s for s in await sl.engine.traces.recent() if s.errors]
-                if len(failures) >= 2:
-                    break
-                await asyncio.sleep(0.1)
-    assert all(s.entry == "cron BadTick" for s in failures)
+        for _ in range(2):
+            await asleep_until(clock, math.floor(clock.now) + 1)  # the scheduler, till the next second
+            clock.advance(1)
+        await until(failed_twice)
+        assert all(s.entry == "cron BadTick" for s in await failures())
+
+
+async def until(check: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+
+
+async def asleep_until(clock: FakeClock, moment: float) -> None:
+    """Until a task (the scheduler) sleeps on `clock` till `moment`: moving the clock there wakes it."""
+    async with asyncio.timeout(5):
+        while True:
+            if any(abs(wake - moment) < 1e-3 for wake in clock.wakes):
+                return
+            await asyncio.sleep(0.005)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
-import pytest
 
 from stepline import Stepline
 from stepline._ids import new_id
@@ -22,11 +19,10 @@ PROJECT = {
 }
 
 
-@pytest.mark.parametrize("engine", ["memory", "sqlite"])
 async def test_replay_puts_back_every_dead_letter_not_the_first_thousand(
-    make_project: ProjectFactory, tmp_path: Path, engine: str
+    make_project: ProjectFactory, store: str
 ) -> None:
-    app = Stepline(make_project(PROJECT), engine=engine, database=tmp_path / "db.sqlite")  # type: ignore[arg-type]
+    app = Stepline(make_project(PROJECT), store=store)
     queue = app.adapters.queue
     try:
         for n in range(1500):

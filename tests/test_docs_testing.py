@@ -59,7 +59,7 @@ async def test_settle_does_not_wait_for_a_delivery_delayed_past_its_timeout(
             """
         }
     )
-    app = Stepline(root, database=tmp_path / "db.sqlite")
+    app = Stepline(root, store=f"sqlite:///{tmp_path}/db.sqlite")
     async with app.lifespan():
         await app.emit("later", {"name": "tomorrow"}, delay=86400)
         await app.emit("soon", {"name": "soon"}, delay=0.5)

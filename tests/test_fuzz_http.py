@@ -119,7 +119,7 @@ async def test_schemathesis_finds_no_server_error_and_no_accepted_bad_data_in_fi
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
     root = copy_example("financial-report", tmp_path)
     # No model: the analyst drafts from its template, as the example's own tests run it.
-    async with serve(root, database=tmp_path / "stepline.db", llm=LLMSettings()) as app:
+    async with serve(root, store=f"sqlite:///{tmp_path}/stepline.db", llm=LLMSettings()) as app:
         doc = (await app.client.get("/openapi.json")).json()
         assert_documents_the_refusals(doc, "/reports")
         assert "202" in doc["paths"]["/reports"]["post"]["responses"]
@@ -137,7 +137,7 @@ async def test_schemathesis_finds_no_server_error_and_no_accepted_bad_data_in_re
     # The desk's API steps call no model, but every accepted question starts the planner, the analysts and the
     # editor: a scripted model answers them all, so no step fails for want of one.
     with ScriptedLLM(*[desk_model] * 4000) as llm:
-        async with serve(root, database=tmp_path / "desk.db", llm=llm.settings()) as app:
+        async with serve(root, store=f"sqlite:///{tmp_path}/desk.db", llm=llm.settings()) as app:
             doc = (await app.client.get("/openapi.json")).json()
             assert_documents_the_refusals(doc, "/questions")
             # its handler answers 202 and declares no response schema: documented as the default response
@@ -292,7 +292,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(source).lstrip())
     with (
-        serve_in_thread(root, database=root.parent / "stepline.db", max_body=MAX_BODY) as url,
+        serve_in_thread(root, store=f"sqlite:///{root.parent}/stepline.db", max_body=MAX_BODY) as url,
         httpx.Client(base_url=url, timeout=30) as http,
     ):
         yield http

@@ -320,7 +320,7 @@ async def test_idle_slow_header_and_slow_body_connections_are_closed(
 def test_stepline_refuses_nothing_it_should_take(tmp_path: Path, make_project: ProjectFactory) -> None:
     """The limits leave ordinary traffic alone: a plain JSON POST of a few KB, a GET, an emit."""
     root = make_project(ITEMS)
-    app = Stepline(root, dev=True, database=tmp_path / "db.sqlite")
+    app = Stepline(root, dev=True, store=f"sqlite:///{tmp_path}/db.sqlite")
 
     async def run() -> None:
         async with app.lifespan():

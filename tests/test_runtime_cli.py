@@ -106,7 +106,8 @@ def test_traces_list_and_show(make_project: ProjectFactory) -> None:
 
 def test_no_database_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["traces", "--dir", str(tmp_path)])
-    assert result.exit_code == 1 and "No database at" in result.output
+    assert result.exit_code == 1 and "there is no database at" in result.output
+    assert "run the project first" in result.output
 
 
 FAN_OUT = {

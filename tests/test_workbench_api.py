@@ -52,7 +52,7 @@ async def order(app: RunningApp, sku: str) -> str:
 
 
 async def test_the_graph_and_a_steps_details(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         await order(app, "tea")
         graph = (await app.client.get(f"{API}/graph")).json()
         assert {s["name"] for s in graph["steps"]} == {"PlaceOrder", "Ship", "Nightly"}
@@ -66,7 +66,7 @@ async def test_the_graph_and_a_steps_details(make_project: ProjectFactory) -> No
 
 
 async def test_traces_logs_and_their_filters(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         first, second = await order(app, "tea"), await order(app, "coffee")
         listed = (await app.client.get(f"{API}/traces")).json()
         assert {t["traceId"] for t in listed} == {first, second} and all(t["errors"] for t in listed)
@@ -81,7 +81,7 @@ async def test_traces_logs_and_their_filters(make_project: ProjectFactory) -> No
 
 
 async def test_state_dead_letters_replay_emit_and_cron(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         await order(app, "tea")
         (dead,) = (await app.client.get(f"{API}/dead-letters")).json()
         assert dead["step"] == "Ship" and dead["error"] == "RuntimeError: no courier" and dead["data"] == {"sku": "tea"}
@@ -114,7 +114,7 @@ async def test_state_dead_letters_replay_emit_and_cron(make_project: ProjectFact
 
 
 async def test_stopping_a_trace_from_the_page(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         trace_id = await order(app, "tea")
         assert (
             await app.client.post(f"{API}/traces/{trace_id}/stop", json={"reason": "looks wrong"})
@@ -125,7 +125,7 @@ async def test_stopping_a_trace_from_the_page(make_project: ProjectFactory) -> N
 
 
 async def test_live_records_arrive_over_server_sent_events(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         async with app.client.stream("GET", f"{API}/live") as stream:
             lines = stream.aiter_lines()
             assert (await anext(lines)) == ": connected"
@@ -146,7 +146,7 @@ async def test_live_records_arrive_over_server_sent_events(make_project: Project
 async def test_in_start_mode_the_api_is_off_or_needs_the_token(
     make_project: ProjectFactory, token: str | None, sent: str | None, status: int
 ) -> None:
-    async with serve(make_project(PROJECT), engine="memory", dev=False, admin_token=token) as app:
+    async with serve(make_project(PROJECT), store="memory://", dev=False, admin_token=token) as app:
         headers = {"authorization": f"Bearer {sent}"} if sent else {}
         r = await app.client.get(f"{API}/graph", headers=headers)
         assert r.status_code == status
@@ -157,7 +157,7 @@ async def test_in_start_mode_the_api_is_off_or_needs_the_token(
 
 
 async def test_no_cross_origin_reads(make_project: ProjectFactory) -> None:
-    async with serve(make_project(PROJECT), engine="memory") as app:
+    async with serve(make_project(PROJECT), store="memory://") as app:
         r = await app.client.get(f"{API}/graph", headers={"origin": "https://evil.example"})
     assert "access-control-allow-origin" not in r.headers
 
@@ -170,7 +170,7 @@ async def test_the_page_is_served_in_dev_and_off_in_start_without_a_token(
 
     if not (STATIC / "index.html").exists():
         pytest.skip("the Workbench is not built: make install")
-    async with serve(make_project(PROJECT), engine="memory", dev=dev, admin_token=token) as app:
+    async with serve(make_project(PROJECT), store="memory://", dev=dev, admin_token=token) as app:
         r = await app.client.get("/__workbench/")
     assert r.status_code == status
     if status == 200:

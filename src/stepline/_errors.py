@@ -14,7 +14,9 @@ SteplineError
 ├── EngineStoppedError        a sync handler used its ctx after the engine stopped (also a RuntimeError)
 ├── StoreError                the store could not do an operation; nothing was written
 │   ├── StoreUnavailableError     for now: a full disk, a lock held elsewhere, a lost connection
-│   └── StoreCorruptError         the store's data is damaged; it will not heal by itself
+│   ├── StoreCorruptError         the store's data is damaged; it will not heal by itself
+│   └── StoreURLError             a store URL that names no store, or options it does not take
+│                                 (also a ValueError)
 ├── LLMError                  a model call failed for good
 │   ├── StructuredOutputError     the reply did not fit the output model
 │   └── TurnLimitError            the tool loop ran out of turns
@@ -136,6 +138,11 @@ class StoreUnavailableError(StoreError):
 
 class StoreCorruptError(StoreError):
     """The store's data is damaged (a SQLite file with a bad header, truncated, or overwritten)."""
+
+
+class StoreURLError(StoreError, ValueError):
+    """A store URL that cannot be opened as written: an unknown scheme, a bad path or option; `fix` shows
+    the forms that work."""
 
 
 class NotASchemaError(SteplineError, ValueError):

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from stepline._clock import SYSTEM_CLOCK, Clock
 from stepline._errors import Problem, ProjectLoadError
 from stepline._health import Health
-from stepline.adapters import EngineName, open_adapters
-from stepline.adapters.base import Adapters, DeadLetter, Event
+from stepline.adapters import STORE_ENV, legacy_store_url, open_store
+from stepline.adapters.base import Adapters, DeadLetter, Event, StoreOptions
 from stepline.agents.llm import LLMClient
 from stepline.agents.mcp import close_sessions as close_mcp_sessions
 from stepline.context import Context
@@ -34,8 +35,9 @@ _PRUNE_EVERY = 60.0
 class Stepline:
     """Load the project at `root` and wire it up. Raises ProjectLoadError listing every problem.
 
-    The engine is durable by default: SQLite in `.stepline/stepline.db` under the project root
-    (`engine="memory"` keeps everything in the process). Run it with uvicorn
+    `store` is a store URL (docs/durability.md): without one, `$STEPLINE_STORE`, else the durable default,
+    a file in `.stepline/` under the project root; `store="memory://"` keeps everything in the process.
+    Run it with uvicorn
     (`uvicorn.run(Stepline(".").asgi)`), mount `.asgi` inside a FastAPI or Starlette app (pass
     `lifespan=sl.lifespan` to that app so the engine starts), or drive it from tests with
     `async with sl.lifespan(): ...`.
@@ -48,17 +50,18 @@ class Stepline:
         dev: bool = False,
         admin_token: str | None = None,
         concurrency: int = 64,
-        engine: EngineName = "sqlite",
-        database: str | Path | None = None,
-        synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        store: str | Adapters | None = None,
         trace_retention: float = 7 * DAY,
         trace_max_bytes: int | None = 1024 * MB,
         idempotency_window: float = DAY,
-        adapters: Adapters | None = None,
         llm: LLMSettings | None = None,
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         allowed_hosts: list[str] | None = None,
+        clock: Clock | None = None,
+        engine: str | None = None,
+        database: str | Path | None = None,
+        synchronous: str | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.dev = dev
@@ -67,14 +70,27 @@ class Stepline:
         self.settings = load_settings(self.root)
         if llm is not None:
             self.settings.llm = llm
-        self.health = (adapters.health if adapters is not None else None) or Health()
-        self.adapters = adapters or open_adapters(
-            engine,
-            self.root,
-            database=Path(database) if database else None,
-            synchronous=synchronous,
-            health=self.health,
-        )
+        legacy = legacy_store_url(engine, database, synchronous)
+        if legacy is not None:
+            if store is not None:
+                raise TypeError("give store= alone: engine=, database= and synchronous= are its deprecated spelling")
+            warnings.warn(
+                f"Stepline(engine=, database=, synchronous=) are deprecated; use store={legacy!r} "
+                f"(or ${STORE_ENV}); see CHANGELOG.md",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            store = legacy
+        if isinstance(store, Adapters):
+            if clock is not None and clock is not store.clock:
+                raise TypeError("the store was opened on another clock: open it with StoreOptions(clock=...)")
+            self.health = store.health or Health()
+            self.adapters = store
+        else:
+            self.health = Health()
+            options = StoreOptions(root=self.root, health=self.health, clock=clock or SYSTEM_CLOCK)
+            self.adapters = open_store(store, options)
+        self.clock = self.adapters.clock
         self.trace_retention = trace_retention
         self.trace_max_bytes = trace_max_bytes
         self.engine = Engine(
@@ -86,6 +102,7 @@ class Stepline:
             idempotency_window=idempotency_window,
             health=self.health,
             context_factory=self._context,
+            clock=self.clock,
         )
         self.llm = LLMClient(self.settings.llm)  # one per app: connections stay warm across steps
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
@@ -188,7 +205,9 @@ class Stepline:
         """Traces older than `trace_retention` go, then the oldest while they take more than `trace_max_bytes`."""
         while True:
             try:
-                removed = await self.adapters.traces.prune(time.time() - self.trace_retention, self.trace_max_bytes)
+                removed = await self.adapters.traces.prune(
+                    self.clock.time() - self.trace_retention, self.trace_max_bytes
+                )
             except Exception as exc:
                 pause = self.health.failed("pruning", exc, "traces grow until it recovers")
                 await asyncio.sleep(pause)
@@ -197,4 +216,4 @@ class Stepline:
             if removed:
                 cap = f" or over {self.trace_max_bytes / MB:,.0f} MB" if self.trace_max_bytes else ""
                 log.info("pruned %d traces older than %g days%s", removed, self.trace_retention / DAY, cap)
-            await asyncio.sleep(_PRUNE_EVERY)
+            await self.clock.sleep(_PRUNE_EVERY)

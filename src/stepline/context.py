@@ -8,12 +8,12 @@ engine itself knows nothing of models, approvals or the code sandbox.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from stepline._clock import SYSTEM_CLOCK, Clock
 from stepline._errors import LLMUsageError
 from stepline.adapters.base import TraceRecord
 from stepline.agents.approvals import Approval, Approvals
@@ -40,11 +40,19 @@ class Context(RunContext):
         state: State,
         logger: StepLogger,
         record: Recorder,
+        clock: Clock = SYSTEM_CLOCK,
         client: LLMClient | None = None,
         caller: StepCaller | None = None,
     ) -> None:
         super().__init__(
-            step=step, trace_id=trace_id, flows=flows, emitter=emitter, state=state, logger=logger, record=record
+            step=step,
+            trace_id=trace_id,
+            flows=flows,
+            emitter=emitter,
+            state=state,
+            logger=logger,
+            record=record,
+            clock=clock,
         )
         self._client = client
         self._caller = caller
@@ -65,7 +73,7 @@ class Context(RunContext):
         files: dict[str, str] | None = None,
     ) -> CodeResult:
         """Run Python in a separate, limited process (see docs/agents.md for what it bounds and what not)."""
-        started = time.time()
+        started = self.clock.time()
         result = await run_code(code, timeout=timeout, memory=memory, stdin=stdin, files=files)
         self._record(
             TraceRecord(

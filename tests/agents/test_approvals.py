@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from stepline.testing import RunningApp, serve
+from stepline.testing import FakeClock, RunningApp, serve
 
 from ..conftest import ProjectFactory
 
@@ -74,26 +73,31 @@ async def test_a_decision_after_a_restart_continues_the_trace_that_asked(make_pr
     assert ("emit", "Decide") in kinds and ("start", "Act") in kinds
 
 
-async def test_no_decision_in_time_takes_the_timeout_path(make_project: ProjectFactory) -> None:
-    async with serve(make_project(FLOW), engine="memory") as app:
-        await app.client.post("/drafts/d2", json={"text": "late", "timeout": 0.3})
+async def test_no_decision_in_time_takes_the_timeout_path(make_project: ProjectFactory, store: str) -> None:
+    clock = FakeClock()
+    async with serve(make_project(FLOW), store=store, clock=clock) as app:
+        await app.client.post("/drafts/d2", json={"text": "late", "timeout": 86400})
+        await app.settle()
+        assert await app.state("outcome", "d2") is None  # nobody decided, and the day has not passed
+        clock.advance(86400)
         await app.settle()
         assert (await app.state("outcome", "d2"))["status"] == "timeout"
         assert await decide(app, "d2") == 409
 
 
 async def test_a_decision_before_the_timeout_wins_and_the_timeout_does_nothing(make_project: ProjectFactory) -> None:
-    async with serve(make_project(FLOW), engine="memory") as app:
-        await app.client.post("/drafts/d3", json={"text": "quick", "timeout": 0.5})
+    clock = FakeClock()
+    async with serve(make_project(FLOW), store="memory://", clock=clock) as app:
+        await app.client.post("/drafts/d3", json={"text": "quick", "timeout": 3600})
         assert await decide(app, "d3") == 200
-        await asyncio.sleep(0.6)
+        clock.advance(3600)
         await app.settle()
         assert (await app.state("outcome", "d3"))["status"] == "approved"
         assert await app.state("stale", "d3") == 1  # the timeout event came, and was told it was too late
 
 
 async def test_asking_twice_while_pending_is_an_error(make_project: ProjectFactory) -> None:
-    async with serve(make_project(FLOW), engine="memory") as app:
+    async with serve(make_project(FLOW), store="memory://") as app:
         assert (await app.client.post("/drafts/d4", json={"text": "a"})).status_code == 202
         r = await app.client.post("/drafts/d4", json={"text": "b"})
         assert r.status_code == 500

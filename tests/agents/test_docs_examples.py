@@ -56,6 +56,12 @@ async def test_the_fake_model_test_snippet_and_its_agent_step_run_as_written(
     await run_test_block(root, "tests/test_agent.py", test)
 
 
+async def test_the_fake_clock_example_of_testing_md_runs_as_written(tmp_path: Path) -> None:
+    files = blocks("docs/testing.md")
+    root = write(tmp_path / "project", {k: files[k] for k in ("steps/remind_step.py", "tests/test_reminder.py")})
+    await run_test_block(root, "tests/test_reminder.py", "test_the_reminder_goes_out_a_day_later")
+
+
 async def test_the_readme_agent_step_runs_with_its_tools(tmp_path: Path) -> None:
     files = blocks("README.md")
     wanted = [
@@ -70,7 +76,7 @@ async def test_the_readme_agent_step_runs_with_its_tools(tmp_path: Path) -> None
         Answer.tool_call("growth", {"now": 120_000, "before": 100_000}),
         "Revenue grew 20% on September.",
     ) as llm:
-        async with serve(root, llm=llm.settings(), engine="memory") as app:
+        async with serve(root, llm=llm.settings(), store="memory://") as app:
             r = await app.client.post("/reports", json={"month": "2026-10"})
             assert r.status_code == 202, r.text
             await app.settle()

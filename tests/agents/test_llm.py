@@ -286,7 +286,7 @@ CALLS = {
 async def test_stream_with_tools_is_refused_before_anything_is_sent_and_points_to_run(
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         r = await app.client.post("/calls/stream-tools", json={"q": "Weather in Oslo?"})
     assert r.status_code == 400
     error = r.json()["error"]
@@ -298,7 +298,7 @@ async def test_stream_with_tools_is_refused_before_anything_is_sent_and_points_t
 async def test_a_misspelt_or_misplaced_keyword_is_a_clear_error_not_the_clients_type_error(
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         misspelt = (await app.client.post("/calls/misspelt", json={})).json()["error"]
         unknown = (await app.client.post("/calls/run-unknown", json={})).json()["error"]
         chat_tools = (await app.client.post("/calls/chat-tools", json={})).json()["error"]
@@ -316,7 +316,7 @@ async def test_stream_with_memory_sends_the_history_and_remembers_the_whole_repl
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
     llm.add("I am listening.", "You said hello.")
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         await app.client.post("/calls/stream-memory", json={"q": "hello"})
         r = await app.client.post("/calls/stream-memory", json={"q": "What did I say?"})
         assert r.json() == {"text": "You said hello."}
@@ -329,7 +329,7 @@ async def test_structured_with_memory_sends_the_history_and_remembers_the_valid_
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
     llm.add("I am listening.", '{"city": "Oslo"}', '{"city": "Oslo", "celsius": 3}')
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         await app.client.post("/calls/stream-memory", json={"q": "I live in Oslo."})
         r = await app.client.post("/calls/structured-memory", json={"q": "My weather?"})
         assert r.json() == {"output": {"city": "Oslo", "celsius": 3.0}}
@@ -353,7 +353,7 @@ async def test_run_with_output_gives_the_final_answer_as_the_model_after_the_too
         Answer(text='{"city": "Oslo"}', usage=(10, 4)),  # does not validate: repaired, as structured repairs
         Answer(text='{"city": "Oslo", "celsius": 21.5}', usage=(10, 5)),
     )
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         r = await app.client.post("/calls/run-output", json={"q": "Weather in Oslo?"})
         assert r.status_code == 200, r.text
         calls = records(await app.trace(r.headers["x-trace-id"]), "llm")
@@ -384,7 +384,7 @@ async def test_run_with_output_takes_a_final_answer_that_already_validates_witho
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
     llm.add(Answer.tool_call("temperature", {"city": "Oslo"}), '```json\n{"city": "Oslo", "celsius": 21.5}\n```')
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         r = await app.client.post("/calls/run-output", json={"q": "Weather in Oslo?"})
     assert r.json()["output"] == {"city": "Oslo", "celsius": 21.5} and r.json()["turns"] == 2
     assert len(llm.requests) == 2
@@ -394,7 +394,7 @@ async def test_a_sync_handler_gets_run_with_output_and_structured_with_memory(
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
     llm.add('{"city": "Oslo", "celsius": 21.5}', '{"city": "Oslo", "celsius": 22}')
-    async with serve(make_project(CALLS), llm=settings(llm), engine="memory") as app:
+    async with serve(make_project(CALLS), llm=settings(llm), store="memory://") as app:
         r = await app.client.post("/sync-calls", json={})
         assert r.status_code == 200, r.text
     assert r.json() == {

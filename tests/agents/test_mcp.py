@@ -96,7 +96,7 @@ async def handler(req, ctx):
 """
     )
     llm.add(Answer.tool_call("weather_GetWeather", {"city": "Oslo"}), "Sunny, 21 degrees.")
-    async with serve(agent_root, llm=llm.settings(), engine="memory") as app:
+    async with serve(agent_root, llm=llm.settings(), store="memory://") as app:
         r = await app.client.post("/ask", json={"q": "Weather in Oslo?"})
         assert r.status_code == 200, r.text
     body = r.json()
@@ -212,7 +212,7 @@ async def handler(req, ctx):
     )
     for city in ("Oslo", "Rome", "Lima"):
         llm.add(Answer.tool_call("weather_GetWeather", {"city": city}), f"Sunny in {city}.")
-    async with serve(agent_root, llm=llm.settings(), engine="memory") as app:
+    async with serve(agent_root, llm=llm.settings(), store="memory://") as app:
         first = (await app.client.post("/ask", json={"q": "Oslo?"})).json()
         second = (await app.client.post("/ask", json={"q": "Rome?"})).json()
         third = (await app.client.post("/ask", json={"q": "Lima?"})).json()
@@ -245,7 +245,7 @@ def test_a_star_in_the_mcp_table_serves_every_api_step_or_every_subscribed_topic
     from stepline.cli.mcp import exposed
     from stepline.steps.settings import McpSettings
 
-    app = Stepline(make_project(DECIDING), engine="memory")
+    app = Stepline(make_project(DECIDING), store="memory://")
     steps, topics, problems = exposed(app.engine, McpSettings(steps=["*"], topics=["*"]))
     assert sorted(s.name for s in steps) == ["ApproveRefund", "GetWeather"] and topics == ["weather.alert"]
     assert problems == []

@@ -56,7 +56,7 @@ async def test_long_term_memory_carries_a_conversation_across_requests_and_resta
 
 async def test_memory_is_per_key(make_project: ProjectFactory, llm: ScriptedLLM) -> None:
     llm.add("hi", "hi")
-    async with serve(make_project(CHAT), llm=llm.settings(), engine="memory") as app:
+    async with serve(make_project(CHAT), llm=llm.settings(), store="memory://") as app:
         await app.client.post("/chat/ada", json={"say": "I am Ada."})
         await app.client.post("/chat/bob", json={"say": "Who am I?"})
     assert sent(llm, 1) == [("system", "You are a shop assistant."), ("user", "Who am I?")]
@@ -64,7 +64,7 @@ async def test_memory_is_per_key(make_project: ProjectFactory, llm: ScriptedLLM)
 
 async def test_truncate_keeps_the_newest_messages(make_project: ProjectFactory, llm: ScriptedLLM) -> None:
     llm.add("a1", "a2", "a3")
-    async with serve(make_project(CHAT), llm=llm.settings(), engine="memory") as app:
+    async with serve(make_project(CHAT), llm=llm.settings(), store="memory://") as app:
         for say in ("q1", "q2", "q3"):
             await app.client.post("/chat/ada", json={"say": say, "max": 2})
         assert await app.state("customers", "ada") == [
@@ -76,7 +76,7 @@ async def test_truncate_keeps_the_newest_messages(make_project: ProjectFactory, 
 
 async def test_summarize_folds_old_messages_into_a_summary(make_project: ProjectFactory, llm: ScriptedLLM) -> None:
     llm.add("a1", "a2", "Ada asked q1 and q2.")  # the third answer is the summary the memory asks for
-    async with serve(make_project(CHAT), llm=llm.settings(), engine="memory") as app:
+    async with serve(make_project(CHAT), llm=llm.settings(), store="memory://") as app:
         for say in ("q1", "q2"):
             await app.client.post("/chat/ada", json={"say": say, "max": 3, "policy": "summarize"})
         stored = await app.state("customers", "ada")
@@ -109,7 +109,7 @@ async def test_a_conversation_is_shared_by_the_steps_of_one_trace_only(
     make_project: ProjectFactory, llm: ScriptedLLM
 ) -> None:
     llm.add("answer one", "answer two", "answer three", "answer four")
-    async with serve(make_project(PIPELINE), llm=llm.settings(), engine="memory") as app:
+    async with serve(make_project(PIPELINE), llm=llm.settings(), store="memory://") as app:
         await app.client.post("/start", json={})
         await app.settle()
         await app.client.post("/start", json={})

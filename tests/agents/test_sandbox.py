@@ -73,7 +73,7 @@ async def test_ctx_run_code_is_in_the_trace(make_project: ProjectFactory) -> Non
                 return {"out": result.stdout, "code": result.exit_code}
         """,
     }
-    async with serve(make_project(project), engine="memory") as app:
+    async with serve(make_project(project), store="memory://") as app:
         r = await app.client.post("/calc", json={"code": "print(sum(range(10)))"})
         assert r.json() == {"out": "45\n", "code": 0}
         (record,) = [x.data for x in await app.trace(r.headers["x-trace-id"]) if x.kind == "code"]

@@ -101,7 +101,7 @@ async def test_the_redaction_hook_cleans_what_the_trace_keeps_not_what_the_model
 
 
 def test_an_app_starts_without_any_llm_settings(make_project: ProjectFactory) -> None:
-    app = Stepline(make_project({}), engine="memory")
+    app = Stepline(make_project({}), store="memory://")
     assert app.settings.llm.model is None
 
 

@@ -1,4 +1,5 @@
-"""One suite, every adapter: each test here runs against every engine listed in ENGINES."""
+"""One suite, every store: each test here runs against every store in tests/stores.py, opened by its URL
+on a fake clock, and touches only what the Protocols of `stepline.adapters.base` promise."""
 
 from __future__ import annotations
 
@@ -8,51 +9,40 @@ from pathlib import Path
 
 import pytest
 
-from stepline.adapters import EngineName
-from stepline.adapters.base import CronLock, EventQueue, StateStore, TraceStore
-from stepline.adapters.memory import MemoryCronLock, MemoryEventQueue, MemoryStateStore, MemoryTraceStore
-from stepline.adapters.sqlite import open_sqlite
-
-
-class FakeClock:
-    """Time that moves only when a test says so, for leases and delays without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from stepline import adapters as stores
+from stepline._clock import FakeClock
+from stepline.adapters.base import CronLock, EventQueue, StateStore, StoreOptions, TraceStore
+from tests.stores import STORES, StoreKind
 
 
 @dataclass
 class Adapters:
-    queue: EventQueue
-    state: StateStore
-    traces: TraceStore
-    cron: CronLock
+    """The store under test, and the clock its leases, delays and windows run on."""
+
+    opened: stores.Adapters
     clock: FakeClock
 
+    @property
+    def queue(self) -> EventQueue:
+        return self.opened.queue
 
-ENGINES: list[EngineName] = ["memory", "sqlite"]
-# Engines whose storage several processes share.
-SHARED_ENGINES: list[EngineName] = ["sqlite"]
+    @property
+    def state(self) -> StateStore:
+        return self.opened.state
+
+    @property
+    def traces(self) -> TraceStore:
+        return self.opened.traces
+
+    @property
+    def cron(self) -> CronLock:
+        return self.opened.cron
 
 
-async def open_adapters(engine: str, tmp_path: Path, clock: FakeClock) -> Adapters:
-    if engine == "memory":
-        return Adapters(MemoryEventQueue(clock=clock), MemoryStateStore(), MemoryTraceStore(), MemoryCronLock(), clock)
-    if engine == "sqlite":
-        opened = open_sqlite(tmp_path / "stepline.db", clock=clock)
-        return Adapters(opened.queue, opened.state, opened.traces, opened.cron, clock)  # type: ignore[arg-type]
-    raise ValueError(engine)
-
-
-@pytest.fixture(params=ENGINES)
+@pytest.fixture(params=STORES, ids=str)
 async def adapters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapters]:
-    opened = await open_adapters(request.param, tmp_path, FakeClock())
-    yield opened
-    for part in (opened.queue, opened.state, opened.traces, opened.cron):
-        await part.close()
+    kind: StoreKind = request.param
+    clock = FakeClock()
+    opened = stores.open_store(kind.url(tmp_path), StoreOptions(root=tmp_path, clock=clock))
+    yield Adapters(opened, clock)
+    await opened.close()

@@ -6,21 +6,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from datetime import UTC, datetime
-
-import pytest
 
 from stepline import Stepline
-from stepline.adapters import EngineName
 from stepline.adapters.memory import MemoryCronLock
 from stepline.core.scheduler import CronScheduler
+from stepline.testing import FakeClock
 
 from ..conftest import ProjectFactory
-from .conftest import ENGINES
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: EngineName) -> None:
+async def test_delay_and_idempotency_key(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/api_step.py": """
@@ -41,7 +36,7 @@ async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: E
     )
     from stepline.testing import serve
 
-    async with serve(root, engine=engine) as app:
+    async with serve(root, store=store) as app:
         sent = time.time()
         for _ in range(3):  # a client retrying: one charge
             assert (await app.client.post("/pay/p1")).status_code == 202
@@ -52,8 +47,7 @@ async def test_delay_and_idempotency_key(make_project: ProjectFactory, engine: E
         assert await app.state("at", "p1") - sent >= 0.3
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectFactory, engine: EngineName) -> None:
+async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/ledger_step.py": """
@@ -72,7 +66,7 @@ async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectF
         """
         }
     )
-    sl = Stepline(root, engine=engine, concurrency=16)
+    sl = Stepline(root, store=store, concurrency=16)
     async with sl.lifespan():
         for n in range(30):
             for account in ("a", "b", "c"):
@@ -82,8 +76,7 @@ async def test_fifo_order_within_groups_under_concurrency(make_project: ProjectF
     assert ledgers == {account: list(range(30)) for account in ("a", "b", "c")}
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_step_concurrency_limit(make_project: ProjectFactory, engine: EngineName) -> None:
+async def test_step_concurrency_limit(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/c_step.py": """
@@ -100,7 +93,7 @@ async def test_step_concurrency_limit(make_project: ProjectFactory, engine: Engi
         """
         }
     )
-    sl = Stepline(root, engine=engine)
+    sl = Stepline(root, store=store)
     async with sl.lifespan():
         for i in range(10):
             await sl.emit("c", i)
@@ -108,8 +101,7 @@ async def test_step_concurrency_limit(make_project: ProjectFactory, engine: Engi
         assert await sl.engine.state.get("max", "value") == 2
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: EngineName) -> None:
+async def test_atomic_state_from_handlers(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/count_step.py": """
@@ -127,7 +119,7 @@ async def test_atomic_state_from_handlers(make_project: ProjectFactory, engine: 
         """,
         }
     )
-    sl = Stepline(root, engine=engine)
+    sl = Stepline(root, store=store)
     async with sl.lifespan():
         for i in range(50):
             await sl.emit("hit", i)
@@ -152,12 +144,12 @@ async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory)
         """,
         }
     )
-    sl = Stepline(root, engine="memory")
+    sl = Stepline(root, store="memory://")
     lock = MemoryCronLock()
     three_days_ago = time.time() - 3 * 86400
     await lock.claim_tick("Nightly", three_days_ago)  # the last run anyone saw
     await lock.claim_tick("Hourly", three_days_ago)
-    scheduler = CronScheduler(sl.engine, lock, clock=lambda: datetime.now(UTC))
+    scheduler = CronScheduler(sl.engine, lock)
     await sl.engine.start()
     task = asyncio.create_task(scheduler.run())
     try:
@@ -174,10 +166,7 @@ async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory)
         await sl.engine.stop()
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_retries_with_backoff_then_dead_letter_and_replay(
-    make_project: ProjectFactory, engine: EngineName
-) -> None:
+async def test_retries_with_backoff_then_dead_letter_and_replay(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/flaky_step.py": """
@@ -192,7 +181,7 @@ async def test_retries_with_backoff_then_dead_letter_and_replay(
         """
         }
     )
-    sl = Stepline(root, engine=engine)
+    sl = Stepline(root, store=store)
     async with sl.lifespan():
         event = await sl.emit("job", {"id": "j1"})
         await sl.settle()
@@ -210,10 +199,7 @@ async def test_retries_with_backoff_then_dead_letter_and_replay(
         assert len(await sl.engine.state.get("attempts", "j1")) == 5
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_a_handler_past_its_timeout_is_cancelled_and_retried(
-    make_project: ProjectFactory, engine: EngineName
-) -> None:
+async def test_a_handler_past_its_timeout_is_cancelled_and_retried(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/slow_step.py": """
@@ -231,7 +217,7 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_retried(
         """
         }
     )
-    sl = Stepline(root, engine=engine)
+    sl = Stepline(root, store=store)
     async with sl.lifespan():
         started = time.monotonic()
         await sl.emit("slow", {})
@@ -242,9 +228,8 @@ async def test_a_handler_past_its_timeout_is_cancelled_and_retried(
         assert await sl.dead_letters() == []
 
 
-@pytest.mark.parametrize("engine", ENGINES)
 async def test_a_sync_handler_past_its_timeout_is_abandoned_and_counted_failed(
-    make_project: ProjectFactory, engine: EngineName
+    make_project: ProjectFactory, store: str
 ) -> None:
     root = make_project(
         {
@@ -258,7 +243,7 @@ async def test_a_sync_handler_past_its_timeout_is_abandoned_and_counted_failed(
         """
         }
     )
-    sl = Stepline(root, engine=engine)
+    sl = Stepline(root, store=store)
     async with sl.lifespan():
         started = time.monotonic()
         await sl.emit("stuck", {})
@@ -268,8 +253,7 @@ async def test_a_sync_handler_past_its_timeout_is_abandoned_and_counted_failed(
         assert dead.error == "timed out after 0.2s" and dead.attempts == 1
 
 
-@pytest.mark.parametrize("engine", ENGINES)
-async def test_the_idempotency_window_is_configurable(make_project: ProjectFactory, engine: EngineName) -> None:
+async def test_the_idempotency_window_is_configurable(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/once_step.py": """
@@ -279,11 +263,13 @@ async def test_the_idempotency_window_is_configurable(make_project: ProjectFacto
         """
         }
     )
-    sl = Stepline(root, engine=engine, idempotency_window=0.2)
+    clock = FakeClock()
+    sl = Stepline(root, store=store, idempotency_window=3600, clock=clock)
     async with sl.lifespan():
         await sl.emit("once", {}, idempotency_key="k")
+        clock.advance(3599)
         await sl.emit("once", {}, idempotency_key="k")  # within the window: a repeat
-        await asyncio.sleep(0.3)
+        clock.advance(2)
         await sl.emit("once", {}, idempotency_key="k")  # the window has passed: accepted again
         await sl.settle()
         assert await sl.engine.state.get("runs", "once") == 2

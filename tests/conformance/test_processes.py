@@ -1,4 +1,4 @@
-"""Conformance for engines whose storage several processes share."""
+"""Conformance for stores that several processes share."""
 
 from __future__ import annotations
 
@@ -7,23 +7,19 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from stepline.adapters import EngineName, open_adapters
-
-from .conftest import SHARED_ENGINES
+from stepline.adapters import open_store
+from stepline.adapters.base import StoreOptions
 
 
-@pytest.mark.parametrize("engine", SHARED_ENGINES)
-async def test_increments_from_two_processes_are_not_lost(tmp_path: Path, engine: EngineName) -> None:
+async def test_increments_from_two_processes_are_not_lost(tmp_path: Path, shared_store: str) -> None:
     script = f"""
         import asyncio
         from pathlib import Path
-        from stepline.adapters.base import Increment
-        from stepline.adapters import open_adapters
+        from stepline.adapters import open_store
+        from stepline.adapters.base import Increment, StoreOptions
 
         async def main():
-            adapters = open_adapters({engine!r}, Path({str(tmp_path)!r}))
+            adapters = open_store({shared_store!r}, StoreOptions(root=Path({str(tmp_path)!r})))
             await asyncio.gather(*(adapters.state.update("g", "n", Increment()) for _ in range(400)))
             for _ in range(100):
                 await adapters.state.update("g", "n", Increment())
@@ -40,7 +36,7 @@ async def test_increments_from_two_processes_are_not_lost(tmp_path: Path, engine
     ]
     outputs = [(await asyncio.wait_for(p.communicate(), 60))[0] for p in procs]
     assert outputs == [b"ok\n", b"ok\n"]
-    adapters = open_adapters(engine, tmp_path)
+    adapters = open_store(shared_store, StoreOptions(root=tmp_path))
     try:
         assert await adapters.state.get("g", "n") == 1000
     finally:

@@ -1,4 +1,5 @@
-"""kill -9 in the middle of 5,000 three-step chains on `stepline start --workers 2`: nothing accepted is lost."""
+"""kill -9 in the middle of 5,000 three-step chains on `stepline start --workers 2`: nothing accepted is lost.
+On every store several processes can share (tests/stores.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from ..conftest import free_port
 from .chain import write_chain_project
-from .helpers import healthy, kill_group, query, start_server, wait_until
+from .helpers import Probe, healthy, kill_group, probe, start_server, wait_until
 
 CHAINS = 5000
 
@@ -38,49 +39,54 @@ async def _post_all(port: int, ids: list[int], stop_after: int | None) -> set[in
 
 
 @pytest.mark.timeout(600)
-async def test_sigkill_mid_run_loses_no_accepted_chain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_sigkill_mid_run_loses_no_accepted_chain(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_store: str
+) -> None:
     root = write_chain_project(tmp_path / "chain")
-    db = root / ".stepline" / "stepline.db"
-    port = free_port()
-    log = tmp_path / "server.log"
+    with probe(shared_store, root) as store:
+        await _crash_and_recover(root, shared_store, store, tmp_path / "server.log", capsys)
 
-    server = start_server(root, port, log, "--workers", "2")
+
+async def _crash_and_recover(root: Path, url: str, store: Probe, log: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+
+    server = start_server(root, port, log, "--workers", "2", store=url)
     try:
         await asyncio.to_thread(wait_until, lambda: healthy(port), 30, "the server")
         posting = asyncio.create_task(_post_all(port, list(range(CHAINS)), stop_after=None))
         # pull the plug on every process at once while requests arrive and chains are half-way
         await asyncio.to_thread(
             wait_until,
-            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'done'")[0][0] >= CHAINS // 4,
+            lambda: store.count("done") >= CHAINS // 4,
             60,
             "a quarter of the chains to finish",
         )
     finally:
         kill_group(server)
     first = await posting
-    done_at_kill = query(db, "SELECT COUNT(*) FROM state WHERE grp = 'done'")[0][0]
-    pending_at_kill = query(db, "SELECT COUNT(*) FROM deliveries")[0][0]
+    done_at_kill = await asyncio.to_thread(store.count, "done")
+    pending_at_kill = await asyncio.to_thread(store.queued)
     assert done_at_kill < CHAINS and pending_at_kill > 0, "the kill came too late to test anything"
 
-    server = start_server(root, port, log, "--workers", "2")
+    server = start_server(root, port, log, "--workers", "2", store=url)
     try:
         await asyncio.to_thread(wait_until, lambda: healthy(port), 30, "the restarted server")
         rest = await _post_all(port, sorted(set(range(CHAINS)) - first), stop_after=None)
         assert first | rest == set(range(CHAINS))
         await asyncio.to_thread(
             wait_until,
-            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'done'")[0][0] == CHAINS,
+            lambda: store.count("done") == CHAINS,
             300,
             "every chain to complete",
         )
     finally:
         kill_group(server, sig=15)
 
-    done = {int(k) for (k,) in query(db, "SELECT key FROM state WHERE grp = 'done'")}
+    done = {int(k) for k in await asyncio.to_thread(store.group, "done")}
     assert done == set(range(CHAINS)), f"missing chains: {sorted(set(range(CHAINS)) - done)[:20]}"
-    assert query(db, "SELECT COUNT(*) FROM deliveries")[0][0] == 0
-    assert query(db, "SELECT COUNT(*) FROM dead_letters")[0][0] == 0
-    runs = {k: int(v) for k, v in query(db, "SELECT key, value FROM state WHERE grp = 'runs'")}
+    stats = await asyncio.to_thread(store.stats)
+    assert stats.pending + stats.later == 0 and stats.dead == 0
+    runs = {k: int(v) for k, v in (await asyncio.to_thread(store.group, "runs")).items()}
     repeated = sum(runs.values()) - 3 * CHAINS
     assert repeated >= 0
     with capsys.disabled():

@@ -1,4 +1,5 @@
-"""The SQLite engine shared by several processes: atomic state, dead workers' leases, drain, cron once."""
+"""A store shared by several processes (each kind in tests/stores.py that can be): dead workers' leases,
+drain, cron once. What the servers did is read through the store's Protocols, as `stepline state` reads it."""
 
 from __future__ import annotations
 
@@ -13,27 +14,30 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from stepline.adapters import sqlite as sqlite_adapter
-from stepline.adapters.base import ClaimSpec, Event
-from stepline.adapters.sqlite import open_sqlite
+from stepline.adapters import open_store
+from stepline.adapters.base import ClaimSpec, Event, StoreOptions
 
 from ..conftest import ProjectFactory, free_port
-from .helpers import healthy, kill_group, query, start_server, wait_until
+from .helpers import healthy, kill_group, probe, start_server, wait_until
+
+# How long a silent worker is taken for alive: short here, so that a dead one's lease comes back quickly.
+STALE_AFTER = 1.5
 
 
 def _run_python(code: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, text=True)
 
 
-async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    db = tmp_path / "stepline.db"
+async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, shared_store: str) -> None:
+    options = StoreOptions(root=tmp_path, stale_after=STALE_AFTER)
     script = f"""
-        import asyncio, sys
-        from stepline.adapters.base import ClaimSpec
-        from stepline.adapters.sqlite import open_sqlite
+        import asyncio, pathlib
+        from stepline.adapters import open_store
+        from stepline.adapters.base import ClaimSpec, StoreOptions
 
         async def main():
-            adapters = open_sqlite({str(db)!r})
+            options = StoreOptions(root=pathlib.Path({str(tmp_path)!r}), stale_after={STALE_AFTER})
+            adapters = open_store({shared_store!r}, options)
             claimed = []
             while not claimed:
                 claimed = await adapters.queue.claim({{"a": ClaimSpec(lease=3600)}}, 10)
@@ -43,8 +47,7 @@ async def test_leases_of_a_killed_worker_go_back_to_the_queue(tmp_path: Path, mo
 
         asyncio.run(main())
     """
-    monkeypatch.setattr(sqlite_adapter, "STALE_AFTER", 1.5)
-    adapters = open_sqlite(db)
+    adapters = open_store(shared_store, options)
     try:
         await adapters.queue.publish(Event("e1", "t", {"n": 1}, "tr", None, time.time()), {"a": 0.0})
         holder = _run_python(script)
@@ -85,30 +88,30 @@ SLOW = {
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_sigterm_drains_running_handlers_then_exits(make_project: ProjectFactory, tmp_path: Path, workers: str) -> None:
+def test_sigterm_drains_running_handlers_then_exits(
+    make_project: ProjectFactory, tmp_path: Path, workers: str, shared_store: str
+) -> None:
     root = make_project(SLOW)
-    db = root / ".stepline" / "stepline.db"
     port = free_port()
-    server = start_server(root, port, tmp_path / "server.log", "--workers", workers, "--grace", "10")
-    try:
-        wait_until(lambda: healthy(port), 30, "the server")
-        for n in range(4):
-            assert httpx.post(f"http://127.0.0.1:{port}/go/{n}").status_code == 202
-        wait_until(
-            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'started'")[0][0] == 4,
-            10,
-            "the handlers to start",
-        )
-        server.send_signal(signal.SIGTERM) if workers == "1" else kill_group(server, signal.SIGTERM)
-        assert server.wait(timeout=30) == 0, (tmp_path / "server.log").read_text()
-    finally:
-        if server.poll() is None:
-            kill_group(server)
-    assert query(db, "SELECT COUNT(*) FROM state WHERE grp = 'finished'")[0][0] == 4
-    assert query(db, "SELECT COUNT(*) FROM deliveries") == [(0,)]
+    server = start_server(
+        root, port, tmp_path / "server.log", "--workers", workers, "--grace", "10", store=shared_store
+    )
+    with probe(shared_store, root) as store:
+        try:
+            wait_until(lambda: healthy(port), 30, "the server")
+            for n in range(4):
+                assert httpx.post(f"http://127.0.0.1:{port}/go/{n}").status_code == 202
+            wait_until(lambda: store.count("started") == 4, 10, "the handlers to start")
+            server.send_signal(signal.SIGTERM) if workers == "1" else kill_group(server, signal.SIGTERM)
+            assert server.wait(timeout=30) == 0, (tmp_path / "server.log").read_text()
+        finally:
+            if server.poll() is None:
+                kill_group(server)
+        assert store.count("finished") == 4
+        assert store.queued() == 0
 
 
-def test_a_cron_tick_fires_once_across_workers(make_project: ProjectFactory, tmp_path: Path) -> None:
+def test_a_cron_tick_fires_once_across_workers(make_project: ProjectFactory, tmp_path: Path, shared_store: str) -> None:
     root = make_project(
         {
             "steps/tick_step.py": """
@@ -119,17 +122,15 @@ def test_a_cron_tick_fires_once_across_workers(make_project: ProjectFactory, tmp
         """
         }
     )
-    db = root / ".stepline" / "stepline.db"
     port = free_port()
-    server = start_server(root, port, tmp_path / "server.log", "--workers", "2")
-    try:
-        wait_until(lambda: healthy(port), 30, "the server")
-        wait_until(
-            lambda: query(db, "SELECT COUNT(*) FROM state WHERE grp = 'per_second'")[0][0] >= 4, 15, "four ticks"
-        )
-    finally:
-        kill_group(server, signal.SIGTERM)
-    counts = [int(v) for (v,) in query(db, "SELECT value FROM state WHERE grp = 'per_second'")]
+    server = start_server(root, port, tmp_path / "server.log", "--workers", "2", store=shared_store)
+    with probe(shared_store, root) as store:
+        try:
+            wait_until(lambda: healthy(port), 30, "the server")
+            wait_until(lambda: store.count("per_second") >= 4, 15, "four ticks")
+        finally:
+            kill_group(server, signal.SIGTERM)
+        counts = list(store.group("per_second").values())
     assert counts and all(c == 1 for c in counts), counts
 
 

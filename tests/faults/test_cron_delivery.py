@@ -3,13 +3,12 @@ is retried and dead-lettered, and each tick is published once however many worke
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from stepline import Stepline
 
 from ..conftest import ProjectFactory, free_port
-from ..durability.helpers import healthy, kill_group, query, start_server, wait_until
+from ..durability.helpers import healthy, kill_group, probe, start_server, wait_until
 
 CRASHING_TICK = {
     "steps/tick_step.py": """
@@ -26,30 +25,24 @@ CRASHING_TICK = {
 }
 
 
-def test_a_cron_tick_killed_mid_run_runs_again(make_project: ProjectFactory, tmp_path: Path) -> None:
+def test_a_cron_tick_killed_mid_run_runs_again(make_project: ProjectFactory, tmp_path: Path, shared_store: str) -> None:
     root = make_project(CRASHING_TICK)
-    db = root / ".stepline" / "stepline.db"
     port = free_port()
-    server = start_server(root, port, tmp_path / "server.log", "--workers", "2")
-    try:
-        wait_until(lambda: healthy(port), 30, "the server")
+    server = start_server(root, port, tmp_path / "server.log", "--workers", "2", store=shared_store)
+    with probe(shared_store, root) as store:
+        try:
+            wait_until(lambda: healthy(port), 30, "the server")
 
-        def crashed_tick() -> str | None:
-            rows = query(db, "SELECT value FROM state WHERE grp = 'crashed' AND key = 'tick'")
-            return json.loads(rows[0][0]) if rows else None  # type: ignore[arg-type]
+            def crashed_tick_done() -> bool:
+                trace_id = store.get("crashed", "tick")
+                return bool(trace_id and store.get("done", trace_id))
 
-        def crashed_tick_done() -> bool:
-            trace_id = crashed_tick()
-            return bool(trace_id and query(db, "SELECT 1 FROM state WHERE grp = 'done' AND key = ?", trace_id))
-
-        wait_until(crashed_tick_done, 40, "the killed tick to run again")
-        [(runs,)] = query(db, "SELECT value FROM state WHERE grp = 'runs' AND key = ?", crashed_tick())
-        assert json.loads(runs) == 2  # type: ignore[arg-type]  # the same tick: once killed, once done
-        # Two workers see every tick: each ran once, or (killed with the crashing one) once more, never again.
-        counts = [json.loads(v) for (v,) in query(db, "SELECT value FROM state WHERE grp = 'runs'")]  # type: ignore[arg-type]
-        assert max(counts) == 2
-    finally:
-        kill_group(server)
+            wait_until(crashed_tick_done, 40, "the killed tick to run again")
+            assert store.get("runs", store.get("crashed", "tick")) == 2  # the same tick: once killed, once done
+            # Two workers see every tick: each ran once, or (killed with the crashing one) once more, never again.
+            assert max(store.group("runs").values()) == 2
+        finally:
+            kill_group(server)
 
 
 FAILING_TICK = {
@@ -63,8 +56,8 @@ FAILING_TICK = {
 }
 
 
-async def test_a_failing_cron_tick_is_retried_and_dead_lettered(make_project: ProjectFactory, tmp_path: Path) -> None:
-    app = Stepline(make_project(FAILING_TICK), dev=True, database=tmp_path / "db.sqlite")
+async def test_a_failing_cron_tick_is_retried_and_dead_lettered(make_project: ProjectFactory, store: str) -> None:
+    app = Stepline(make_project(FAILING_TICK), dev=True, store=store)
     async with app.lifespan():
         step = app.project.steps["Tick"]
         trace_id = await app.engine.run_cron(step)  # "run now": a delivery like a tick's
@@ -77,10 +70,12 @@ async def test_a_failing_cron_tick_is_retried_and_dead_lettered(make_project: Pr
         assert await app.engine.state.get("runs", "tick") == 4
 
 
-async def test_every_worker_publishes_a_tick_and_one_gets_through(make_project: ProjectFactory, tmp_path: Path) -> None:
-    """Two engines on one database publish the same tick: the idempotency key lets one delivery through."""
+async def test_every_worker_publishes_a_tick_and_one_gets_through(
+    make_project: ProjectFactory, shared_store: str
+) -> None:
+    """Two engines on one store publish the same tick: the idempotency key lets one delivery through."""
     root = make_project(FAILING_TICK)
-    apps = [Stepline(root, database=tmp_path / "db.sqlite") for _ in range(2)]
+    apps = [Stepline(root, store=shared_store) for _ in range(2)]
     step = apps[0].project.steps["Tick"]
     published = [await app.engine.publish_cron(step, 1_767_225_600.0) for app in apps]
     assert sum(p is not None for p in published) == 1

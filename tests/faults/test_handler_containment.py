@@ -33,7 +33,7 @@ HANGING = {
 
 
 async def test_hung_sync_handlers_do_not_starve_the_healthy_ones(make_project: ProjectFactory, tmp_path: Path) -> None:
-    app = Stepline(make_project(HANGING), database=tmp_path / "db.sqlite", concurrency=8)
+    app = Stepline(make_project(HANGING), store=f"sqlite:///{tmp_path}/db.sqlite", concurrency=8)
     async with app.lifespan():
         release = sys.modules["steps.hang_step"].RELEASE
         try:
@@ -67,7 +67,7 @@ async def test_a_handler_that_blocks_the_event_loop_is_named_in_the_log_and_the_
     make_project: ProjectFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="stepline")
-    app = Stepline(make_project(BLOCKING), database=tmp_path / "db.sqlite")
+    app = Stepline(make_project(BLOCKING), store=f"sqlite:///{tmp_path}/db.sqlite")
     async with app.lifespan():
         event = await app.emit("block", {})
         await app.settle(timeout=20)

@@ -15,7 +15,7 @@ import httpx2 as httpx
 from stepline import Stepline
 
 from ..conftest import ProjectFactory, free_port
-from ..durability.helpers import healthy, kill_group, query, start_server, wait_until
+from ..durability.helpers import healthy, kill_group, probe, start_server, wait_until
 
 SUICIDE = {
     "steps/go_step.py": """
@@ -36,30 +36,27 @@ SUICIDE = {
 
 
 def test_a_handler_that_kills_its_worker_is_dead_lettered_after_its_last_attempt(
-    make_project: ProjectFactory, tmp_path: Path
+    make_project: ProjectFactory, tmp_path: Path, shared_store: str
 ) -> None:
     root = make_project(SUICIDE)
-    db = root / ".stepline" / "stepline.db"
     port = free_port()
-    server = start_server(root, port, tmp_path / "server.log", "--workers", "2")  # the supervisor restarts the dead
-    try:
-        wait_until(lambda: healthy(port), 30, "the server")
-        r = httpx.post(f"http://127.0.0.1:{port}/go", timeout=10)
-        assert r.status_code == 202
-
-        def dead_lettered() -> bool:
-            return bool(query(db, "SELECT COUNT(*) FROM dead_letters")[0][0])
-
-        wait_until(dead_lettered, 45, "the delivery to be dead-lettered")  # each death: a restart, a lease
-        [(attempts, error)] = query(db, "SELECT attempts, error FROM dead_letters")
-        assert attempts == 4  # the claim that found the third attempt lost: it did not run
-        assert "worker died during the run" in str(error) and "3 attempts" in str(error)
-        time.sleep(3)  # and it stays there: not run again
-        [(runs,)] = query(db, "SELECT value FROM state WHERE grp = 'runs' AND key = 'doomed'")
-        assert json.loads(runs) == 3  # maxRetries 2: three attempts, each lost, none more
-        assert query(db, "SELECT COUNT(*) FROM deliveries")[0][0] == 0
-    finally:
-        kill_group(server)
+    # the supervisor restarts the dead
+    server = start_server(root, port, tmp_path / "server.log", "--workers", "2", store=shared_store)
+    with probe(shared_store, root) as store:
+        try:
+            wait_until(lambda: healthy(port), 30, "the server")
+            r = httpx.post(f"http://127.0.0.1:{port}/go", timeout=10)
+            assert r.status_code == 202
+            # each death: a restart, a lease
+            wait_until(lambda: bool(store.dead_letters()), 45, "the delivery to be dead-lettered")
+            [dead] = store.dead_letters()
+            assert dead.attempts == 4  # the claim that found the third attempt lost: it did not run
+            assert "worker died during the run" in dead.error and "3 attempts" in dead.error
+            time.sleep(3)  # and it stays there: not run again
+            assert store.get("runs", "doomed") == 3  # maxRetries 2: three attempts, each lost, none more
+            assert store.queued() == 0
+        finally:
+            kill_group(server)
 
 
 SLOW = {
@@ -85,7 +82,7 @@ async def test_a_run_longer_than_its_visibility_timeout_is_not_handed_out_again(
     make_project: ProjectFactory, tmp_path: Path
 ) -> None:
     """In one process: a lease that is renewed while the handler runs is never claimed again."""
-    app = Stepline(make_project(SLOW), database=tmp_path / "db.sqlite")
+    app = Stepline(make_project(SLOW), store=f"sqlite:///{tmp_path}/db.sqlite")
     async with app.lifespan():
         for n in range(4):
             await app.emit("slow", {"n": n})
@@ -95,25 +92,22 @@ async def test_a_run_longer_than_its_visibility_timeout_is_not_handed_out_again(
         assert await app.dead_letters() == []
 
 
-def test_across_workers_a_live_run_is_never_handed_out_twice(make_project: ProjectFactory, tmp_path: Path) -> None:
+def test_across_workers_a_live_run_is_never_handed_out_twice(
+    make_project: ProjectFactory, tmp_path: Path, shared_store: str
+) -> None:
     root = make_project(SLOW)
-    db = root / ".stepline" / "stepline.db"
     port = free_port()
-    server = start_server(root, port, tmp_path / "server.log", "--workers", "2")
-    try:
-        wait_until(lambda: healthy(port), 30, "the server")
-        for n in range(6):
-            assert httpx.post(f"http://127.0.0.1:{port}/go/{n}", timeout=10).status_code == 202
-
-        def done() -> bool:
-            return query(db, "SELECT COUNT(*) FROM state WHERE grp = 'ends'")[0][0] == 6
-
-        wait_until(done, 30, "every run to end")
-        starts = dict(query(db, "SELECT key, value FROM state WHERE grp = 'starts'"))
-        assert {k: json.loads(v) for k, v in starts.items()} == {str(n): 1 for n in range(6)}  # type: ignore[arg-type]
-        assert query(db, "SELECT COUNT(*) FROM deliveries")[0][0] == 0
-    finally:
-        kill_group(server)
+    server = start_server(root, port, tmp_path / "server.log", "--workers", "2", store=shared_store)
+    with probe(shared_store, root) as store:
+        try:
+            wait_until(lambda: healthy(port), 30, "the server")
+            for n in range(6):
+                assert httpx.post(f"http://127.0.0.1:{port}/go/{n}", timeout=10).status_code == 202
+            wait_until(lambda: store.count("ends") == 6, 30, "every run to end")
+            assert store.group("starts") == {str(n): 1 for n in range(6)}
+            assert store.queued() == 0
+        finally:
+            kill_group(server)
 
 
 def test_check_warns_when_a_timeout_exceeds_the_visibility_timeout(make_project: ProjectFactory) -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from stepline.adapters.sqlite import open_sqlite
 from stepline.testing import RunningApp, serve
 
 from ..conftest import ProjectFactory
@@ -92,7 +91,7 @@ async def test_a_full_disk_answers_503_with_the_reason_and_recovers_by_itself(
     make_project: ProjectFactory, small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="stepline")
-    async with serve(make_project(ORDERS), database=small_disk / "stepline.db") as app:
+    async with serve(make_project(ORDERS), store=f"sqlite:///{small_disk}/stepline.db") as app:
         assert (await app.client.post("/orders/0")).status_code == 202
         await app.settle()
         filler = fill(small_disk)
@@ -171,7 +170,7 @@ async def test_a_write_lock_held_by_another_process_answers_503_and_nothing_is_l
 ) -> None:
     root = make_project(ORDERS)
     db = tmp_path / "stepline.db"
-    async with serve(root, adapters=open_sqlite(db, busy_timeout=0.3)) as app:
+    async with serve(root, store=f"sqlite:///{db}?busy_timeout=0.3") as app:
         gate = sys.modules["steps.ship_step"].GATE
         gate.clear()
         for n in range(10):  # in flight (leased, waiting at the gate) or queued when the lock is taken

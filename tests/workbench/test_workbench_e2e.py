@@ -28,7 +28,7 @@ pytestmark = [
 async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
     monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
-    async with serve(EXAMPLE, database=tmp_path / "stepline.db", llm=LLMSettings()) as running:
+    async with serve(EXAMPLE, store=f"sqlite:///{tmp_path}/stepline.db", llm=LLMSettings()) as running:
         yield running
 
 
@@ -177,7 +177,7 @@ async def test_a_graph_of_60_steps_is_laid_out_without_overlaps(browser: Browser
             f'config = {{"type": "event", "name": "S{i}", "subscribes": {subscribes}, "emits": {emits}}}\n'
             "async def handler(input, ctx):\n    return None\n"
         )
-    async with serve(root, engine="memory") as app:
+    async with serve(root, store="memory://") as app:
         page = await browser.new_page(viewport={"width": 1500, "height": 950})
         await page.goto(f"{app.url}/__workbench/")
         nodes = page.get_by_test_id("graph-node")

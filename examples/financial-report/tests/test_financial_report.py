@@ -25,7 +25,7 @@ async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
     monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
     # No model: the analyst drafts from its template (the agent's own test below scripts a model).
-    async with serve(ROOT, database=tmp_path / "stepline.db", llm=LLMSettings()) as running:
+    async with serve(ROOT, store=f"sqlite:///{tmp_path}/stepline.db", llm=LLMSettings()) as running:
         yield running
 
 
@@ -125,7 +125,7 @@ async def test_the_analyst_agent_reads_the_data_computes_with_a_tool_and_drafts(
         json.dumps({"title": "Financial report, 2026-10", "summary": "A good month.", "highlights": ["Revenue up."]}),
         json.dumps(draft),  # the first draft had one highlight, not three: repaired
     ) as llm:
-        async with serve(ROOT, database=tmp_path / "stepline.db", llm=llm.settings()) as app:
+        async with serve(ROOT, store=f"sqlite:///{tmp_path}/stepline.db", llm=llm.settings()) as app:
             ids = await request_report(app)
             report = await get_report(app, ids["reportId"])
             trace = await app.trace(ids["traceId"])

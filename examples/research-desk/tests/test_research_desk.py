@@ -28,7 +28,7 @@ def desk_model(request: dict[str, Any]) -> str:
 
 async def test_a_planner_two_specialists_and_an_editor_answer_together(tmp_path: Path) -> None:
     with ScriptedLLM(*[desk_model] * 4) as llm:
-        async with serve(ROOT, database=tmp_path / "desk.db", llm=llm.settings()) as app:
+        async with serve(ROOT, store=f"sqlite:///{tmp_path}/desk.db", llm=llm.settings()) as app:
             r = await app.client.post("/questions", json={"question": "Should we invest in EU heat pumps?"})
             assert r.status_code == 202, r.text
             question_id = r.json()["questionId"]
@@ -49,7 +49,7 @@ async def test_a_planner_two_specialists_and_an_editor_answer_together(tmp_path:
 
 
 async def test_an_unknown_question_is_a_404(tmp_path: Path) -> None:
-    async with serve(ROOT, database=tmp_path / "desk.db", engine="memory") as app:
+    async with serve(ROOT, store="memory://") as app:
         assert (await app.client.get("/questions/nope")).status_code == 404
 
 

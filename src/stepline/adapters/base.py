@@ -1,15 +1,20 @@
-"""The seams between the engine and storage: the records that cross them and the Protocols adapters implement.
+"""The seam between the runtime and its store: the records that cross it, the Protocols a store implements,
+and what a store is opened with (its parsed URL and options).
 
-The engine imports only this module; adapters (memory, sqlite, redis, ...) implement it and are
-checked by the same conformance suite (tests/conformance/).
+The runtime reaches storage only through this module; each store (memory, sqlite, ...) implements it and
+passes the same conformance suite (tests/conformance/).
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from stepline._clock import SYSTEM_CLOCK, Clock
+from stepline._errors import StoreURLError
 from stepline._health import Health
 
 
@@ -265,6 +270,9 @@ class Adapters:
     traces: TraceStore
     cron: CronLock
     health: Health | None = None  # where the store reports its failing background work, if it has any
+    url: str = ""  # the store's URL as it may be shown (a password masked)
+    per_process: bool = False  # its data lives in this process alone (memory://): workers cannot share it
+    clock: Clock = SYSTEM_CLOCK  # what its delays, leases and windows are measured by: the engine's too
 
     async def close(self) -> None:
         for part in (self.queue, self.state, self.traces, self.cron):
@@ -281,3 +289,50 @@ def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:
 
 def is_failure(record: TraceRecord) -> bool:
     return record.kind == "end" and record.data.get("status") == "error"
+
+
+# -- opening a store ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL: `scheme://netloc/path?query`, with the query as single-valued options."""
+
+    text: str
+    scheme: str
+    netloc: str
+    path: str  # percent-decoded
+    query: dict[str, str]
+
+    def shown(self) -> str:
+        """The URL to print: a password in it is masked."""
+        parts = urllib.parse.urlsplit(self.text)
+        if parts.password is None:
+            return self.text
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+    def refuse(self, message: str, fix: str) -> StoreURLError:
+        return StoreURLError(f"the store URL {self.shown()!r} {message}", fix=fix)
+
+    def options(self, accepted: dict[str, str]) -> dict[str, str]:
+        """The query options, refusing any this store does not know; `accepted` maps each to its help."""
+        unknown = sorted(set(self.query) - set(accepted))
+        if unknown:
+            listed = "; ".join(f"{name} ({text})" for name, text in accepted.items())
+            fix = f"the options it takes: {listed}" if accepted else "it takes none; remove them"
+            raise self.refuse(f"has options a {self.scheme} store does not take ({', '.join(unknown)})", fix)
+        return self.query
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """What a store is opened with besides its URL."""
+
+    root: Path = field(default_factory=Path.cwd)  # relative paths in a URL are relative to the project root
+    clock: Clock = SYSTEM_CLOCK  # what "now" is for leases, delays and idempotency windows
+    health: Health | None = None  # hears of the store's failing background work
+    must_exist: bool = False  # a command that only reads (stepline dlq) must not create an empty store
+    # A worker silent this long is taken for dead, and its leases are handed out again: longer than any
+    # pause of a live worker (a GC, a busy disk), short enough that a crash costs seconds, not minutes.
+    stale_after: float = 5.0

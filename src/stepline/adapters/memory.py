@@ -1,4 +1,4 @@
-"""In-memory adapters: the reference implementation of the Protocols, for tests and `--engine memory`.
+"""In-memory adapters: the reference implementation of the Protocols, for tests and `--store memory://`.
 
 Nothing here survives the process; the semantics (leases, FIFO groups, retries, dead letters,
 idempotency keys) are the real ones, checked by the same conformance suite as the durable adapters.
@@ -10,22 +10,26 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from stepline import _json
+from stepline._clock import SYSTEM_CLOCK, Clock, sleep_until_set
+from stepline._errors import StoreError
 from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
+    Adapters,
     ClaimSpec,
     DeadLetter,
     Delivery,
     Event,
     QueueStats,
     StateUpdate,
+    StoreOptions,
+    StoreURL,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -50,8 +54,9 @@ class _Entry:
 
 
 class MemoryEventQueue:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self._clock = clock.time
+        self._sleep_on = clock
         self._seq = itertools.count()
         self._entries: dict[str, _Entry] = {}  # every delivery still in the queue, in publish order
         self._timers: list[tuple[float, int, str]] = []  # (visible_at, seq, id): delayed or leased
@@ -154,7 +159,7 @@ class MemoryEventQueue:
         if entry is not None:
             self._remove(entry)
             self._dead[entry.id] = DeadLetter(
-                entry.id, entry.event, entry.step, entry.attempts, error, traceback, time.time()
+                entry.id, entry.event, entry.step, entry.attempts, error, traceback, self._clock()
             )
 
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
@@ -196,10 +201,13 @@ class MemoryEventQueue:
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:
             heapq.heappop(self._timers)
-        if self._timers:
-            timeout = min(timeout, max(0.0, self._timers[0][0] - now))
+        # Until news, the next delayed delivery (on the store's clock, which a test may move) or `timeout`.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                if self._timers:
+                    await sleep_until_set(self._sleep_on, max(0.0, self._timers[0][0] - now), self._wakeup)
+                else:
+                    await self._wakeup.wait()
         self._wakeup.clear()
 
     async def close(self) -> None:
@@ -315,3 +323,22 @@ class MemoryCronLock:
 
     async def close(self) -> None:
         pass
+
+
+def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
+    """`memory://`: the four adapters in this process, empty."""
+    if url.netloc or url.path.strip("/"):
+        raise url.refuse("has a location, but a memory store lives in the process", "write memory://")
+    url.options({})
+    if options.must_exist:  # a command reading what a server left has nothing to read here
+        raise StoreError(
+            "a memory store lives inside the process that runs it; another command cannot read it",
+            fix="run the project on a store that outlives it (the default one, in a file) to inspect it from here",
+        )
+    return Adapters(
+        MemoryEventQueue(clock=options.clock),
+        MemoryStateStore(),
+        MemoryTraceStore(),
+        MemoryCronLock(),
+        per_process=True,
+    )

@@ -21,7 +21,6 @@ goes out in the trace of the request, so one trace shows the whole story.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -92,7 +91,7 @@ class Approvals:
         """Ask for a decision on (name, key). `topic` gets the decision, or `decision: "timeout"` after
         `timeout` seconds. Asking again while one is pending is an error; after a decision, it starts anew."""
         ctx = self._ctx
-        now = time.time()
+        now = ctx.clock.time()
         approval = Approval(
             name,
             key,
@@ -131,7 +130,7 @@ class Approvals:
             return None
         decided = Approval.from_dict(
             current.to_dict()
-            | {"status": "approved" if approved else "rejected", "decided_at": time.time()}
+            | {"status": "approved" if approved else "rejected", "decided_at": self._ctx.clock.time()}
             | {"by": by, "comment": comment}
         )
         if not await ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), decided.to_dict()):
@@ -154,7 +153,7 @@ class Approvals:
             return current if current.status == event["decision"] else None
         if not current.pending:
             return current if current.status == "timeout" else None  # a redelivery, or the decision won
-        timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": time.time()})
+        timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": self._ctx.clock.time()})
         if not await self._ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
             return None
         return timed_out

@@ -14,17 +14,27 @@ from typing import Annotated, Any
 
 import httpx2 as httpx
 import typer
-from dotenv import load_dotenv
 from rich.markup import escape
 from rich.table import Table
 
 from stepline._errors import Problem, ProjectLoadError, StoreError
+from stepline.adapters import store_url_from_env
 from stepline.adapters.base import TraceRecord
 from stepline.agents.evals import load_evals, previous, save
 from stepline.app import Stepline
 from stepline.cli.console import console, out, print_json, print_machine, print_problems, setup_logging
 from stepline.cli.evals import run_eval, run_table, summary_line
 from stepline.cli.loop import approvals, state_app
+from stepline.cli.options import (
+    DbOption,
+    DirOption,
+    EngineOption,
+    JsonOption,
+    StoreOption,
+    SyncOption,
+    load_env,
+    store_url,
+)
 from stepline.cli.runtime import dlq_app, traces_app
 from stepline.steps.config import ApiConfig
 from stepline.steps.graph import as_json, mermaid, text_tree, trigger
@@ -40,18 +50,9 @@ app = typer.Typer(
     help="APIs, background jobs, cron jobs and agents as steps of one event-driven backend.",
 )
 
-DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
 HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface, as in a container).")]
 PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 DEFAULT_PORT = 3000
-ENV_FILE = ".env"
-
-
-def _load_env(root: Path) -> None:
-    """Load the project's .env, if it has one; a variable already set in the environment wins (the
-    deployment decides, not the file)."""
-    load_dotenv(root / ENV_FILE, override=False)
 
 
 @contextlib.contextmanager
@@ -64,7 +65,7 @@ def _in_project(root: Path) -> Iterator[Path]:
     were typed.
     """
     root = root.resolve()
-    _load_env(root)
+    load_env(root)
     if not root.is_dir():  # no such folder: loading the project says so, and what to do
         yield root
         return
@@ -116,15 +117,10 @@ def create(
     )
 
 
-EngineOption = Annotated[str, typer.Option("--engine", help="sqlite (durable, the default) or memory.")]
-DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
-SyncOption = Annotated[str, typer.Option("--sync", help="normal (default) or full: fsync every commit.")]
 KeepOption = Annotated[float, typer.Option("--keep-traces", min=0.01, help="Days to keep traces.")]
 TraceCapOption = Annotated[
     float,
-    typer.Option(
-        "--max-traces-mb", min=0, help="Past this many MB in the database file, the oldest traces go; 0: no cap."
-    ),
+    typer.Option("--max-traces-mb", min=0, help="Past this many MB of traces in the store, the oldest go; 0: no cap."),
 ]
 MaxBodyOption = Annotated[
     str, typer.Option("--max-body", help="Largest request body taken, like 1MB or 512KB; larger ones get 413.")
@@ -139,21 +135,9 @@ HostsOption = Annotated[
 ]
 
 
-def _engine_options(
-    engine: str, db: Path | None, sync: str, keep_traces: float = 7.0, max_traces_mb: float = 1024
-) -> dict[str, Any]:
-    if engine not in ("sqlite", "memory"):
-        console.print(f"[red]--engine {engine!r} is not an engine;[/] use sqlite or memory")
-        raise typer.Exit(2)
-    if sync.upper() not in ("NORMAL", "FULL"):
-        console.print(f"[red]--sync {sync!r} is not a setting;[/] use normal or full")
-        raise typer.Exit(2)
-    # Resolved here, before a command enters the project folder: --db is relative to where it was typed.
-    database = db.resolve() if db is not None else None
+def _store_options(store: str | None, keep_traces: float = 7.0, max_traces_mb: float = 1024) -> dict[str, Any]:
     return {
-        "engine": engine,
-        "database": database,
-        "synchronous": sync.upper(),
+        "store": store,
         "trace_retention": keep_traces * 86400,
         "trace_max_bytes": int(max_traces_mb * 1024 * 1024) or None,
     }
@@ -185,19 +169,21 @@ def dev(
     root: DirOption = Path("."),
     host: HostOption = "127.0.0.1",
     port: PortOption = DEFAULT_PORT,
-    engine: EngineOption = "sqlite",
-    db: DbOption = None,
-    sync: SyncOption = "normal",
+    store: StoreOption = None,
     keep_traces: KeepOption = 7.0,
     max_traces_mb: TraceCapOption = 1024,
     max_body: MaxBodyOption = "1MB",
     allowed_host: HostsOption = None,
+    engine: EngineOption = None,
+    db: DbOption = None,
+    sync: SyncOption = None,
 ) -> None:
     """Run the project in one process with hot reload, the admin API on."""
     from stepline.cli.serve import serve
 
     setup_logging()
-    options = _engine_options(engine, db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    url = store_url(store, engine, db, sync)
+    options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
     with _in_project(root) as project_root:
         stepline = _app(project_root, dev=True, **options)
         asyncio.run(serve(stepline, host, port, reload=True))
@@ -209,39 +195,48 @@ def start(
     host: HostOption = "127.0.0.1",
     port: PortOption = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps.")] = 1,
-    engine: EngineOption = "sqlite",
-    db: DbOption = None,
-    sync: SyncOption = "normal",
+    store: StoreOption = None,
     grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
     keep_traces: KeepOption = 7.0,
     max_traces_mb: TraceCapOption = 1024,
     max_body: MaxBodyOption = "1MB",
     allowed_host: HostsOption = None,
+    engine: EngineOption = None,
+    db: DbOption = None,
+    sync: SyncOption = None,
 ) -> None:
     """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set.
 
     Listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0 in a container). SIGTERM drains: no
     new work is taken, running handlers get --grace seconds, then the process exits.
     """
-    options = _engine_options(engine, db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    url = store_url(store, engine, db, sync)
+    options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
     with _in_project(root) as project_root:
         if workers > 1:
-            if engine == "memory":
-                console.print("[red]--workers needs a shared engine;[/] the memory engine lives in one process")
-                raise typer.Exit(2)
             from stepline.cli.workers import supervise
 
             # Fail here, once, with the problems listed (a broken step, a damaged database), rather than in
             # every worker, which the supervisor would start again and again.
-            asyncio.run(_app(project_root, dev=False, **options).adapters.close())
-            # Every option a worker runs with, on its command line (the folder and the file made absolute).
-            forwarded = ["--sync", sync, "--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb)]
+            adapters = _app(project_root, dev=False, **options).adapters
+            asyncio.run(adapters.close())
+            if adapters.per_process:
+                console.print(
+                    f"[red]--workers needs a store the workers share;[/] {escape(adapters.url)} lives in one "
+                    "process. Use the default store (a file), or another --store the workers can share"
+                )
+                raise typer.Exit(2)
+            # Every option a worker runs with, on its command line; the store's URL goes in its environment
+            # (a password in it stays out of `ps`). Relative paths in the URL are relative to the project.
+            forwarded = ["--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb)]
             forwarded += ["--max-body", str(options["max_body"])]
             for name in options["allowed_hosts"]:
                 forwarded += ["--allowed-host", name]
-            if options["database"] is not None:
-                forwarded += ["--db", str(options["database"])]
-            raise typer.Exit(supervise(project_root, host, port, workers, forwarded, grace=grace))
+            store_text = url or store_url_from_env()
+            code = supervise(
+                project_root, host, port, workers, forwarded, store=store_text, shown=adapters.url, grace=grace
+            )
+            raise typer.Exit(code)
         _serve_start(project_root, host, port, options, grace)
 
 
@@ -259,8 +254,7 @@ def _serve_start(
 def worker(
     fd: Annotated[int, typer.Option(help="The listening socket, inherited from the supervisor.")],
     root: DirOption = Path("."),
-    db: DbOption = None,
-    sync: SyncOption = "normal",
+    store: StoreOption = None,
     grace: float = 30.0,
     keep_traces: KeepOption = 7.0,
     max_traces_mb: TraceCapOption = 1024,
@@ -271,7 +265,7 @@ def worker(
     from stepline.cli.workers import die_with_parent
 
     die_with_parent()
-    options = _engine_options("sqlite", db, sync, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    options = _store_options(store, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
     with _in_project(root) as project_root:
         _serve_start(project_root, "", 0, options, grace, fd=fd)
 
@@ -303,7 +297,7 @@ def emit(
             result = asyncio.run(_emit_local(project_root, topic, payload))
         _report_local(topic, result, as_json_)
         return
-    _load_env(root.resolve())  # the project's .env may hold the STEPLINE_ADMIN_TOKEN its server runs with
+    load_env(root.resolve())  # the project's .env may hold the STEPLINE_ADMIN_TOKEN its server runs with
     token = os.environ.get("STEPLINE_ADMIN_TOKEN")
     headers = {}
     if token:
@@ -491,12 +485,14 @@ def check(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
 
 
 @app.command("mcp")
-def mcp(root: DirOption = Path("."), engine: EngineOption = "sqlite", db: DbOption = None) -> None:
+def mcp(
+    root: DirOption = Path("."), store: StoreOption = None, engine: EngineOption = None, db: DbOption = None
+) -> None:
     """Serve the API steps and topics that [mcp] in stepline.toml lists as MCP tools over stdin/stdout."""
     from stepline.cli.mcp import serve_stdio
 
     setup_logging()  # to stderr: stdout carries the protocol
-    options = _engine_options(engine, db, "normal")
+    options = _store_options(store_url(store, engine, db))
     with _in_project(root) as project_root:
         stepline = _app(project_root, dev=False, **options)
         asyncio.run(serve_stdio(stepline))

@@ -31,7 +31,7 @@ async def run_eval(root: Path, ev: Eval) -> EvalRun:
     run = EvalRun(ev.name, time.time())
     with tempfile.TemporaryDirectory(prefix="stepline-eval-") as scratch:
         # A database of its own: an eval never mixes its traces and state with the project's.
-        async with serve(root, database=Path(scratch) / "eval.db") as app:
+        async with serve(root, store=f"sqlite:///{scratch}/eval.db") as app:
             for index, case in enumerate(ev.cases):
                 run.cases.append(await _run_case(app, ev, index, case, method, path, judge_client))
     await judge_client.close()

@@ -1,7 +1,7 @@
 """Human on the loop, from a terminal: stop or resume a trace, correct state, list pending approvals.
 
-Like `stepline dlq`, these open the project's SQLite file directly: a running server sees a stopped
-trace within a second, and a corrected value on its next read."""
+Like `stepline dlq`, these open the project's store themselves: a running server sees a stopped trace
+within a second, and a corrected value on its next read."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from rich.table import Table
 from stepline.agents.approvals import GROUP as APPROVALS
 from stepline.agents.approvals import pending_in
 from stepline.cli.console import console, out, print_json
-from stepline.cli.runtime import DbOption, DirOption, JsonOption, traces_app, when, with_store
+from stepline.cli.options import DbOption, DirOption, JsonOption, StoreOption
+from stepline.cli.runtime import traces_app, when, with_store
 from stepline.core.engine import resume_trace, stop_trace
 
 state_app = typer.Typer(help="Read and correct state values (JSON) by group and key.", no_args_is_help=True)
@@ -26,10 +27,11 @@ def traces_stop(
     trace_id: str,
     reason: Annotated[str, typer.Option(help="Why, for whoever looks at the dead letters.")] = "",
     root: DirOption = Path("."),
+    store: StoreOption = None,
     db: DbOption = None,
 ) -> None:
     """Stop a trace: its next deliveries go to the dead letters instead of running."""
-    with_store(root, db, lambda a: stop_trace(a.state, trace_id, reason))
+    with_store(root, store, db, lambda a: stop_trace(a.state, trace_id, reason))
     console.print(
         f"Stopped trace {trace_id}: deliveries still to come go to the dead letters (within a second).\n"
         f"[dim]Undo with `stepline traces resume {trace_id}`, then `stepline dlq replay` what you want run.[/]"
@@ -37,9 +39,9 @@ def traces_stop(
 
 
 @traces_app.command("resume")
-def traces_resume(trace_id: str, root: DirOption = Path("."), db: DbOption = None) -> None:
+def traces_resume(trace_id: str, root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None) -> None:
     """Lift a stop: the trace's deliveries run again (replay its dead letters to run those too)."""
-    if not with_store(root, db, lambda a: resume_trace(a.state, trace_id)):
+    if not with_store(root, store, db, lambda a: resume_trace(a.state, trace_id)):
         console.print(f"[yellow]Trace {trace_id} was not stopped.[/]")
         raise typer.Exit(1)
     console.print(f"Resumed trace {trace_id}.")
@@ -47,13 +49,17 @@ def traces_resume(trace_id: str, root: DirOption = Path("."), db: DbOption = Non
 
 @state_app.command("get")
 def state_get(
-    group: str, key: Annotated[str | None, typer.Argument()] = None, root: DirOption = Path("."), db: DbOption = None
+    group: str,
+    key: Annotated[str | None, typer.Argument()] = None,
+    root: DirOption = Path("."),
+    store: StoreOption = None,
+    db: DbOption = None,
 ) -> None:
     """Print one value, or the whole group as a JSON object."""
     if key is None:
-        value = with_store(root, db, lambda a: a.state.get_group(group))
+        value = with_store(root, store, db, lambda a: a.state.get_group(group))
     else:
-        value = with_store(root, db, lambda a: a.state.get(group, key))
+        value = with_store(root, store, db, lambda a: a.state.get(group, key))
         if value is None:
             console.print(f"[yellow]No value at {group}/{key}.[/]")
             raise typer.Exit(1)
@@ -61,20 +67,24 @@ def state_get(
 
 
 @state_app.command("set")
-def state_set(group: str, key: str, value: str, root: DirOption = Path("."), db: DbOption = None) -> None:
+def state_set(
+    group: str, key: str, value: str, root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None
+) -> None:
     """Set a value, given as JSON (a bare word is taken as a string)."""
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
-    with_store(root, db, lambda a: a.state.set(group, key, parsed))
+    with_store(root, store, db, lambda a: a.state.set(group, key, parsed))
     console.print(f"Set {group}/{key} = {json.dumps(parsed)}")
 
 
 @state_app.command("delete")
-def state_delete(group: str, key: str, root: DirOption = Path("."), db: DbOption = None) -> None:
+def state_delete(
+    group: str, key: str, root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None
+) -> None:
     """Delete one value; exit 1 if there was none."""
-    if not with_store(root, db, lambda a: a.state.delete(group, key)):
+    if not with_store(root, store, db, lambda a: a.state.delete(group, key)):
         console.print(f"[yellow]No value at {group}/{key}.[/]")
         raise typer.Exit(1)
     console.print(f"Deleted {group}/{key}")
@@ -83,11 +93,12 @@ def state_delete(group: str, key: str, root: DirOption = Path("."), db: DbOption
 def approvals(
     name: Annotated[str | None, typer.Argument(help="Only approvals of this name.")] = None,
     root: DirOption = Path("."),
+    store: StoreOption = None,
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The approvals waiting for a person's decision, oldest first."""
-    pending = pending_in(with_store(root, db, lambda a: a.state.get_group(APPROVALS)), name)
+    pending = pending_in(with_store(root, store, db, lambda a: a.state.get_group(APPROVALS)), name)
     if as_json:
         print_json([a.to_dict() for a in pending])
         return

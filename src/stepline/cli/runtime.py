@@ -1,6 +1,7 @@
-"""`stepline dlq` and `stepline traces`: the durable engine's dead letters and traces, from a terminal.
+"""`stepline dlq` and `stepline traces`: the store's dead letters and traces, from a terminal.
 
-They open the project's SQLite file directly, so they work whether or not a server is running."""
+They open the project's store themselves (the same URL the server runs on: --store, $STEPLINE_STORE or
+the default), so they work whether or not a server is running."""
 
 from __future__ import annotations
 
@@ -17,35 +18,29 @@ from rich.table import Table
 from rich.tree import Tree
 
 from stepline._errors import StoreError
-from stepline.adapters import DEFAULT_DATABASE
-from stepline.adapters.base import Adapters, TraceRecord
-from stepline.adapters.sqlite import open_sqlite
+from stepline.adapters import open_store
+from stepline.adapters.base import Adapters, StoreOptions, TraceRecord
 from stepline.cli.console import console, out, print_json
+from stepline.cli.options import DbOption, DirOption, JsonOption, StoreOption, load_env, store_url
 from stepline.core.engine import replay_all as replay_every
 
 T = TypeVar("T")
 
-DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
-DbOption = Annotated[Path | None, typer.Option("--db", help="The SQLite file (default .stepline/stepline.db).")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 dlq_app = typer.Typer(help="Dead letters: deliveries that failed every retry.", no_args_is_help=True)
 traces_app = typer.Typer(help="Traces: everything that happened under one trace id.", invoke_without_command=True)
 
 
-def with_store(root: Path, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
-    """Run `work` on the project's SQLite file; a store that fails (damaged, locked, unreadable) is one line
-    on stderr, what happened to which file and what to do, and exit status 1."""
-    path = db or root / DEFAULT_DATABASE
-    if not path.exists():
-        console.print(
-            f"[red]No database at {path}.[/] Has the project run with the sqlite engine "
-            "(`stepline dev` or `stepline start`)? Pass --dir or --db to point at it."
-        )
-        raise typer.Exit(1)
+def with_store(root: Path, store: str | None, db: Path | None, work: Callable[[Adapters], Awaitable[T]]) -> T:
+    """Run `work` on the project's store; a store that is not there or fails (damaged, locked, unreachable)
+    is one line on stderr, what happened and what to do, and exit status 1."""
+    url = store_url(store, db=db)
+    load_env(root)
+    options = StoreOptions(root=root.resolve(), must_exist=True)
 
     async def run() -> T:
-        adapters = open_sqlite(path)
+        # Opened in the loop that uses it: a store's connections belong to the loop that made them.
+        adapters = open_store(url, options)
         try:
             return await work(adapters)
         finally:
@@ -63,9 +58,11 @@ def when(ts: float) -> str:
 
 
 @dlq_app.command("list")
-def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+def dlq_list(
+    root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None, as_json: JsonOption = False
+) -> None:
     """Every dead letter, oldest first."""
-    dead = with_store(root, db, lambda a: a.queue.dead_letters())
+    dead = with_store(root, store, db, lambda a: a.queue.dead_letters())
     if as_json:
         print_json([d.to_dict() for d in dead])
         return
@@ -84,9 +81,15 @@ def dlq_list(root: DirOption = Path("."), db: DbOption = None, as_json: JsonOpti
 
 
 @dlq_app.command("show")
-def dlq_show(delivery_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+def dlq_show(
+    delivery_id: str,
+    root: DirOption = Path("."),
+    store: StoreOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """One dead letter: its error, traceback, attempts and input."""
-    dead = with_store(root, db, lambda a: a.queue.dead_letters(100_000))
+    dead = with_store(root, store, db, lambda a: a.queue.dead_letters(100_000))
     found = next((d for d in dead if d.delivery_id == delivery_id), None)
     if found is None:
         console.print(f"[red]No dead letter {delivery_id}.[/] `stepline dlq list` shows them.")
@@ -108,6 +111,7 @@ def dlq_replay(
     delivery_id: Annotated[str | None, typer.Argument(help="The dead letter to replay.")] = None,
     replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
     root: DirOption = Path("."),
+    store: StoreOption = None,
     db: DbOption = None,
 ) -> None:
     """Put dead letters back in the queue, with a fresh retry budget."""
@@ -120,7 +124,7 @@ def dlq_replay(
             return int(await a.queue.replay(delivery_id))
         return len(await replay_every(a.queue))  # every one, however many: a page at a time
 
-    count = with_store(root, db, replay)
+    count = with_store(root, store, db, replay)
     if delivery_id and not count:
         console.print(f"[red]No dead letter {delivery_id}.[/]")
         raise typer.Exit(1)
@@ -132,13 +136,14 @@ def dlq_purge(
     delivery_id: Annotated[str | None, typer.Argument(help="The dead letter to delete.")] = None,
     purge_all: Annotated[bool, typer.Option("--all", help="Delete every dead letter.")] = False,
     root: DirOption = Path("."),
+    store: StoreOption = None,
     db: DbOption = None,
 ) -> None:
     """Delete dead letters for good."""
     if (delivery_id is None) == (not purge_all):
         console.print("[red]Give a dead letter id or --all.[/]")
         raise typer.Exit(2)
-    count = with_store(root, db, lambda a: a.queue.purge([delivery_id] if delivery_id else None))
+    count = with_store(root, store, db, lambda a: a.queue.purge([delivery_id] if delivery_id else None))
     console.print(f"purged {count}")
 
 
@@ -146,6 +151,7 @@ def dlq_purge(
 def traces_list(
     ctx: typer.Context,
     root: DirOption = Path("."),
+    store: StoreOption = None,
     db: DbOption = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
     as_json: JsonOption = False,
@@ -153,7 +159,7 @@ def traces_list(
     """Recent traces, newest first (`stepline traces show ID` for one)."""
     if ctx.invoked_subcommand is not None:
         return
-    recent = with_store(root, db, lambda a: a.traces.recent(limit))
+    recent = with_store(root, store, db, lambda a: a.traces.recent(limit))
     if as_json:
         print_json(
             [
@@ -186,9 +192,15 @@ def traces_list(
 
 
 @traces_app.command("show")
-def traces_show(trace_id: str, root: DirOption = Path("."), db: DbOption = None, as_json: JsonOption = False) -> None:
+def traces_show(
+    trace_id: str,
+    root: DirOption = Path("."),
+    store: StoreOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
     """One trace as a tree: each handler attempt with what it emitted, changed and logged."""
-    records = with_store(root, db, lambda a: a.traces.trace(trace_id))
+    records = with_store(root, store, db, lambda a: a.traces.trace(trace_id))
     if not records:
         console.print(f"[red]No trace {trace_id}.[/] `stepline traces` lists recent ones.")
         raise typer.Exit(1)

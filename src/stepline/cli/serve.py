@@ -10,6 +10,7 @@ import socket
 import sys
 
 import uvicorn
+from rich.markup import escape
 from watchfiles import PythonFilter, awatch
 
 from stepline.app import Stepline
@@ -43,10 +44,9 @@ async def serve(
     if banner:
         shown_host = f"[{host}]" if ":" in host else host
         mode = "dev" if app.dev else "start"
-        engine = type(app.adapters.queue).__name__.removesuffix("EventQueue").lower()
         console.print(
             f"[bold green]Stepline {mode}[/] · {app.root.name} · {len(app.project.steps)} steps · "
-            f"{engine} · [bold]http://{shown_host}:{actual_port}[/]"
+            f"{escape(app.adapters.url or 'store')} · [bold]http://{shown_host}:{actual_port}[/]"
         )
         if app.project.warnings:
             print_problems(app.project.warnings)

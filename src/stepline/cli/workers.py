@@ -1,7 +1,7 @@
-"""`stepline start --workers N`: one supervisor, N worker processes on one listening socket and one database.
+"""`stepline start --workers N`: one supervisor, N worker processes on one listening socket and one store.
 
 The supervisor binds the port and passes the socket to every worker, so the kernel spreads connections
-across them; each worker serves HTTP and runs steps on the shared SQLite file. SIGTERM (or SIGINT) is
+across them; each worker serves HTTP and runs steps on the shared store. SIGTERM (or SIGINT) is
 passed on to the workers, which drain and exit; a worker that dies otherwise is started again.
 """
 
@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from rich.markup import escape
+
+from stepline.adapters import STORE_ENV
 from stepline.cli.console import console
 from stepline.http.server import bind
 
@@ -35,18 +38,22 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def supervise(root: Path, host: str, port: int, workers: int, options: list[str], *, grace: float) -> int:
+def supervise(
+    root: Path, host: str, port: int, workers: int, options: list[str], *, store: str, shown: str, grace: float
+) -> int:
     """Run `workers` worker processes on one socket until SIGTERM or SIGINT; returns the exit code.
 
-    `options` are the command-line options every worker runs with (the CLI builds them, with the project
-    folder and the database file made absolute where the user typed them)."""
+    `options` are the command-line options every worker runs with; `store` is the URL of the store they
+    share, passed in their environment (`shown` is how to print it)."""
     sock = bind(host, port)
     fd = sock.fileno()
     command = [sys.executable, "-m", "stepline", "worker", "--fd", str(fd), "--dir", str(root), "--grace", str(grace)]
     command += options
 
+    env = {**os.environ, STORE_ENV: store}
+
     def spawn() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(command, pass_fds=(fd,))
+        return subprocess.Popen(command, pass_fds=(fd,), env=env)
 
     procs = [spawn() for _ in range(workers)]
     stopping = False
@@ -62,7 +69,7 @@ def supervise(root: Path, host: str, port: int, workers: int, options: list[str]
     signal.signal(signal.SIGINT, on_signal)
     shown = f"[{host}]" if ":" in host else host
     console.print(
-        f"[bold green]Stepline start[/] · {Path(root).resolve().name} · {workers} workers · sqlite · "
+        f"[bold green]Stepline start[/] · {Path(root).resolve().name} · {workers} workers · {escape(shown)} · "
         f"[bold]http://{shown}:{sock.getsockname()[1]}[/]"
     )
     while not stopping:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepline import _json
+from stepline._clock import SYSTEM_CLOCK, Clock
 from stepline._errors import EngineStoppedError
 from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
 
@@ -49,16 +49,19 @@ class StepLogger:
     Pydantic model its `model_dump(mode="json")`, anything else one field, `value`. A log call never raises
     over what it is given: the trace stores JSON, so what is not JSON is stored as its `repr`."""
 
-    def __init__(self, record: Recorder, trace_id: str, step: str) -> None:
+    def __init__(self, record: Recorder, trace_id: str, step: str, clock: Clock = SYSTEM_CLOCK) -> None:
         self._record = record
         self.trace_id = trace_id
         self.step = step
+        self._clock = clock
 
     def _log(self, level: int, name: str, message: Any, value: Any, kw: dict[str, Any]) -> None:
         data = self._fields(value, kw)
         text = message if isinstance(message, str) else self._str(message)
         self._record(
-            TraceRecord(self.trace_id, "log", self.step, time.time(), {"level": name, "message": text, "fields": data})
+            TraceRecord(
+                self.trace_id, "log", self.step, self._clock.time(), {"level": name, "message": text, "fields": data}
+            )
         )
         if log.isEnabledFor(level):
             log.log(level, text, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
@@ -146,15 +149,18 @@ class StepLogger:
 class State:
     """`ctx.state`: JSON values by (group, key), every change recorded in the trace."""
 
-    def __init__(self, store: StateStore, record: Recorder, trace_id: str, step: str) -> None:
+    def __init__(
+        self, store: StateStore, record: Recorder, trace_id: str, step: str, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self._store = store
         self._record = record
         self._trace_id = trace_id
         self._step = step
+        self._clock = clock
 
     def _note(self, op: str, group: str, key: str | None = None) -> None:
         self._record(
-            TraceRecord(self._trace_id, "state", self._step, time.time(), {"op": op, "group": group, "key": key})
+            TraceRecord(self._trace_id, "state", self._step, self._clock.time(), {"op": op, "group": group, "key": key})
         )
 
     async def get(self, group: str, key: str) -> Any:
@@ -238,6 +244,7 @@ class ContextFactory(Protocol):
         state: State,
         logger: StepLogger,
         record: Recorder,
+        clock: Clock,
     ) -> RunContext: ...
 
 
@@ -256,6 +263,7 @@ class RunContext:
         state: State,
         logger: StepLogger,
         record: Recorder,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.step = step
         self.trace_id = trace_id
@@ -264,6 +272,8 @@ class RunContext:
         self.logger = logger
         self._emitter = emitter
         self._record = record
+        # The runtime's clock (stepline._clock): what the agent features stamp and time out by.
+        self.clock = clock
 
     def sync(self, loop: asyncio.AbstractEventLoop) -> SyncRunContext:
         """The same context with blocking methods, for a sync handler on a thread of its own."""

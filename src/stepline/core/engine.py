@@ -1,6 +1,6 @@
 """The engine: emits events, runs handlers for deliveries, API requests and cron ticks, and traces it all.
 
-It knows nothing of SQLite, Redis or HTTP: storage comes in through the Protocols of `_protocols`.
+It knows nothing of SQLite, Redis or HTTP: storage comes in through the Protocols of `adapters.base`.
 
 Every background loop here (delivery, lease renewal, trace writing) survives any exception: it reports
 to `health` (which logs it once, with what to do), pauses, and tries again; the work it could not do
@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from stepline import _json
+from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
 from stepline._errors import SchemaValidationError, StoreError, StoreUnavailableError, UndeclaredEmitError
 from stepline._health import Health
 from stepline._ids import new_id
@@ -40,9 +41,9 @@ from stepline.steps.schema import MAX_ERRORS
 STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
 
 
-async def stop_trace(state: StateStore, trace_id: str, reason: str = "") -> None:
+async def stop_trace(state: StateStore, trace_id: str, reason: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
     """A person stops a trace: engines reading `state` dead-letter its next deliveries (within a second)."""
-    await state.set(STOPPED_TRACES, trace_id, {"at": time.time(), "reason": reason})
+    await state.set(STOPPED_TRACES, trace_id, {"at": clock.time(), "reason": reason})
 
 
 async def resume_trace(state: StateStore, trace_id: str) -> bool:
@@ -103,8 +104,11 @@ class Engine:
         health: Health | None = None,
         renew_every: float = 1.0,
         blocked_after: float = 1.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.project = project
+        # Time as the rules see it (stamps, delays, stop-mark reads); durations stay on perf_counter.
+        self.clock = clock
         # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
         self.context_factory = context_factory
         self.queue = queue
@@ -192,11 +196,13 @@ class Engine:
     async def settle(self, timeout: float = 30.0, horizon: float | None = None) -> None:
         """Wait until no event is queued, leased or due within `horizon` seconds (default: `timeout`) and no
         handler runs (for tests and `emit --local`). A delivery delayed past the horizon (a 24-hour approval
-        timeout) is not waited for: it could not run before the timeout anyway."""
+        timeout) is not waited for: it could not run before the timeout anyway. On a fake clock, which
+        moves only when a test moves it, the horizon is now: delayed work waits for `clock.advance`."""
         deadline = time.monotonic() + timeout
+        frozen = not isinstance(self.clock, SystemClock)
         async with asyncio.timeout(timeout):
             while True:
-                left = deadline - time.monotonic()
+                left = 0.0 if frozen else deadline - time.monotonic()
                 stats = await self.queue.stats(horizon=left if horizon is None else horizon)
                 if not self._inflight and stats.pending == 0:
                     break
@@ -303,7 +309,7 @@ class Engine:
             raise ValueError(f"delay must be >= 0 seconds, got {delay}")
         raw = _json.dumps(data, f"data of the event {topic!r}")
         data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
-        event = Event(new_id(), topic, data, trace_id, step, time.time(), message_group_id)
+        event = Event(new_id(), topic, data, trace_id, step, self.clock.time(), message_group_id)
         subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
         accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
         shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
@@ -336,7 +342,7 @@ class Engine:
     ) -> Event:
         """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
         trace_id = trace_id or new_id()
-        trigger = TraceRecord(trace_id, "trigger", None, time.time(), {"entry": f"emit {topic}"})
+        trigger = TraceRecord(trace_id, "trigger", None, self.clock.time(), {"entry": f"emit {topic}"})
         return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key, trigger=trigger)
 
     async def publish_cron(self, step: Step, tick: float | None = None) -> str | None:
@@ -347,7 +353,7 @@ class Engine:
         config = step.config
         assert isinstance(config, CronConfig)
         trace_id = new_id()
-        now = time.time()
+        now = self.clock.time()
         event = Event(new_id(), f"cron:{step.name}", {"tick": tick}, trace_id, None, now)
         key = window = None
         if tick is not None:
@@ -380,9 +386,10 @@ class Engine:
             trace_id=trace_id,
             flows=list(step.flows),
             emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
-            state=State(self.state, record, trace_id, step.name),
-            logger=StepLogger(record, trace_id, step.name),
+            state=State(self.state, record, trace_id, step.name, self.clock),
+            logger=StepLogger(record, trace_id, step.name, self.clock),
             record=record,
+            clock=self.clock,
         )
 
     async def call(self, step: Step, ctx: RunContext, *args: Any) -> Any:
@@ -412,7 +419,7 @@ class Engine:
                 trace_id,
                 "trigger",
                 step.name,
-                time.time(),
+                self.clock.time(),
                 {"entry": f"{request.method} {request.path}", "type": "api"},
             )
         )
@@ -439,12 +446,13 @@ class Engine:
     ) -> Any:
         """Run `work`, recording its start and end. With `timeout`, a run that ended past it without being
         cancelled (it never yielded to the event loop, which fires the timeout) fails as timed out."""
-        started = time.time()
-        self.record(TraceRecord(trace_id, "start", step.name, started, info))
+        started = time.perf_counter()
+        self.record(TraceRecord(trace_id, "start", step.name, self.clock.time(), info))
         try:
             result = await work
-            if timeout is not None and time.time() - started > timeout:
-                raise _Overran(timeout, time.time() - started, self._blocked.get(asyncio.current_task()))
+            took = time.perf_counter() - started
+            if timeout is not None and took > timeout:
+                raise _Overran(timeout, took, self._blocked.get(asyncio.current_task()))
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             end = {
@@ -456,7 +464,7 @@ class Engine:
             }
             if self._blocked:
                 self._note_blocked(end)
-            self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
+            self.record(TraceRecord(trace_id, "end", step.name, self.clock.time(), end))
             if status == "error":
                 log.error(
                     "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
@@ -465,7 +473,7 @@ class Engine:
         end = {**info, "status": "ok", "duration_ms": _ms(started)}
         if self._blocked:
             self._note_blocked(end)
-        self.record(TraceRecord(trace_id, "end", step.name, time.time(), end))
+        self.record(TraceRecord(trace_id, "end", step.name, self.clock.time(), end))
         return result
 
     def _note_blocked(self, end: dict[str, Any]) -> None:
@@ -504,7 +512,7 @@ class Engine:
         }
         if delivery_id is not None:
             data["delivery_id"] = delivery_id
-        self.record(TraceRecord(trace_id, "log", step, time.time(), data))
+        self.record(TraceRecord(trace_id, "log", step, self.clock.time(), data))
 
     def _loop_unblocked(self, blocked: Blocked) -> None:
         log.warning("the event loop answers again after %.1f s blocked at %s", blocked.seconds, blocked.where)
@@ -565,10 +573,21 @@ class Engine:
 
     async def _read_stopped(self) -> None:
         # Once a second at most: stopping is a person's act, and another process (the CLI) may do it.
-        now = time.monotonic()
+        now = self.clock.time()
         if now - self._stopped_read >= 1.0:
             self._stopped = set(await self.state.get_group(STOPPED_TRACES))
             self._stopped_read = now
+
+    async def _still_stopped(self, trace_id: str) -> bool:
+        """Marks are read once a second; before a delivery is dead-lettered for one, its mark is read again,
+        so that a resumed trace's replay (a second after the resume, or at once) is never stopped anew."""
+        try:
+            if await self.state.get(STOPPED_TRACES, trace_id) is not None:
+                return True
+        except StoreError:
+            return True  # the mark as last read stands; the dead letter waits for the store like any outcome
+        self._stopped.discard(trace_id)
+        return False
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._leases.pop(self._inflight.pop(task, ""), None)
@@ -587,7 +606,7 @@ class Engine:
         config = step.config
         event = delivery.event
         info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
-        if event.trace_id in self._stopped:
+        if event.trace_id in self._stopped and await self._still_stopped(event.trace_id):
             # Kept, not dropped: `stepline traces resume` and a replay run it after all.
             await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
             return
@@ -606,7 +625,7 @@ class Engine:
                     event.trace_id,
                     "retry",
                     step.name,
-                    time.time(),
+                    self.clock.time(),
                     {"delivery_id": delivery.id, "attempt": delivery.attempt - 1, "delay": 0, "error": error},
                 )
             )
@@ -622,7 +641,7 @@ class Engine:
                         event.trace_id,
                         "end",
                         step.name,
-                        time.time(),
+                        self.clock.time(),
                         {
                             **info,
                             "status": "error",
@@ -697,7 +716,7 @@ class Engine:
         data = {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error}
         if not counts:
             data["counted"] = False
-        self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, time.time(), data))
+        self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, self.clock.time(), data))
         await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts), delivery)
 
     async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
@@ -706,7 +725,7 @@ class Engine:
                 delivery.event.trace_id,
                 "dead_letter",
                 delivery.step,
-                time.time(),
+                self.clock.time(),
                 {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
             )
         )
@@ -779,7 +798,7 @@ def clipped(raw: bytes) -> dict[str, Any]:
 
 
 def _ms(started: float) -> float:
-    return round((time.time() - started) * 1000, 3)
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _describe(exc: BaseException) -> str:

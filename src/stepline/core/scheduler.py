@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from stepline._clock import sleep_until_set
 from stepline.adapters.base import CronLock
 from stepline.core.engine import Engine
 from stepline.steps.config import CronConfig
@@ -19,15 +19,10 @@ from stepline.steps.project import Step
 log = logging.getLogger("stepline.cron")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class CronScheduler:
-    def __init__(self, engine: Engine, lock: CronLock, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, engine: Engine, lock: CronLock) -> None:
         self.engine = engine
         self.lock = lock
-        self._clock = clock
         self._next: dict[tuple[str, str, str], datetime] = {}
         self._changed = asyncio.Event()
         self._running: set[asyncio.Task[None]] = set()
@@ -56,19 +51,18 @@ class CronScheduler:
                 await self._changed.wait()
                 self._changed.clear()
                 continue
-            delay = (due_at - self._clock()).total_seconds()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._changed.wait(), delay)
-                    self._changed.clear()
-                    continue
-                except TimeoutError:
-                    pass
+            delay = (due_at - self._now()).total_seconds()
+            if delay > 0 and await sleep_until_set(self.engine.clock, delay, self._changed):
+                self._changed.clear()
+                continue
             self._fire_due()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.engine.clock.time(), UTC)
 
     async def _catch_up(self) -> None:
         """Run once, now, each tick missed while no worker ran (for steps with `"missed": "once"`)."""
-        now = self._clock()
+        now = self._now()
         for step in self.engine.project.cron_steps:
             assert isinstance(step.config, CronConfig)
             if step.config.missed != "once":
@@ -83,7 +77,7 @@ class CronScheduler:
 
     def _plan(self) -> datetime | None:
         """Keep the next tick of every cron step (kept across reloads unless its schedule changed)."""
-        now = self._clock()
+        now = self._now()
         planned: dict[tuple[str, str, str], datetime] = {}
         for step in self.engine.project.cron_steps:
             assert isinstance(step.config, CronConfig)
@@ -93,7 +87,7 @@ class CronScheduler:
         return min(planned.values(), default=None)
 
     def _fire_due(self) -> None:
-        now = self._clock()
+        now = self._now()
         for key, when in list(self._next.items()):
             if when > now:
                 continue
@@ -119,7 +113,7 @@ class CronScheduler:
                 await self.lock.claim_tick(step.name, tick.timestamp())
             except Exception as exc:
                 pause = self.engine.health.failed("cron", exc, "the tick is published once the store takes it")
-                if self._clock() + timedelta(seconds=pause) >= until:
+                if self._now() + timedelta(seconds=pause) >= until:
                     log.error(
                         "the tick of %s due %s was not published before the next one: skipped",
                         step.name,

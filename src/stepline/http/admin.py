@@ -330,7 +330,7 @@ class WorkbenchApi:
     async def stop_trace(self, request: Request) -> Response:
         body = await self._json_body(request, allow_empty=True)
         reason = body.get("reason", "") if isinstance(body, dict) else ""
-        await stop_trace(self.engine.state, request.path_params["trace_id"], reason)
+        await stop_trace(self.engine.state, request.path_params["trace_id"], reason, self.engine.clock)
         return json_response({"stopped": request.path_params["trace_id"]})
 
     async def resume_trace(self, request: Request) -> Response:

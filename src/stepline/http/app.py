@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -229,7 +228,7 @@ class HttpApp:
         return self._to_response(step, result, trace_id)
 
     def _record_rejection(self, step: Step, request: Request, trace_id: str, exc: SchemaValidationError) -> None:
-        now = time.time()
+        now = self.engine.clock.time()
         self.engine.record(
             TraceRecord(
                 trace_id,

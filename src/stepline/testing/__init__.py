@@ -25,12 +25,13 @@ from typing import Any
 import httpx2 as httpx
 import uvicorn
 
+from stepline._clock import FakeClock
 from stepline.adapters.base import TraceRecord
 from stepline.app import Stepline
 from stepline.http.server import bind, server_config
 from stepline.testing.scripted_llm import Answer, ScriptedLLM
 
-__all__ = ["Answer", "RunningApp", "ScriptedLLM", "serve"]
+__all__ = ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"]
 
 
 @dataclass

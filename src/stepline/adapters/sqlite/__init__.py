@@ -1,5 +1,10 @@
 """SQLite adapters: the embedded, durable default. One file (`.stepline/stepline.db`), WAL.
 
+    sqlite:///.stepline/stepline.db     three slashes: a path relative to the project root
+    sqlite:////var/lib/app/app.db       four: an absolute path
+    ?sync=full                          fsync every commit (default normal)
+    ?busy_timeout=30                    seconds to wait for a write lock another process holds
+
 What a crash can lose (see docs/durability.md): with synchronous=NORMAL (the default) a power cut or
 OS crash may lose the last transactions committed before it (an application crash, even `kill -9`,
 loses nothing: the WAL is in the OS page cache). With synchronous=FULL every commit is fsynced
@@ -32,6 +37,8 @@ from stepline.adapters.base import (
     Event,
     QueueStats,
     StateUpdate,
+    StoreOptions,
+    StoreURL,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -65,10 +72,17 @@ def _delivery(row: sqlite3.Row | tuple[Any, ...], lost: bool = False) -> Deliver
 
 
 class SqliteEventQueue:
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time, poll: float = _POLL) -> None:
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        poll: float = _POLL,
+        stale_after: float = STALE_AFTER,
+    ) -> None:
         self._db = db.acquire()
         self._clock = clock
         self._poll = poll
+        self._stale_after = stale_after
         self._wakeup = asyncio.Event()
         self.owner = new_id()
         self._pid = os.getpid()
@@ -84,9 +98,9 @@ class SqliteEventQueue:
         conn.execute(
             "UPDATE deliveries SET leased = 0, lost = 1, owner = NULL, visible_at = ? WHERE leased = 1 AND owner IN "
             "(SELECT owner FROM workers WHERE heartbeat_at < ?)",
-            (now, now - STALE_AFTER),
+            (now, now - self._stale_after),
         )
-        conn.execute("DELETE FROM workers WHERE heartbeat_at < ?", (now - STALE_AFTER,))
+        conn.execute("DELETE FROM workers WHERE heartbeat_at < ?", (now - self._stale_after,))
         conn.execute(
             "DELETE FROM idempotency_keys WHERE key IN "
             "(SELECT key FROM idempotency_keys WHERE expires_at < ? ORDER BY expires_at LIMIT ?)",
@@ -243,7 +257,7 @@ class SqliteEventQueue:
             moved = conn.execute(
                 f"INSERT INTO dead_letters ({_EVENT_COLUMNS}, error, traceback, failed_at) "
                 f"SELECT {_EVENT_COLUMNS}, ?, ?, ? FROM deliveries WHERE id = ? AND attempts = ? AND leased = 1",
-                (error, traceback, time.time(), delivery.id, delivery.attempt),
+                (error, traceback, self._clock(), delivery.id, delivery.attempt),
             ).rowcount
             if moved:
                 conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery.id,))
@@ -312,7 +326,7 @@ class SqliteEventQueue:
 
     async def close(self) -> None:
         def leave(conn: sqlite3.Connection) -> None:
-            # Leases still held (handlers cancelled at shutdown) go back at once, not after STALE_AFTER; their
+            # Leases still held (handlers cancelled at shutdown) go back at once, not after stale_after; their
             # runs did not finish, so they count as lost attempts.
             conn.execute(
                 "UPDATE deliveries SET leased = 0, lost = 1, owner = NULL, visible_at = ? "
@@ -548,6 +562,7 @@ def open_sqlite(
     poll: float = _POLL,
     busy_timeout: float = 30.0,
     health: Health | None = None,
+    stale_after: float = STALE_AFTER,
 ) -> Adapters:
     """The four adapters on one database file, sharing one writer thread.
 
@@ -555,5 +570,52 @@ def open_sqlite(
     with StoreUnavailableError; `health` hears of failing background work (the heartbeat)."""
     db = Database(path, synchronous=synchronous, busy_timeout=busy_timeout, health=health)
     return Adapters(
-        SqliteEventQueue(db, clock, poll), SqliteStateStore(db), SqliteTraceStore(db), SqliteCronLock(db), db.health
+        SqliteEventQueue(db, clock, poll, stale_after),
+        SqliteStateStore(db),
+        SqliteTraceStore(db),
+        SqliteCronLock(db),
+        db.health,
+    )
+
+
+DEFAULT_FILE = Path(".stepline") / "stepline.db"
+_OPTIONS = {
+    "sync": "normal, or full to fsync every commit",
+    "busy_timeout": "seconds to wait for a write lock another process holds; default 30",
+}
+
+
+def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
+    """`sqlite:///relative/to/root.db` or `sqlite:////absolute.db`; `sqlite://` alone is the default file."""
+    if url.netloc:
+        raise url.refuse(
+            f"has a host ({url.netloc}), but a SQLite store is a file",
+            f"write sqlite:///{url.netloc}{url.path} for a path relative to the project, "
+            f"or sqlite:////{url.netloc}{url.path} for an absolute one",
+        )
+    query = url.options(_OPTIONS)
+    sync = query.get("sync", "normal").upper()
+    if sync not in ("NORMAL", "FULL"):
+        raise url.refuse(f"sets sync={query['sync']}", "write sync=normal or sync=full")
+    try:
+        busy_timeout = float(query.get("busy_timeout", "30"))
+    except ValueError:
+        busy_timeout = -1.0
+    if not busy_timeout >= 0:  # also refuses nan
+        raise url.refuse(f"sets busy_timeout={query['busy_timeout']}", "give it in seconds, like busy_timeout=30")
+    # urlsplit leaves the path's first slash on: "/rel.db" is relative, "//abs.db" absolute.
+    relative = url.path[1:] if url.path.startswith("/") else url.path
+    path = options.root / (relative or DEFAULT_FILE)
+    if options.must_exist and not path.exists():
+        raise StoreError(
+            f"there is no database at {path}",
+            fix="run the project first (stepline dev or start), or point --store (or --dir) at its database",
+        )
+    return open_sqlite(
+        path,
+        synchronous="FULL" if sync == "FULL" else "NORMAL",
+        busy_timeout=busy_timeout,
+        clock=options.clock.time,
+        health=options.health,
+        stale_after=options.stale_after,
     )

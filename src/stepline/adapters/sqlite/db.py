@@ -159,7 +159,7 @@ class Database:
         except OSError as exc:
             raise StoreUnavailableError(
                 f"cannot create the folder of the database {self.path}: {exc.strerror}",
-                fix="pass --db with a path Stepline may write to",
+                fix="give the store a path Stepline may write to (--store sqlite:///path)",
             ) from None
         self._thread = threading.Thread(target=self._run, name=f"stepline-sqlite:{self.path.name}", daemon=True)
         self._thread.start()
@@ -269,7 +269,7 @@ class Database:
                 raise StoreUnavailableError(
                     f"the database {self.path} was written by a newer Stepline (schema {version}; this one "
                     f"knows {SCHEMA_VERSION})",
-                    fix="upgrade Stepline, or point --db at another file",
+                    fix="upgrade Stepline, or point the store at another file (--store sqlite:///path)",
                 )
             fresh = not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone()
             if fresh:
@@ -497,7 +497,7 @@ def store_error(exc: BaseException, path: Path, busy_timeout: float = 30.0) -> S
         return StoreUnavailableError(
             f"cannot open the database {path} ({text})",
             reason=text,
-            fix="check that its folder exists and may be written (or pass --db with another path)",
+            fix="check that its folder exists and may be written (or give the store another path)",
         )
     if name.startswith("SQLITE_IOERR") or "I/O error" in text:
         return StoreUnavailableError(
