@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,15 +35,21 @@ def free_port() -> int:
         return port
 
 
+def _fresh(kind: StoreKind, tmp_path: Path) -> Iterator[str]:
+    url = kind.url(tmp_path)
+    try:
+        yield url
+    finally:
+        kind.cleanup(url)
+
+
 @pytest.fixture(params=STORES, ids=str)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh store, once for each kind in tests/stores.py."""
-    kind: StoreKind = request.param
-    return kind.url(tmp_path)
+    yield from _fresh(request.param, tmp_path)
 
 
 @pytest.fixture(params=SHARED_STORES, ids=str)
-def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh store that several processes can share, once for each such kind."""
-    kind: StoreKind = request.param
-    return kind.url(tmp_path)
+    yield from _fresh(request.param, tmp_path)

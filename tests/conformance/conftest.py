@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from stepline import adapters as stores
-from stepline._clock import FakeClock
 from stepline.adapters.base import CronLock, EventQueue, StateStore, StoreOptions, TraceStore
+from stepline.testing import FakeClock
 from tests.stores import STORES, StoreKind
 
 
@@ -43,6 +43,10 @@ class Adapters:
 async def adapters(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapters]:
     kind: StoreKind = request.param
     clock = FakeClock()
-    opened = stores.open_store(kind.url(tmp_path), StoreOptions(root=tmp_path, clock=clock))
-    yield Adapters(opened, clock)
-    await opened.close()
+    url = kind.url(tmp_path)
+    opened = stores.open_store(url, StoreOptions(root=tmp_path, clock=clock))
+    try:
+        yield Adapters(opened, clock)
+    finally:
+        await opened.close()
+        kind.cleanup(url)

@@ -18,7 +18,7 @@ import pytest
 
 from stepline.testing import RunningApp, serve
 
-from ..conftest import ProjectFactory
+from ...conftest import ProjectFactory
 
 ORDERS = {
     "steps/place_order_step.py": """

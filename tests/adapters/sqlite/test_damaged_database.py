@@ -27,8 +27,9 @@ import pytest
 
 from stepline.adapters.base import Event
 
-from ..conftest import free_port
-from ..durability.helpers import STEPLINE, kill_group, query, start_server, wait_until
+from ...conftest import free_port
+from ...durability.helpers import STEPLINE, kill_group, start_server, wait_until
+from .helpers import query
 
 STEPS = {
     "go_step.py": """
