@@ -143,9 +143,10 @@ def result_text(result: Any) -> str:
 # -- step and emit tools --------------------------------------------------------------------------------
 
 
-def api_step(caller: StepCaller, name: str) -> Step:
-    step = caller.project.steps.get(name)
-    if step is None or not isinstance(step.config, ApiConfig):
+def api_step(caller: StepCaller, name: str) -> Step[ApiConfig]:
+    found = caller.project.steps.get(name)
+    step = found.of(ApiConfig) if found is not None else None
+    if step is None:
         api = ", ".join(s.name for s in caller.project.api_steps) or "none"
         raise ToolError(f"Tool.step({name!r}): no API step of that name (API steps: {api})")
     return step
@@ -226,7 +227,6 @@ def _path_params(config: ApiConfig) -> list[str]:
 def _api_step_tool(tool: Tool, caller: StepCaller) -> Tool:
     step = api_step(caller, tool.target)
     config = step.config
-    assert isinstance(config, ApiConfig)
     description = tool.description or config.description or f"{config.method} {config.path}"
 
     async def invoke(arguments: dict[str, Any], ctx: RunContext) -> Any:

@@ -36,7 +36,6 @@ from stepline.cli.options import (
     store_url,
 )
 from stepline.cli.runtime import dlq_app, traces_app
-from stepline.steps.config import ApiConfig
 from stepline.steps.graph import as_json, mermaid, text_tree, trigger
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project
@@ -429,8 +428,7 @@ def routes(root: DirOption = Path("."), as_json_: JsonOption = False) -> None:
     with _in_project(root) as project_root:
         project = _load(project_root)
     rows: list[dict[str, Any]] = []
-    for step in sorted(project.api_steps, key=lambda s: (getattr(s.config, "path", ""), s.name)):
-        assert isinstance(step.config, ApiConfig)
+    for step in sorted(project.api_steps, key=lambda s: (s.config.path, s.name)):
         rows.append(
             {
                 "method": step.config.method,

@@ -36,12 +36,10 @@ HOW_TO_EXPOSE = (
 )
 
 
-def exposed(engine: Engine, settings: McpSettings) -> tuple[list[Step], list[str], list[Problem]]:
+def exposed(engine: Engine, settings: McpSettings) -> tuple[list[Step[ApiConfig]], list[str], list[Problem]]:
     """The API steps and topics `[mcp]` lists, and a problem for each name that is neither."""
-    api = [s for s in engine.project.api_steps if isinstance(s.config, ApiConfig)]
-    subscribed = sorted(
-        {t for s in engine.project.event_steps if isinstance(s.config, EventConfig) for t in s.config.subscribes}
-    )
+    api = engine.project.api_steps
+    subscribed = sorted({t for s in engine.project.event_steps for t in s.config.subscribes})
     problems: list[Problem] = []
     if "*" in settings.steps:
         steps = api
@@ -114,8 +112,9 @@ def build_server(app: Stepline) -> Server[Any]:
         arguments = dict(params.arguments or {})
         try:
             if kind == "step":
-                step = engine.project.steps[target]
-                assert isinstance(step.config, ApiConfig)
+                step = engine.project.steps[target].of(ApiConfig)
+                if step is None:  # reloaded meanwhile as another kind of step
+                    return _result({"error": f"{target!r} is no longer an API step"}, error=True)
                 request = api_request(step.config, arguments)
                 status, body, _ = unpack_result(await engine.call_api(step, request))
                 return _result({"status": status, "body": body}, error=status >= 400)

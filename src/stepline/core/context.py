@@ -18,6 +18,7 @@ from stepline._errors import EngineStoppedError
 from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
 
 if TYPE_CHECKING:
+    from stepline.steps.config import ApiConfig
     from stepline.steps.project import Project, Step
     from stepline.steps.request import ApiRequest
 
@@ -227,7 +228,7 @@ class StepCaller(Protocol):
     @property
     def project(self) -> Project: ...
 
-    async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any: ...
+    async def call_api(self, step: Step[ApiConfig], request: ApiRequest, trace_id: str | None = None) -> Any: ...
 
 
 class ContextFactory(Protocol):

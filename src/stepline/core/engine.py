@@ -68,6 +68,9 @@ async def replay_all(queue: EventQueue, page: int = 1000) -> list[str]:
 
 log = logging.getLogger("stepline.engine")
 
+# The steps that events (and cron ticks) are delivered to.
+Delivered = Step[EventConfig] | Step[CronConfig]
+
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
 _LEASE_MARGIN = 10.0
 _TRACE_LINGER = 0.02
@@ -345,13 +348,12 @@ class Engine:
         trigger = TraceRecord(trace_id, "trigger", None, self.clock.time(), {"entry": f"emit {topic}"})
         return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key, trigger=trigger)
 
-    async def publish_cron(self, step: Step, tick: float | None = None) -> str | None:
+    async def publish_cron(self, step: Step[CronConfig], tick: float | None = None) -> str | None:
         """A cron tick becomes a delivery of the cron step, like any event's: leased, timed out, retried and
         dead-lettered. Every worker publishes every tick; the idempotency key `cron:{step}:{tick}` lets one
         of them through. `tick` None is a run asked for now (the Workbench's "run now"). Returns the new
         trace id, or None when another worker published this tick first."""
         config = step.config
-        assert isinstance(config, CronConfig)
         trace_id = new_id()
         now = self.clock.time()
         event = Event(new_id(), f"cron:{step.name}", {"tick": tick}, trace_id, None, now)
@@ -369,7 +371,7 @@ class Engine:
         self._activity.set()
         return trace_id
 
-    async def run_cron(self, step: Step) -> str:
+    async def run_cron(self, step: Step[CronConfig]) -> str:
         """Run a cron step now, outside its schedule (the Workbench's "run now"): a delivery like a tick's."""
         trace_id = await self.publish_cron(step)
         assert trace_id is not None  # no idempotency key: always accepted
@@ -410,9 +412,8 @@ class Engine:
 
     # -- API requests -----------------------------------------------------------------------------
 
-    async def call_api(self, step: Step, request: ApiRequest, trace_id: str | None = None) -> Any:
+    async def call_api(self, step: Step[ApiConfig], request: ApiRequest, trace_id: str | None = None) -> Any:
         """Run an API step's middleware chain and handler; return what the handler returned."""
-        assert isinstance(step.config, ApiConfig)
         trace_id = trace_id or new_id()
         self.record(
             TraceRecord(
@@ -596,8 +597,9 @@ class Engine:
             log.error("delivery task crashed", exc_info=task.exception())
 
     async def _deliver(self, delivery: Delivery) -> None:
-        step = self.project.steps.get(delivery.step)
-        if step is None or not isinstance(step.config, EventConfig | CronConfig):
+        found = self.project.steps.get(delivery.step)
+        step: Delivered | None = (found.of(EventConfig) or found.of(CronConfig)) if found is not None else None
+        if step is None:
             # The step went away in a reload after the delivery was claimed: keep it for later.
             await self._settle(
                 partial(self.queue.retry, delivery, 1.0, f"step {delivery.step!r} is not loaded"), delivery
@@ -679,7 +681,7 @@ class Engine:
             if self.health.failing:
                 self.health.recovered("runs")
 
-    async def _store_failed(self, step: Step, delivery: Delivery, exc: StoreUnavailableError) -> None:
+    async def _store_failed(self, step: Delivered, delivery: Delivery, exc: StoreUnavailableError) -> None:
         """The store failed the run (a full disk, a lock held elsewhere), not the handler: it runs again
         after a pause, and the attempt does not count, so that an outage never dead-letters work."""
         self.health.failed("runs", exc, "runs that need the store wait, their attempts not counted")
@@ -702,16 +704,14 @@ class Engine:
             self.health.recovered("outcomes")
             return
 
-    async def _failed(self, step: Step, delivery: Delivery, error: str, tb: str | None) -> None:
-        assert isinstance(step.config, EventConfig | CronConfig)
+    async def _failed(self, step: Delivered, delivery: Delivery, error: str, tb: str | None) -> None:
         if delivery.attempt <= step.config.infrastructure.queue.max_retries:
             await self._retry(step, delivery, error)
         else:
             await self._dead_letter(delivery, error, tb)
 
-    async def _retry(self, step: Step, delivery: Delivery, error: str, counts: bool = True) -> None:
+    async def _retry(self, step: Delivered, delivery: Delivery, error: str, counts: bool = True) -> None:
         """Back to the queue after the step's backoff, the retry in the trace (`counted` when it does not count)."""
-        assert isinstance(step.config, EventConfig | CronConfig)
         delay = step.config.infrastructure.queue.backoff.delay(delivery.attempt, self._rand())
         data = {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error}
         if not counts:
@@ -760,9 +760,9 @@ _TRACED = Engine._traced.__code__
 
 def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
     specs: dict[str, ClaimSpec] = {}
-    for step in [*project.event_steps, *project.cron_steps]:
+    steps: list[Delivered] = [*project.event_steps, *project.cron_steps]
+    for step in steps:
         config = step.config
-        assert isinstance(config, EventConfig | CronConfig)
         infra = config.infrastructure
         specs[step.name] = ClaimSpec(_lease_of(config), infra.queue.type == "fifo", infra.handler.concurrency)
     return specs

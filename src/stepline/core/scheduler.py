@@ -64,7 +64,6 @@ class CronScheduler:
         """Run once, now, each tick missed while no worker ran (for steps with `"missed": "once"`)."""
         now = self._now()
         for step in self.engine.project.cron_steps:
-            assert isinstance(step.config, CronConfig)
             if step.config.missed != "once":
                 continue
             last = await self.lock.last_tick(step.name)
@@ -80,7 +79,6 @@ class CronScheduler:
         now = self._now()
         planned: dict[tuple[str, str, str], datetime] = {}
         for step in self.engine.project.cron_steps:
-            assert isinstance(step.config, CronConfig)
             key = (step.name, step.config.cron, step.config.timezone)
             planned[key] = self._next.get(key) or step.config.schedule.next_after(now)
         self._next = planned
@@ -91,21 +89,21 @@ class CronScheduler:
         for key, when in list(self._next.items()):
             if when > now:
                 continue
-            step = self.engine.project.steps.get(key[0])
-            if step is None or not isinstance(step.config, CronConfig):
+            found = self.engine.project.steps.get(key[0])
+            step = found.of(CronConfig) if found is not None else None
+            if step is None:
                 continue
             self._start(step, when)
             self._next[key] = step.config.schedule.next_after(max(now, when))
 
-    def _start(self, step: Step, tick: datetime) -> None:
+    def _start(self, step: Step[CronConfig], tick: datetime) -> None:
         task = asyncio.create_task(self._fire(step, tick))
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _fire(self, step: Step, tick: datetime) -> None:
+    async def _fire(self, step: Step[CronConfig], tick: datetime) -> None:
         # Every worker sees every tick and publishes it; the idempotency key lets one through. The lock
         # only remembers the newest tick, for the ticks missed while nothing ran.
-        assert isinstance(step.config, CronConfig)
         until = step.config.schedule.next_after(tick)  # a tick not published by its successor's time is missed
         while True:
             try:

@@ -311,8 +311,9 @@ class WorkbenchApi:
         return await emit_request(self.engine, request, self.read_body)
 
     async def run_cron(self, request: Request) -> Response:
-        step = self.engine.project.steps.get(request.path_params["name"])
-        if step is None or not isinstance(step.config, CronConfig):
+        found = self.engine.project.steps.get(request.path_params["name"])
+        step = found.of(CronConfig) if found is not None else None
+        if step is None:
             return json_response({"error": f"no cron step {request.path_params['name']!r}"}, 404)
         trace_id = await self.engine.run_cron(step)
         return json_response({"traceId": trace_id}, 202)

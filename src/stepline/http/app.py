@@ -168,11 +168,10 @@ class HttpApp:
     def _build(self, project: Project) -> Router:
         routes = []
         for step in project.api_steps:
-            assert isinstance(step.config, ApiConfig)
             routes.append(Route(step.config.path, self._endpoint(step), methods=[step.config.method], name=step.name))
         return Router(routes)
 
-    def _endpoint(self, step: Step) -> Callable[[Request], Awaitable[Response]]:
+    def _endpoint(self, step: Step[ApiConfig]) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             return await self._handle(step, request)
 
@@ -182,9 +181,8 @@ class HttpApp:
         """The body, refused with HttpError past `max_body` bytes (413) or `body_timeout` seconds (408)."""
         return await read_body(request, self.max_body, self.body_timeout)
 
-    async def _handle(self, step: Step, request: Request) -> Response:
+    async def _handle(self, step: Step[ApiConfig], request: Request) -> Response:
         config = step.config
-        assert isinstance(config, ApiConfig)
         trace_id = new_id()
         try:
             raw = await self.read_body(request)
@@ -254,13 +252,12 @@ class HttpApp:
             )
         )
 
-    def _to_response(self, step: Step, result: Any, trace_id: str) -> Response:
+    def _to_response(self, step: Step[ApiConfig], result: Any, trace_id: str) -> Response:
         if isinstance(result, Response):
             result.headers["x-trace-id"] = trace_id
             return result
         status, body, headers = unpack_result(result)
         headers["x-trace-id"] = trace_id
-        assert isinstance(step.config, ApiConfig)
         schema = step.config.response_schema.get(status)
         if schema is not None:
             try:

@@ -14,9 +14,8 @@ from stepline.steps.schema import Schema
 def openapi(project: Project, title: str | None = None, version: str = "0.1.0") -> dict[str, Any]:
     components: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
-    for step in sorted(project.api_steps, key=lambda s: (getattr(s.config, "path", ""), s.name)):
+    for step in sorted(project.api_steps, key=lambda s: (s.config.path, s.name)):
         config = step.config
-        assert isinstance(config, ApiConfig)
         op: dict[str, Any] = {"operationId": config.name, "summary": config.description or config.name}
         if config.flows:
             op["tags"] = list(config.flows)

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import builtins
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, cast
+
+from typing_extensions import TypeVar
 
 from stepline._errors import Problem
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig, NoopConfig, StepConfig
 
+# Covariant: a Step[ApiConfig] is a Step, wherever any step is taken.
+C = TypeVar("C", bound=StepConfig, default=StepConfig, covariant=True)
+K = TypeVar("K", bound=StepConfig)
+
 
 @dataclass(eq=False)
-class Step:
-    config: StepConfig
+class Step(Generic[C]):
+    """A step file, loaded. `Step[ApiConfig]` is an API step: its config is known to be an ApiConfig, so
+    code that takes one (the HTTP app, the tool and MCP adapters) needs no isinstance check of its own."""
+
+    config: C
     file: Path
     rel: str  # the file relative to the project root, as shown to people
     handler: Callable[..., Any] | None
@@ -34,6 +44,10 @@ class Step:
     def __post_init__(self) -> None:
         # asked on every call: worked out once
         self.is_async = inspect.iscoroutinefunction(self.handler)
+
+    def of(self, kind: builtins.type[K]) -> Step[K] | None:
+        """This step as a `Step[kind]`, or None when its config is of another type."""
+        return cast("Step[K]", self) if isinstance(self.config, kind) else None
 
 
 @dataclass
@@ -56,23 +70,23 @@ class Project:
         """Steps that virtually subscribe to `topic`: a human or an outside system acts on it."""
         return [s for s in self.steps.values() if topic in s.config.virtual_subscribes]
 
-    def of_type(self, config_type: type[StepConfig]) -> list[Step]:
-        return [s for s in self.steps.values() if isinstance(s.config, config_type)]
+    def of_type(self, config_type: type[K]) -> list[Step[K]]:
+        return [cast("Step[K]", s) for s in self.steps.values() if isinstance(s.config, config_type)]
 
     @property
-    def api_steps(self) -> list[Step]:
+    def api_steps(self) -> list[Step[ApiConfig]]:
         return self.of_type(ApiConfig)
 
     @property
-    def event_steps(self) -> list[Step]:
+    def event_steps(self) -> list[Step[EventConfig]]:
         return self.of_type(EventConfig)
 
     @property
-    def cron_steps(self) -> list[Step]:
+    def cron_steps(self) -> list[Step[CronConfig]]:
         return self.of_type(CronConfig)
 
     @property
-    def noop_steps(self) -> list[Step]:
+    def noop_steps(self) -> list[Step[NoopConfig]]:
         return self.of_type(NoopConfig)
 
     @property
