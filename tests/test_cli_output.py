@@ -271,7 +271,7 @@ def test_docs_emit_examples_run_clean_on_the_example_project(tmp_path: Path) -> 
     port = free_port()
     lines = _docs_emit_lines()
     assert [line.split()[:3] for line in lines] == [["stepline", "state", "set"], ["stepline", "emit", "--topic"]]
-    workbench = (DOCS / "workbench-api.md").read_text()
+    workbench = (DOCS / "admin-api.md").read_text()
     put, post = (
         re.search(rf"curl -s -X{method} localhost:3000(\S+) -d '(.+)'", workbench) for method in ("PUT", "POST")
     )
@@ -283,7 +283,7 @@ def test_docs_emit_examples_run_clean_on_the_example_project(tmp_path: Path) -> 
         assert cli(*state_set, cwd=project).returncode == 0
         sent = cli(*emit, "--url", f"http://127.0.0.1:{port}", cwd=project)
         assert sent.returncode == 0, sent.stderr
-        # workbench-api.md's curl lines, as HTTP requests
+        # admin-api.md's curl lines, as HTTP requests
         base = f"http://127.0.0.1:{port}"
         assert httpx.put(base + put.group(1), content=put.group(2)).status_code < 300
         assert httpx.post(base + post.group(1), content=post.group(2)).status_code == 202
@@ -296,7 +296,7 @@ def test_docs_emit_examples_run_clean_on_the_example_project(tmp_path: Path) -> 
             return statuses == ["awaiting_approval"] * 2
 
         wait_for(drafted, "both reports to reach awaiting_approval")
-        assert httpx.get(f"{base}/__workbench/api/dead-letters").json() == []
+        assert httpx.get(f"{base}/__stepline/api/dead-letters").json() == []
 
     local = cli(*emit, "--local", cwd=project)
     assert local.returncode == 0, local.stderr

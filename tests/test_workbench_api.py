@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from stepline.testing import RunningApp, serve
 
 from .conftest import ProjectFactory
 
-API = "/__workbench/api"
+API = "/__stepline/api"
 
 PROJECT = {
     "steps/order_step.py": """
@@ -175,3 +177,33 @@ async def test_the_page_is_served_in_dev_and_off_in_start_without_a_token(
     assert r.status_code == status
     if status == 200:
         assert "<title>Stepline Workbench</title>" in r.text
+
+
+async def test_one_shape_for_traces_on_every_path_and_in_the_cli(make_project: ProjectFactory) -> None:
+    """The admin API, its older paths and `stepline traces --json` answer with the same records."""
+    root = make_project(PROJECT)
+    async with serve(root) as app:
+        trace_id = await order(app, "tea")
+        listed = [(await app.client.get(f"{p}/traces")).json() for p in (API, "/__workbench/api", "/__stepline")]
+        assert listed[0] == listed[1] == listed[2]
+        assert set(listed[0][0]) == {"traceId", "entry", "startedAt", "lastAt", "durationMs", "records", "errors"}
+        shown = [(await app.client.get(f"{p}/traces/{trace_id}")).json() for p in (API, "/__stepline")]
+        assert shown[0] == shown[1] and shown[0]["stopped"] is False
+        records = shown[0]["records"]
+        assert {tuple(r) for r in records} == {("traceId", "kind", "step", "ts", "data")}
+        bad = await app.client.get(f"{API}/traces", params={"limit": "many"})
+        assert bad.status_code == 400 and "whole number" in bad.json()["error"]
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "stepline", "traces", "--dir", str(root), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(cli.stdout) == listed[0]
+    cli = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "stepline", "traces", "show", trace_id, "--dir", str(root), "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(cli.stdout) == records

@@ -1,5 +1,5 @@
-// The Workbench API (docs/workbench-api.md). Same origin: no CORS, no token in dev.
-export const API = "/__workbench/api";
+// The admin API (docs/admin-api.md). Same origin: no CORS, no token in dev.
+export const API = "/__stepline/api";
 
 export type Step = {
   name: string;

@@ -303,7 +303,7 @@ def emit(
         headers["authorization"] = f"Bearer {token}"
     try:
         response = httpx.post(
-            f"{url.rstrip('/')}/__stepline/emit",
+            f"{url.rstrip('/')}/__stepline/api/emit",
             json={"topic": topic, "data": payload},
             headers=headers,
             timeout=10,

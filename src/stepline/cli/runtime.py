@@ -23,6 +23,7 @@ from stepline.adapters.base import Adapters, StoreOptions, TraceRecord
 from stepline.cli.console import console, out, print_json
 from stepline.cli.options import DbOption, DirOption, JsonOption, StoreOption, load_env, store_url
 from stepline.core.engine import replay_all as replay_every
+from stepline.core.trace import record_json, summary_json
 
 T = TypeVar("T")
 
@@ -161,19 +162,7 @@ def traces_list(
         return
     recent = with_store(root, store, db, lambda a: a.traces.recent(limit))
     if as_json:
-        print_json(
-            [
-                {
-                    "traceId": s.trace_id,
-                    "entry": s.entry,
-                    "startedAt": s.started_at,
-                    "durationMs": round((s.last_at - s.started_at) * 1000, 3),
-                    "records": s.records,
-                    "errors": s.errors,
-                }
-                for s in recent
-            ]
-        )
+        print_json([summary_json(s) for s in recent])
         return
     table = Table(box=None, header_style="bold")
     for column in ("trace", "entry", "started", "duration", "records", "status"):
@@ -205,7 +194,7 @@ def traces_show(
         console.print(f"[red]No trace {trace_id}.[/] `stepline traces` lists recent ones.")
         raise typer.Exit(1)
     if as_json:
-        print_json([{"kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records])
+        print_json([record_json(r) for r in records])
         return
     out.print(trace_tree(trace_id, records))
 

@@ -16,6 +16,7 @@ from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock
 from stepline._errors import EngineStoppedError
 from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
+from stepline.core import trace as tr
 
 if TYPE_CHECKING:
     from stepline.steps.config import ApiConfig
@@ -59,11 +60,7 @@ class StepLogger:
     def _log(self, level: int, name: str, message: Any, value: Any, kw: dict[str, Any]) -> None:
         data = self._fields(value, kw)
         text = message if isinstance(message, str) else self._str(message)
-        self._record(
-            TraceRecord(
-                self.trace_id, "log", self.step, self._clock.time(), {"level": name, "message": text, "fields": data}
-            )
-        )
+        self._record(tr.log(self.trace_id, self.step, self._clock.time(), name, text, data))
         if log.isEnabledFor(level):
             log.log(level, text, extra={"trace_id": self.trace_id, "step": self.step, "fields": data})
 
@@ -160,9 +157,7 @@ class State:
         self._clock = clock
 
     def _note(self, op: str, group: str, key: str | None = None) -> None:
-        self._record(
-            TraceRecord(self._trace_id, "state", self._step, self._clock.time(), {"op": op, "group": group, "key": key})
-        )
+        self._record(tr.state(self._trace_id, self._step, self._clock.time(), op, group, key))
 
     async def get(self, group: str, key: str) -> Any:
         return await self._store.get(group, key)

@@ -30,6 +30,7 @@ from stepline._errors import SchemaValidationError, StoreError, StoreUnavailable
 from stepline._health import Health
 from stepline._ids import new_id
 from stepline.adapters.base import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
+from stepline.core import trace as tr
 from stepline.core.context import ContextFactory, Recorder, RunContext, State, StepLogger
 from stepline.core.threads import HandlerThreads
 from stepline.core.watchdog import Blocked, LoopWatchdog
@@ -327,7 +328,7 @@ class Engine:
             record["delivery_id"] = delivery_id
         if trigger is not None:
             self.record(trigger)
-        self.record(TraceRecord(trace_id, "emit", step, event.created_at, record))
+        self.record(tr.emit(trace_id, step, event.created_at, record))
         if not subscribers and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
         self._activity.set()
@@ -345,7 +346,7 @@ class Engine:
     ) -> Event:
         """An emit from outside any step (CLI, tests, the admin API): starts a trace of its own."""
         trace_id = trace_id or new_id()
-        trigger = TraceRecord(trace_id, "trigger", None, self.clock.time(), {"entry": f"emit {topic}"})
+        trigger = tr.trigger(trace_id, None, self.clock.time(), f"emit {topic}")
         return await self.emit(None, trace_id, topic, data, message_group_id, delay, idempotency_key, trigger=trigger)
 
     async def publish_cron(self, step: Step[CronConfig], tick: float | None = None) -> str | None:
@@ -366,8 +367,7 @@ class Engine:
         accepted = await self.queue.publish(event, {step.name: 0.0}, key, window or self.idempotency_window)
         if not accepted:
             return None
-        entry = {"entry": f"cron {step.name}", "type": "cron", "tick": tick}
-        self.record(TraceRecord(trace_id, "trigger", step.name, now, entry))
+        self.record(tr.trigger(trace_id, step.name, now, f"cron {step.name}", type="cron", tick=tick))
         self._activity.set()
         return trace_id
 
@@ -415,15 +415,7 @@ class Engine:
     async def call_api(self, step: Step[ApiConfig], request: ApiRequest, trace_id: str | None = None) -> Any:
         """Run an API step's middleware chain and handler; return what the handler returned."""
         trace_id = trace_id or new_id()
-        self.record(
-            TraceRecord(
-                trace_id,
-                "trigger",
-                step.name,
-                self.clock.time(),
-                {"entry": f"{request.method} {request.path}", "type": "api"},
-            )
-        )
+        self.record(tr.trigger(trace_id, step.name, self.clock.time(), f"{request.method} {request.path}", type="api"))
         ctx = self.context(step, trace_id)
         middleware = step.config.middleware
 
@@ -448,7 +440,7 @@ class Engine:
         """Run `work`, recording its start and end. With `timeout`, a run that ended past it without being
         cancelled (it never yielded to the event loop, which fires the timeout) fails as timed out."""
         started = time.perf_counter()
-        self.record(TraceRecord(trace_id, "start", step.name, self.clock.time(), info))
+        self.record(tr.start(trace_id, step.name, self.clock.time(), info))
         try:
             result = await work
             took = time.perf_counter() - started
@@ -456,25 +448,28 @@ class Engine:
                 raise _Overran(timeout, took, self._blocked.get(asyncio.current_task()))
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
-            end = {
-                **info,
-                "status": status,
-                "duration_ms": _ms(started),
-                "error": clip(_describe(exc)),
-                "traceback": clip(traceback.format_exc(), tail=True),
-            }
+            failed = tr.end(
+                trace_id,
+                step.name,
+                self.clock.time(),
+                info,
+                status,
+                _ms(started),
+                error=clip(_describe(exc)),
+                traceback=clip(traceback.format_exc(), tail=True),
+            )
             if self._blocked:
-                self._note_blocked(end)
-            self.record(TraceRecord(trace_id, "end", step.name, self.clock.time(), end))
+                self._note_blocked(failed.data)
+            self.record(failed)
             if status == "error":
                 log.error(
                     "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
                 )
             raise
-        end = {**info, "status": "ok", "duration_ms": _ms(started)}
+        done = tr.end(trace_id, step.name, self.clock.time(), info, "ok", _ms(started))
         if self._blocked:
-            self._note_blocked(end)
-        self.record(TraceRecord(trace_id, "end", step.name, self.clock.time(), end))
+            self._note_blocked(done.data)
+        self.record(done)
         return result
 
     def _note_blocked(self, end: dict[str, Any]) -> None:
@@ -506,14 +501,9 @@ class Engine:
             BLOCKING_ADVICE,
             extra={"trace_id": trace_id, "step": step},
         )
-        data: dict[str, Any] = {
-            "level": "warn",
-            "message": f"blocked the event loop for over {self._blocked_after:g} s at {blocked.where}",
-            "fields": {"blocked_at": blocked.where},
-        }
-        if delivery_id is not None:
-            data["delivery_id"] = delivery_id
-        self.record(TraceRecord(trace_id, "log", step, self.clock.time(), data))
+        message = f"blocked the event loop for over {self._blocked_after:g} s at {blocked.where}"
+        ids = {"delivery_id": delivery_id} if delivery_id is not None else {}
+        self.record(tr.log(trace_id, step, self.clock.time(), "warn", message, {"blocked_at": blocked.where}, **ids))
 
     def _loop_unblocked(self, blocked: Blocked) -> None:
         log.warning("the event loop answers again after %.1f s blocked at %s", blocked.seconds, blocked.where)
@@ -623,13 +613,7 @@ class Engine:
                 )
                 return
             self.record(
-                TraceRecord(
-                    event.trace_id,
-                    "retry",
-                    step.name,
-                    self.clock.time(),
-                    {"delivery_id": delivery.id, "attempt": delivery.attempt - 1, "delay": 0, "error": error},
-                )
+                tr.retry(event.trace_id, step.name, self.clock.time(), delivery.id, delivery.attempt - 1, 0, error)
             )
             log.warning("%s; running it again", error, extra={"trace_id": event.trace_id, "step": step.name})
         data = event.data
@@ -639,18 +623,15 @@ class Engine:
             except SchemaValidationError as exc:
                 # Retrying cannot fix the data: record why, and dead-letter it where it can be replayed.
                 self.record(
-                    TraceRecord(
+                    tr.end(
                         event.trace_id,
-                        "end",
                         step.name,
                         self.clock.time(),
-                        {
-                            **info,
-                            "status": "error",
-                            "duration_ms": 0.0,
-                            "error": clip(str(exc)),
-                            "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
-                        },
+                        info,
+                        "error",
+                        0.0,
+                        error=clip(str(exc)),
+                        errors=[e.to_dict() for e in exc.errors[:MAX_ERRORS]],
                     )
                 )
                 log.error("%s; not handled", clip(str(exc)), extra={"trace_id": event.trace_id, "step": step.name})
@@ -713,20 +694,18 @@ class Engine:
     async def _retry(self, step: Delivered, delivery: Delivery, error: str, counts: bool = True) -> None:
         """Back to the queue after the step's backoff, the retry in the trace (`counted` when it does not count)."""
         delay = step.config.infrastructure.queue.backoff.delay(delivery.attempt, self._rand())
-        data = {"delivery_id": delivery.id, "attempt": delivery.attempt, "delay": round(delay, 3), "error": error}
-        if not counts:
-            data["counted"] = False
-        self.record(TraceRecord(delivery.event.trace_id, "retry", step.name, self.clock.time(), data))
+        now = self.clock.time()
+        self.record(
+            tr.retry(
+                delivery.event.trace_id, step.name, now, delivery.id, delivery.attempt, round(delay, 3), error, counts
+            )
+        )
         await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts), delivery)
 
     async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
         self.record(
-            TraceRecord(
-                delivery.event.trace_id,
-                "dead_letter",
-                delivery.step,
-                self.clock.time(),
-                {"delivery_id": delivery.id, "attempts": delivery.attempt, "error": error},
+            tr.dead_letter(
+                delivery.event.trace_id, delivery.step, self.clock.time(), delivery.id, delivery.attempt, error
             )
         )
         await self._settle(partial(self.queue.dead_letter, delivery, error, tb), delivery)

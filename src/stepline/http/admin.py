@@ -25,15 +25,25 @@ from stepline import _json
 from stepline._errors import HttpError, SchemaValidationError, StoreError
 from stepline.adapters.base import TraceRecord
 from stepline.core.engine import STOPPED_TRACES, replay_all, resume_trace, stop_trace
+from stepline.core.trace import record_json, summary_json
 from stepline.http.access import refusal
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
 from stepline.steps.graph import as_json, trigger
 from stepline.steps.schema import Schema
 
 if TYPE_CHECKING:
-    from stepline.core.engine import Engine
+    from stepline.core.trace import record_json, summary_json
+from stepline.core.engine import Engine
 
-PREFIX = "/__workbench/api"
+# The admin API (docs/admin-api.md), and the paths it answered at before it was one API: the Workbench's
+# own prefix, and three routes the runtime served apart.
+PREFIX = "/__stepline/api"
+ALIASES = ("/__workbench/api",)
+OLD_ROUTES = {
+    "/__stepline/emit": "/emit",
+    "/__stepline/traces": "/traces",
+    "/__stepline/traces/{trace_id}": "/traces/{trace_id}",
+}
 STATIC = Path(__file__).parent.parent / "_workbench_static"
 Endpoint = Callable[[Request], Awaitable[Response]]
 BodyReader = Callable[[Request], Awaitable[bytes]]
@@ -44,10 +54,6 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(
         orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), status, headers=headers, media_type="application/json"
     )
-
-
-def _record(r: TraceRecord) -> dict[str, Any]:
-    return {"traceId": r.trace_id, "kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data}
 
 
 class WorkbenchApi:
@@ -76,10 +82,22 @@ class WorkbenchApi:
             ("/cron/{name}/run", self.run_cron, "POST"),
             ("/live", self.live, "GET"),
         ]
+        by_path = {(path, method): endpoint for path, endpoint, method in table}
         self._routes = [
-            Route(PREFIX + path, self._guard(endpoint), methods=[method]) for path, endpoint, method in table
+            Route(prefix + path, self._guard(endpoint), methods=[method])
+            for prefix in (PREFIX, *ALIASES)
+            for path, endpoint, method in table
         ]
-        return [*self._routes, Route(PREFIX + "/{rest:path}", self._unknown, methods=list(_METHODS))]
+        self._routes += [
+            Route(old, self._guard(by_path[(new, method)]), methods=[method])
+            for old, new in OLD_ROUTES.items()
+            for method in ("GET", "POST")
+            if (new, method) in by_path
+        ]
+        return [
+            *self._routes,
+            *(Route(prefix + "/{rest:path}", self._unknown, methods=list(_METHODS)) for prefix in (PREFIX, *ALIASES)),
+        ]
 
     async def _unknown(self, request: Request) -> Response:
         """404 for a path the API does not have, 405 for a method a path does not take (not the page's 500)."""
@@ -92,7 +110,7 @@ class WorkbenchApi:
                 405,
                 {"allow": ", ".join(allowed)},
             )
-        return json_response({"error": f"no such Workbench API route: {request.method} {request.url.path}"}, 404)
+        return json_response({"error": f"no such admin API route: {request.method} {request.url.path}"}, 404)
 
     def _guard(self, endpoint: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
@@ -111,7 +129,7 @@ class WorkbenchApi:
     def refuse(self, request: Request) -> Response | None:
         """None if the request may go on; else the 403 or 401 to send."""
         live = request.url.path.endswith("/live")  # EventSource cannot send headers: ?token= there
-        return refusal(request, dev=self.dev, token=self.token, what="the Workbench", query_token=live)
+        return refusal(request, dev=self.dev, token=self.token, what="the admin API", query_token=live)
 
     def page(self) -> Route | Mount:
         """The page itself, from the files built into the package; a hint when they were not built."""
@@ -195,19 +213,7 @@ class WorkbenchApi:
     async def traces(self, request: Request) -> Response:
         await self.engine.flush()
         limit = _int(request, "limit", 50)
-        return json_response(
-            [
-                {
-                    "traceId": s.trace_id,
-                    "entry": s.entry,
-                    "startedAt": s.started_at,
-                    "lastAt": s.last_at,
-                    "records": s.records,
-                    "errors": s.errors,
-                }
-                for s in await self.engine.traces.recent(limit)
-            ]
-        )
+        return json_response([summary_json(s) for s in await self.engine.traces.recent(limit)])
 
     async def trace(self, request: Request) -> Response:
         await self.engine.flush()
@@ -215,7 +221,7 @@ class WorkbenchApi:
         if not records:
             return json_response({"error": "no such trace"}, 404)
         stopped = await self.engine.state.get(STOPPED_TRACES, request.path_params["trace_id"]) is not None
-        return json_response({"stopped": stopped, "records": [_record(r) for r in records]})
+        return json_response({"stopped": stopped, "records": [record_json(r) for r in records]})
 
     async def logs(self, request: Request) -> Response:
         """Log records of recent traces, newest last; filter by trace, step, level and text."""
@@ -238,7 +244,7 @@ class WorkbenchApi:
                     and text not in orjson.dumps(r.data.get("fields")).decode().lower()
                 ):
                     continue
-                found.append(_record(r))
+                found.append(record_json(r))
         found.sort(key=lambda r: r["ts"])
         return json_response(found[-_int(request, "limit", 500) :])
 
@@ -270,7 +276,7 @@ class WorkbenchApi:
                     await asyncio.sleep(0.25)
                     while not queue.empty():
                         batch.append(queue.get_nowait())
-                    yield b"data: " + orjson.dumps([_record(r) for r in batch]) + b"\n\n"
+                    yield b"data: " + orjson.dumps([record_json(r) for r in batch]) + b"\n\n"
             finally:
                 unsubscribe()
 
@@ -377,4 +383,4 @@ def _int(request: Request, name: str, default: int) -> int:
     try:
         return max(1, min(int(request.query_params.get(name, default)), 10_000))
     except ValueError:
-        return default
+        raise HttpError(400, f"{name} is a whole number, like {name}={default}") from None

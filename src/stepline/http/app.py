@@ -24,10 +24,9 @@ from starlette.types import Receive, Scope, Send
 from stepline import _json
 from stepline._errors import FieldError, HttpError, SchemaValidationError, StoreCorruptError, StoreError
 from stepline._ids import new_id
-from stepline.adapters.base import TraceRecord
+from stepline.core import trace as tr
 from stepline.core.engine import Engine, clip
-from stepline.http.access import refusal
-from stepline.http.admin import WorkbenchApi, emit_request, json_response
+from stepline.http.admin import WorkbenchApi, json_response
 from stepline.http.body import read_body
 from stepline.http.openapi import openapi
 from stepline.steps.config import ApiConfig
@@ -157,9 +156,6 @@ class HttpApp:
                 Route("/openapi.json", self._openapi, methods=["GET"]),
                 Route("/__stepline/health", self._health, methods=["GET"]),
                 Route("/__stepline/live", self._live, methods=["GET"]),
-                Route("/__stepline/emit", self._admin(self._emit), methods=["POST"]),
-                Route("/__stepline/traces", self._admin(self._traces), methods=["GET"]),
-                Route("/__stepline/traces/{trace_id}", self._admin(self._trace), methods=["GET"]),
                 *workbench.routes(),
                 workbench.page(),
             ]
@@ -227,29 +223,11 @@ class HttpApp:
 
     def _record_rejection(self, step: Step, request: Request, trace_id: str, exc: SchemaValidationError) -> None:
         now = self.engine.clock.time()
+        entry = f"{request.method} {request.scope['path']}"
+        self.engine.record(tr.trigger(trace_id, step.name, now, entry, type="api"))
+        errors = [e.to_dict() for e in exc.errors[:MAX_ERRORS]]
         self.engine.record(
-            TraceRecord(
-                trace_id,
-                "trigger",
-                step.name,
-                now,
-                {"entry": f"{request.method} {request.scope['path']}", "type": "api"},
-            )
-        )
-        self.engine.record(
-            TraceRecord(
-                trace_id,
-                "end",
-                step.name,
-                now,
-                {
-                    "status": "error",
-                    "http_status": 400,
-                    "duration_ms": 0.0,
-                    "error": clip(str(exc)),
-                    "errors": [e.to_dict() for e in exc.errors[:MAX_ERRORS]],
-                },
-            )
+            tr.end(trace_id, step.name, now, {}, "error", 0.0, http_status=400, error=clip(str(exc)), errors=errors)
         )
 
     def _to_response(self, step: Step[ApiConfig], result: Any, trace_id: str) -> Response:
@@ -313,35 +291,6 @@ class HttpApp:
             body["problems"] = problems
         return json_response(body, 503 if problems else 200)
 
-    def _admin(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        """The admin API is open in dev; in start mode it needs a configured token, sent as a bearer token."""
-
-        async def guarded(request: Request) -> Response:
-            refused = refusal(request, dev=self.dev, token=self.admin_token, what="the admin API")
-            return refused if refused is not None else await endpoint(request)
-
-        return guarded
-
-    async def _emit(self, request: Request) -> Response:
-        return await emit_request(self.engine, request, self.read_body)
-
-    async def _traces(self, request: Request) -> Response:
-        await self.engine.flush()
-        try:
-            limit = max(1, min(int(request.query_params.get("limit", "50")), 10_000))
-        except ValueError:
-            return json_response({"error": "limit is a whole number"}, 400)
-        return json_response([_summary(s) for s in await self.engine.traces.recent(limit)])
-
-    async def _trace(self, request: Request) -> Response:
-        await self.engine.flush()
-        records = await self.engine.traces.trace(request.path_params["trace_id"])
-        if not records:
-            return json_response({"error": "no such trace"}, 404)
-        return json_response(
-            [{"trace_id": r.trace_id, "kind": r.kind, "step": r.step, "ts": r.ts, "data": r.data} for r in records]
-        )
-
 
 def _tid(trace_id: str) -> dict[str, str]:
     return {"x-trace-id": trace_id}
@@ -352,17 +301,6 @@ def _route_path(scope: Scope) -> str:
     path: str = scope["path"]
     root: str = scope.get("root_path", "")
     return path[len(root) :] if root and path.startswith(root + "/") else path
-
-
-def _summary(s: Any) -> dict[str, Any]:
-    return {
-        "trace_id": s.trace_id,
-        "entry": s.entry,
-        "started_at": s.started_at,
-        "last_at": s.last_at,
-        "records": s.records,
-        "errors": s.errors,
-    }
 
 
 def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
