@@ -1,5 +1,6 @@
 """Stepline: APIs, background jobs, cron jobs and agents as steps in one event-driven Python backend."""
 
+from stepline._clock import Clock
 from stepline._errors import (
     ApprovalError,
     EngineStoppedError,
@@ -56,6 +57,7 @@ __all__ = [
     "ApiResponse",
     "ApprovalError",
     "Backoff",
+    "Clock",
     "Context",
     "CronConfig",
     "Emit",
