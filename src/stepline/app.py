@@ -98,6 +98,7 @@ class Stepline:
             queue=self.adapters.queue,
             state=self.adapters.state,
             traces=self.adapters.traces,
+            control=self.adapters.control,
             concurrency=concurrency,
             idempotency_window=idempotency_window,
             health=self.health,

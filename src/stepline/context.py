@@ -38,6 +38,7 @@ class Context(RunContext):
         flows: list[str],
         emitter: Emitter,
         state: State,
+        control: State,
         logger: StepLogger,
         record: Recorder,
         clock: Clock = SYSTEM_CLOCK,
@@ -53,6 +54,7 @@ class Context(RunContext):
             logger=logger,
             record=record,
             clock=clock,
+            control=control,
         )
         self._client = client
         self._caller = caller

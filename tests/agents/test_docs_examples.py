@@ -80,7 +80,7 @@ async def test_the_readme_agent_step_runs_with_its_tools(tmp_path: Path) -> None
             r = await app.client.post("/reports", json={"month": "2026-10"})
             assert r.status_code == 202, r.text
             await app.settle()
-            (approval,) = (await app.stepline.engine.state.get_group("approvals")).values()
+            (approval,) = (await app.stepline.engine.control.get_group("approvals")).values()
     assert approval["status"] == "pending" and approval["data"] == "Revenue grew 20% on September."
     tool_results = [m["content"] for m in llm.requests[2]["messages"] if m["role"] == "tool"]
     assert json.loads(tool_results[0]) == {

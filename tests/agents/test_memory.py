@@ -154,7 +154,7 @@ async def test_concurrent_appends_to_one_conversation_on_sqlite_keep_every_messa
     async with serve(make_project(FAN_OUT), llm=llm.settings()) as app:  # the default engine: SQLite
         r = await app.client.post("/start", json={"n": 20, "max": 100, "policy": "truncate"})
         await app.settle()
-        stored = await app.state("llm.conversations", r.headers["x-trace-id"])
+        stored = await app.stepline.engine.control.get("conversations", r.headers["x-trace-id"])
     contents = sorted(m["content"] for m in stored)
     assert len(stored) == 40, contents
     assert contents == sorted([f"q{i}" for i in range(20)] + [f"a{i}" for i in range(20)])
@@ -173,7 +173,7 @@ async def test_concurrent_appends_with_summarize_lose_no_message_and_keep_none_t
     async with serve(make_project(FAN_OUT), llm=llm.settings()) as app:
         r = await app.client.post("/start", json={"n": 20, "max": 8, "policy": "summarize"})
         await app.settle()
-        stored = await app.state("llm.conversations", r.headers["x-trace-id"])
+        stored = await app.stepline.engine.control.get("conversations", r.headers["x-trace-id"])
     summary, *recent = stored
     assert summary["role"] == "system" and summary["content"].startswith("Summary of the earlier conversation: S[")
     folded = set(summary["content"].split("S[", 1)[1].rstrip("]").split())

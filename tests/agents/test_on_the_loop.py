@@ -64,3 +64,22 @@ async def test_approvals_lists_what_waits_for_a_person(make_project: ProjectFact
     listed = json.loads(await stepline("approvals", "--dir", str(root), "--json"))
     assert [(a["name"], a["key"], a["data"]) for a in listed] == [("draft", "d9", {"text": "budget"})]
     assert "draft/d9" in await stepline("approvals", "--dir", str(root))
+
+
+async def test_stepline_keeps_its_own_records_out_of_user_state(make_project: ProjectFactory) -> None:
+    """Approvals and stop marks are in the store's control state: `state groups` and the admin API show only
+    the user's groups, and a user group that happens to be called "approvals" collides with nothing."""
+    root: Path = make_project(FLOW)
+    d = str(root)
+    async with serve(root) as app:
+        await stepline("state", "set", "approvals", "d5", '"mine"', "--dir", d)  # a user group of that name
+        trace_id = (await app.client.post("/drafts/d5", json={"text": "own", "timeout": 3600})).json()["traceId"]
+        await stepline("traces", "stop", trace_id, "--dir", d)
+        await app.settle()
+        assert json.loads(await stepline("state", "groups", "--dir", d, "--json")) == ["approvals"]
+        assert (await app.client.get("/__stepline/api/state")).json() == ["approvals"]
+        assert (await app.client.get("/__stepline/api/state/approvals")).json() == {"d5": "mine"}
+        assert (await app.client.get(f"/__stepline/api/traces/{trace_id}")).json()["stopped"] is True
+        (pending,) = (await app.client.get("/approvals")).json()  # the approval is untouched by the user's row
+        assert (pending["key"], pending["status"]) == ("d5", "pending")
+    assert "draft/d5" in await stepline("approvals", "--dir", d)

@@ -31,6 +31,10 @@ class Adapters:
         return self.opened.state
 
     @property
+    def control(self) -> StateStore:
+        return self.opened.control
+
+    @property
     def traces(self) -> TraceStore:
         return self.opened.traces
 

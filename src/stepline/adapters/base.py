@@ -269,13 +269,16 @@ class Adapters:
     state: StateStore
     traces: TraceStore
     cron: CronLock
+    # Stepline's own records (stop marks, approvals, conversations), kept apart from user state so they
+    # neither show among user groups nor collide with them.
+    control: StateStore
     health: Health | None = None  # where the store reports its failing background work, if it has any
     url: str = ""  # the store's URL as it may be shown (a password masked)
     per_process: bool = False  # its data lives in this process alone (memory://): workers cannot share it
     clock: Clock = SYSTEM_CLOCK  # what its delays, leases and windows are measured by: the engine's too
 
     async def close(self) -> None:
-        for part in (self.queue, self.state, self.traces, self.cron):
+        for part in (self.queue, self.state, self.traces, self.cron, self.control):
             await part.close()
 
 

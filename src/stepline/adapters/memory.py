@@ -326,7 +326,7 @@ class MemoryCronLock:
 
 
 def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
-    """`memory://`: the four adapters in this process, empty."""
+    """`memory://`: the adapters in this process, empty."""
     if url.netloc or url.path.strip("/"):
         raise url.refuse("has a location, but a memory store lives in the process", "write memory://")
     url.options({})
@@ -340,5 +340,6 @@ def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
         MemoryStateStore(),
         MemoryTraceStore(),
         MemoryCronLock(),
+        MemoryStateStore(),  # control: Stepline's own records, apart from the user's state
         per_process=True,
     )

@@ -13,7 +13,8 @@
             return  # a timeout that came after the decision: nothing to do
         if approval.approved: ...
 
-The request is a record in state (group "approvals"), so it is as durable as the engine. The timeout is
+The request is a record in the store's control state (group "approvals", apart from the user's state), so
+it is as durable as the engine. The timeout is
 an ordinary delayed event on the same topic; whichever of the decision and the timeout comes first
 wins (compare-and-set on the record), and `settle` tells the late one to do nothing. The decision event
 goes out in the trace of the request, so one trace shows the whole story.
@@ -104,10 +105,10 @@ class Approvals:
             message=message,
             expires_at=now + timeout if timeout else None,
         )
-        current = await ctx.state.get(GROUP, _id(name, key))
+        current = await ctx.control.get(GROUP, _id(name, key))
         if isinstance(current, dict) and current.get("status") == "pending":
             raise ApprovalError(f"approval {name}/{key} is already pending (since {current['requested_at']:.0f})")
-        if not await ctx.state.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
+        if not await ctx.control.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
             raise ApprovalError(f"approval {name}/{key} was requested at the same moment by another step")
         if timeout:
             await ctx.emit(
@@ -133,7 +134,7 @@ class Approvals:
             | {"status": "approved" if approved else "rejected", "decided_at": self._ctx.clock.time()}
             | {"by": by, "comment": comment}
         )
-        if not await ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), decided.to_dict()):
+        if not await ctx.control.compare_and_set(GROUP, _id(name, key), current.to_dict(), decided.to_dict()):
             return None  # decided or timed out a moment ago
         # The decision continues the trace that asked for it, not the decider's own.
         await ctx.emit(current.topic, _event(decided, decided.status), trace_id=current.trace_id)
@@ -154,17 +155,17 @@ class Approvals:
         if not current.pending:
             return current if current.status == "timeout" else None  # a redelivery, or the decision won
         timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": self._ctx.clock.time()})
-        if not await self._ctx.state.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
+        if not await self._ctx.control.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
             return None
         return timed_out
 
     async def get(self, name: str, key: str) -> Approval | None:
-        value = await self._ctx.state.get(GROUP, _id(name, key))
+        value = await self._ctx.control.get(GROUP, _id(name, key))
         return Approval.from_dict(value) if isinstance(value, dict) else None
 
     async def pending(self, name: str | None = None) -> list[Approval]:
         """The approvals waiting for a person, oldest first."""
-        return pending_in(await self._ctx.state.items(GROUP), name)
+        return pending_in(await self._ctx.control.items(GROUP), name)
 
 
 def pending_in(items: dict[str, Any], name: str | None = None) -> list[Approval]:

@@ -175,7 +175,7 @@ class LLM:
     def conversation(self, *, max_messages: int = 40, policy: Policy = "truncate") -> Memory:
         """Short-term memory shared by every step of this trace (one request's whole journey)."""
         return Memory(
-            self._ctx.state, CONVERSATIONS, self._ctx.trace_id, max_messages=max_messages, policy=policy, llm=self
+            self._ctx.control, CONVERSATIONS, self._ctx.trace_id, max_messages=max_messages, policy=policy, llm=self
         )
 
     def memory(self, key: str, *, group: str = "memory", max_messages: int = 40, policy: Policy = "truncate") -> Memory:

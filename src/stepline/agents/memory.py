@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from stepline.core.context import State, StepLogger
 
 Policy = Literal["truncate", "summarize"]
-CONVERSATIONS = "llm.conversations"  # the state group of trace-scoped memory
+CONVERSATIONS = "conversations"  # the group of trace-scoped memory, in the store's control state
 
 _SUMMARY_PREFIX = "Summary of the earlier conversation: "
 _ATTEMPTS = 200  # compare-and-set attempts per write; each conflict means another writer succeeded

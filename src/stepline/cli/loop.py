@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from stepline.adapters.base import Adapters
 from stepline.agents.approvals import GROUP as APPROVALS
 from stepline.agents.approvals import pending_in
 from stepline.cli.console import console, out, print_json
@@ -31,7 +32,7 @@ def traces_stop(
     db: DbOption = None,
 ) -> None:
     """Stop a trace: its next deliveries go to the dead letters instead of running."""
-    with_store(root, store, db, lambda a: stop_trace(a.state, trace_id, reason))
+    with_store(root, store, db, lambda a: stop_trace(a.control, trace_id, reason))
     console.print(
         f"Stopped trace {trace_id}: deliveries still to come go to the dead letters (within a second).\n"
         f"[dim]Undo with `stepline traces resume {trace_id}`, then `stepline dlq replay` what you want run.[/]"
@@ -41,10 +42,34 @@ def traces_stop(
 @traces_app.command("resume")
 def traces_resume(trace_id: str, root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None) -> None:
     """Lift a stop: the trace's deliveries run again (replay its dead letters to run those too)."""
-    if not with_store(root, store, db, lambda a: resume_trace(a.state, trace_id)):
+    if not with_store(root, store, db, lambda a: resume_trace(a.control, trace_id)):
         console.print(f"[yellow]Trace {trace_id} was not stopped.[/]")
         raise typer.Exit(1)
     console.print(f"Resumed trace {trace_id}.")
+
+
+@state_app.command("groups")
+def state_groups(
+    root: DirOption = Path("."), store: StoreOption = None, db: DbOption = None, as_json: JsonOption = False
+) -> None:
+    """The state groups there are, with how many keys each holds (Stepline's own records are not among them)."""
+    sizes = with_store(root, store, db, _group_sizes)
+    if as_json:
+        print_json(sorted(sizes))
+        return
+    if not sizes:
+        console.print("No state yet.")
+        return
+    table = Table(box=None, header_style="bold")
+    table.add_column("group")
+    table.add_column("keys", justify="right")
+    for group in sorted(sizes):
+        table.add_row(group, str(sizes[group]))
+    out.print(table)
+
+
+async def _group_sizes(adapters: Adapters) -> dict[str, int]:
+    return {group: len(await adapters.state.get_group(group)) for group in await adapters.state.groups()}
 
 
 @state_app.command("get")
@@ -98,7 +123,7 @@ def approvals(
     as_json: JsonOption = False,
 ) -> None:
     """The approvals waiting for a person's decision, oldest first."""
-    pending = pending_in(with_store(root, store, db, lambda a: a.state.get_group(APPROVALS)), name)
+    pending = pending_in(with_store(root, store, db, lambda a: a.control.get_group(APPROVALS)), name)
     if as_json:
         print_json([a.to_dict() for a in pending])
         return

@@ -238,6 +238,7 @@ class ContextFactory(Protocol):
         flows: list[str],
         emitter: Emitter,
         state: State,
+        control: State,
         logger: StepLogger,
         record: Recorder,
         clock: Clock,
@@ -257,6 +258,7 @@ class RunContext:
         flows: list[str],
         emitter: Emitter,
         state: State,
+        control: State,
         logger: StepLogger,
         record: Recorder,
         clock: Clock = SYSTEM_CLOCK,
@@ -265,6 +267,8 @@ class RunContext:
         self.trace_id = trace_id
         self.flows = flows
         self.state = state
+        # Stepline's own records of this run's store (approvals, conversations): not the user's state.
+        self.control = control
         self.logger = logger
         self._emitter = emitter
         self._record = record

@@ -39,17 +39,22 @@ from stepline.steps.project import Project, Step
 from stepline.steps.request import ApiRequest
 from stepline.steps.schema import MAX_ERRORS
 
-STOPPED_TRACES = "stepline.stopped"  # the state group of stopped traces, by trace id
+STOPPED_TRACES = "stopped"  # the group of stopped traces in the store's control state, by trace id
 
 
-async def stop_trace(state: StateStore, trace_id: str, reason: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
-    """A person stops a trace: engines reading `state` dead-letter its next deliveries (within a second)."""
-    await state.set(STOPPED_TRACES, trace_id, {"at": clock.time(), "reason": reason})
+async def stop_trace(control: StateStore, trace_id: str, reason: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
+    """A person stops a trace: engines on the store whose `control` state this is dead-letter its next
+    deliveries (within a second)."""
+    await control.set(STOPPED_TRACES, trace_id, {"at": clock.time(), "reason": reason})
 
 
-async def resume_trace(state: StateStore, trace_id: str) -> bool:
+async def resume_trace(control: StateStore, trace_id: str) -> bool:
     """Lift a stop; False if the trace was not stopped."""
-    return await state.delete(STOPPED_TRACES, trace_id)
+    return await control.delete(STOPPED_TRACES, trace_id)
+
+
+async def stopped(control: StateStore, trace_id: str) -> bool:
+    return await control.get(STOPPED_TRACES, trace_id) is not None
 
 
 async def replay_all(queue: EventQueue, page: int = 1000) -> list[str]:
@@ -100,6 +105,7 @@ class Engine:
         queue: EventQueue,
         state: StateStore,
         traces: TraceStore,
+        control: StateStore,
         concurrency: int = 64,
         poll_interval: float = 1.0,
         idempotency_window: float = 86400.0,
@@ -118,6 +124,9 @@ class Engine:
         self.queue = queue
         self.state = state
         self.traces = traces
+        # Stepline's own records (stop marks; approvals and conversations, through ctx.control), apart from
+        # the user's state so that they neither show among its groups nor collide with them.
+        self.control = control
         self.health = health or Health()
         self.concurrency = concurrency
         self._poll = poll_interval
@@ -389,6 +398,7 @@ class Engine:
             flows=list(step.flows),
             emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
             state=State(self.state, record, trace_id, step.name, self.clock),
+            control=State(self.control, _untraced, trace_id, step.name, self.clock),
             logger=StepLogger(record, trace_id, step.name, self.clock),
             record=record,
             clock=self.clock,
@@ -566,14 +576,14 @@ class Engine:
         # Once a second at most: stopping is a person's act, and another process (the CLI) may do it.
         now = self.clock.time()
         if now - self._stopped_read >= 1.0:
-            self._stopped = set(await self.state.get_group(STOPPED_TRACES))
+            self._stopped = set(await self.control.get_group(STOPPED_TRACES))
             self._stopped_read = now
 
     async def _still_stopped(self, trace_id: str) -> bool:
         """Marks are read once a second; before a delivery is dead-lettered for one, its mark is read again,
         so that a resumed trace's replay (a second after the resume, or at once) is never stopped anew."""
         try:
-            if await self.state.get(STOPPED_TRACES, trace_id) is not None:
+            if await stopped(self.control, trace_id):
                 return True
         except StoreError:
             return True  # the mark as last read stands; the dead letter waits for the store like any outcome
@@ -755,6 +765,11 @@ def _lease_of(config: EventConfig | CronConfig) -> float:
 def _delay_of(step: Step) -> float:
     config = step.config
     return config.infrastructure.queue.delay_seconds if isinstance(config, EventConfig) else 0.0
+
+
+def _untraced(record: TraceRecord) -> None:
+    """Changes to Stepline's own records are not the user's state changes: the features that make them
+    (approvals, memory) trace what they do in their own words."""
 
 
 def _in_run(record: Recorder, delivery_id: str, r: TraceRecord) -> None:

@@ -24,7 +24,7 @@ from starlette.types import Receive, Scope, Send
 from stepline import _json
 from stepline._errors import HttpError, SchemaValidationError, StoreError
 from stepline.adapters.base import TraceRecord
-from stepline.core.engine import STOPPED_TRACES, replay_all, resume_trace, stop_trace
+from stepline.core.engine import replay_all, resume_trace, stop_trace, stopped
 from stepline.core.trace import record_json, summary_json
 from stepline.http.access import refusal
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
@@ -220,8 +220,8 @@ class WorkbenchApi:
         records = await self.engine.traces.trace(request.path_params["trace_id"])
         if not records:
             return json_response({"error": "no such trace"}, 404)
-        stopped = await self.engine.state.get(STOPPED_TRACES, request.path_params["trace_id"]) is not None
-        return json_response({"stopped": stopped, "records": [record_json(r) for r in records]})
+        is_stopped = await stopped(self.engine.control, request.path_params["trace_id"])
+        return json_response({"stopped": is_stopped, "records": [record_json(r) for r in records]})
 
     async def logs(self, request: Request) -> Response:
         """Log records of recent traces, newest last; filter by trace, step, level and text."""
@@ -337,11 +337,11 @@ class WorkbenchApi:
     async def stop_trace(self, request: Request) -> Response:
         body = await self._json_body(request, allow_empty=True)
         reason = body.get("reason", "") if isinstance(body, dict) else ""
-        await stop_trace(self.engine.state, request.path_params["trace_id"], reason, self.engine.clock)
+        await stop_trace(self.engine.control, request.path_params["trace_id"], reason, self.engine.clock)
         return json_response({"stopped": request.path_params["trace_id"]})
 
     async def resume_trace(self, request: Request) -> Response:
-        if not await resume_trace(self.engine.state, request.path_params["trace_id"]):
+        if not await resume_trace(self.engine.control, request.path_params["trace_id"]):
             return json_response({"error": "that trace was not stopped"}, 404)
         return json_response({"resumed": request.path_params["trace_id"]})
 

@@ -61,6 +61,9 @@ _CAP_ROWS = 100  # trace parts whose traces go per transaction when the size cap
 # waits its turn is only disk space, since `publish` takes a key past its window as new.
 _EXPIRE_KEYS = 500
 
+# The tables a SqliteStateStore may keep its values in (the same shape): the user's, and Stepline's own.
+_STATE_TABLES = ("state", "control")
+
 _EVENT = "id, step, event_id, topic, data, trace_id, emitted_by, created_at, message_group_id"
 _EVENT_COLUMNS = f"{_EVENT}, attempts"
 
@@ -343,60 +346,63 @@ class SqliteEventQueue:
 
 
 class SqliteStateStore:
-    def __init__(self, db: Database) -> None:
+    """JSON values by (group, key) in one table: `state` (the user's) or `control` (Stepline's own records)."""
+
+    def __init__(self, db: Database, table: str = "state") -> None:
+        if table not in _STATE_TABLES:  # it is written into the SQL, so only a known name
+            raise ValueError(f"a state store's table is one of {', '.join(_STATE_TABLES)}, not {table!r}")
+        self._get = f"SELECT value FROM {table} WHERE grp = ? AND key = ?"
+        self._set = f"INSERT OR REPLACE INTO {table} (grp, key, value) VALUES (?, ?, ?)"
+        self._delete = f"DELETE FROM {table} WHERE grp = ? AND key = ?"
+        self._get_group = f"SELECT key, value FROM {table} WHERE grp = ? ORDER BY key"
+        self._clear = f"DELETE FROM {table} WHERE grp = ?"
+        self._groups = f"SELECT DISTINCT grp FROM {table} ORDER BY grp"
         self._db = db.acquire()
+        self._closed = False
 
     async def get(self, group: str, key: str) -> Any:
         def get(conn: sqlite3.Connection) -> Any:
-            row = conn.execute("SELECT value FROM state WHERE grp = ? AND key = ?", (group, key)).fetchone()
+            row = conn.execute(self._get, (group, key)).fetchone()
             return None if row is None else _json.loads(row[0])
 
         return await self._db.read(get)
 
     async def set(self, group: str, key: str, value: Any) -> None:
         raw = _json.dumps(value, f"state value {group}/{key}")
-        await self._db.write(
-            lambda conn: conn.execute(
-                "INSERT OR REPLACE INTO state (grp, key, value) VALUES (?, ?, ?)", (group, key, raw)
-            )
-        )
+        await self._db.write(lambda conn: conn.execute(self._set, (group, key, raw)))
 
     async def update(self, group: str, key: str, op: StateUpdate) -> UpdateResult:
         def update(conn: sqlite3.Connection) -> UpdateResult:
-            row = conn.execute("SELECT value FROM state WHERE grp = ? AND key = ?", (group, key)).fetchone()
+            row = conn.execute(self._get, (group, key)).fetchone()
             current = None if row is None else _json.loads(row[0])
             result = _updates.apply(current, op, f"state {group}/{key}")
             if result.applied:
-                conn.execute(
-                    "INSERT OR REPLACE INTO state (grp, key, value) VALUES (?, ?, ?)",
-                    (group, key, _json.dumps(result.value, f"state value {group}/{key}")),
-                )
+                conn.execute(self._set, (group, key, _json.dumps(result.value, f"state value {group}/{key}")))
             return result
 
         return await self._db.write(update)
 
     async def delete(self, group: str, key: str) -> bool:
-        return await self._db.write(
-            lambda conn: conn.execute("DELETE FROM state WHERE grp = ? AND key = ?", (group, key)).rowcount > 0
-        )
+        return await self._db.write(lambda conn: conn.execute(self._delete, (group, key)).rowcount > 0)
 
     async def get_group(self, group: str) -> dict[str, Any]:
         def get_group(conn: sqlite3.Connection) -> dict[str, Any]:
-            rows = conn.execute("SELECT key, value FROM state WHERE grp = ? ORDER BY key", (group,))
-            return {k: _json.loads(v) for k, v in rows}
+            return {k: _json.loads(v) for k, v in conn.execute(self._get_group, (group,))}
 
         return await self._db.read(get_group)
 
     async def clear(self, group: str) -> int:
-        return await self._db.write(lambda conn: conn.execute("DELETE FROM state WHERE grp = ?", (group,)).rowcount)
+        return await self._db.write(lambda conn: conn.execute(self._clear, (group,)).rowcount)
 
     async def groups(self) -> list[str]:
-        return await self._db.read(
-            lambda conn: [r[0] for r in conn.execute("SELECT DISTINCT grp FROM state ORDER BY grp")]
-        )
+        return await self._db.read(lambda conn: [r[0] for r in conn.execute(self._groups)])
 
     async def close(self) -> None:
-        await self._db.release()
+        # Once only: the state and control stores share one Database with the others, and a second release
+        # would close it under them.
+        if not self._closed:
+            self._closed = True
+            await self._db.release()
 
 
 class SqliteTraceStore:
@@ -564,7 +570,8 @@ def open_sqlite(
     health: Health | None = None,
     stale_after: float = STALE_AFTER,
 ) -> Adapters:
-    """The four adapters on one database file, sharing one writer thread.
+    """The adapters on one database file (user state and Stepline's control records in two tables of it),
+    sharing one writer thread.
 
     `busy_timeout` is how long an operation waits for a write lock another process holds before it fails
     with StoreUnavailableError; `health` hears of failing background work (the heartbeat)."""
@@ -574,6 +581,7 @@ def open_sqlite(
         SqliteStateStore(db),
         SqliteTraceStore(db),
         SqliteCronLock(db),
+        SqliteStateStore(db, table="control"),
         db.health,
     )
 

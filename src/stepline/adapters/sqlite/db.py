@@ -46,8 +46,8 @@ CHECK_AT_OPEN_BYTES = 128 * 1024 * 1024
 _CHECK_PROBLEMS = 10  # quick_check stops after this many problems: enough to tell, quick on a wrecked file
 _DAMAGE = "database file"  # the health component under which damage found while running is reported
 
-# The schema as of SCHEMA_VERSION; an older file is brought up to it by MIGRATIONS (PRAGMA user_version).
-SCHEMA_VERSION = 1
+# The schema as of SCHEMA_VERSION (PRAGMA user_version), for a new file; an older file is brought up to it
+# by MIGRATIONS, so each change of it is made twice: here, and in a migration step (a test compares the two).
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS deliveries (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -93,6 +93,14 @@ SCHEMA = [
         value BLOB NOT NULL,
         PRIMARY KEY (grp, key)
     ) WITHOUT ROWID""",
+    # Stepline's own records (stop marks, approvals, conversations), shaped as state but apart from it, so
+    # that they neither show among the user's groups nor collide with them.
+    """CREATE TABLE IF NOT EXISTS control (
+        grp TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (grp, key)
+    ) WITHOUT ROWID""",
     # One row per trace per write: the records of a trace that arrive together are stored together (a
     # JSON array) with their summary, so a request costs one row. A trace's summary is the sum of its
     # parts, computed when read: a summary row kept up to date cost a second write per request.
@@ -110,13 +118,90 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
 ]
-# MIGRATIONS[n] takes a file from version n - 1 to n. Version 0 is the schema of release 0.1.
-MIGRATIONS: dict[int, list[str]] = {
-    1: [
-        "ALTER TABLE deliveries ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
-        "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency_keys (expires_at)",
-    ],
-}
+# Release 0.1's tables as it made them (version 0), for _to_v1 to find. Frozen: SCHEMA moves on, these do not.
+_V0_TABLES = (
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, step TEXT NOT NULL, event_id TEXT NOT NULL,
+        topic TEXT NOT NULL, data BLOB NOT NULL, trace_id TEXT NOT NULL, emitted_by TEXT, created_at REAL NOT NULL,
+        message_group_id TEXT, attempts INTEGER NOT NULL DEFAULT 0, visible_at REAL NOT NULL,
+        leased INTEGER NOT NULL DEFAULT 0, owner TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_visible ON deliveries (step, visible_at)",
+    "CREATE INDEX IF NOT EXISTS deliveries_group ON deliveries (step, message_group_id, seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_owner ON deliveries (owner) WHERE leased = 1",
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY, step TEXT NOT NULL, event_id TEXT NOT NULL, topic TEXT NOT NULL, data BLOB NOT NULL,
+        trace_id TEXT NOT NULL, emitted_by TEXT, created_at REAL NOT NULL, message_group_id TEXT,
+        attempts INTEGER NOT NULL, error TEXT NOT NULL, traceback TEXT, failed_at REAL NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS idempotency_keys (key TEXT PRIMARY KEY, expires_at REAL NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE IF NOT EXISTS state (
+        grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (grp, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS trace_parts (
+        id INTEGER PRIMARY KEY, trace_id TEXT NOT NULL, entry TEXT NOT NULL, first_at REAL NOT NULL,
+        last_at REAL NOT NULL, records INTEGER NOT NULL, errors INTEGER NOT NULL, data BLOB NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id)",
+    "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
+)
+
+
+def _to_v1(conn: sqlite3.Connection) -> None:
+    """Release 0.1 (version 0) to 1: deliveries get `lost` (the attempt before never finished: a lost attempt
+    counts), idempotency keys an index on their expiry (a scan of millions of keys held the write lock).
+
+    Version 0 is any file without a user_version, so also one written before release 0.1, whose traces are
+    in two tables (trace_chunks, traces) and which has no trace_parts: the tables of 0.1 are made where
+    missing, and such traces move to trace_parts."""
+    for statement in _V0_TABLES:
+        conn.execute(statement)
+    conn.execute("ALTER TABLE deliveries ADD COLUMN lost INTEGER NOT NULL DEFAULT 0")
+    conn.execute("CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency_keys (expires_at)")
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'").fetchone():
+        # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
+        conn.execute(
+            "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
+            "SELECT trace_id, COALESCE(r->'$[0][3]'->>'entry', r->>'$[0][1]', '?'), r->>'$[0][2]', "
+            "(SELECT MAX(value->>2) FROM json_each(r)), json_array_length(r), (SELECT COUNT(*) "
+            "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r "
+            "FROM (SELECT id, trace_id, CAST(records AS TEXT) AS r FROM trace_chunks) ORDER BY id"
+        )
+        conn.execute("DROP TABLE trace_chunks")
+        conn.execute("DROP TABLE IF EXISTS traces")
+
+
+# The rows of Stepline's own in a version-1 state table: its stop marks and conversations by their group,
+# its approvals by their shape too (an object with "status" and "topic"), since a user's group may be called
+# "approvals" as well. CASE keeps json_type from a value that is not JSON; values are read as text (JSONB).
+_OWN_ROWS = (
+    "grp IN ('stepline.stopped', 'llm.conversations') OR (grp = 'approvals' AND "
+    "CASE WHEN json_valid(CAST(value AS TEXT)) THEN json_type(CAST(value AS TEXT), '$.status') IS NOT NULL "
+    "AND json_type(CAST(value AS TEXT), '$.topic') IS NOT NULL ELSE 0 END)"
+)
+
+
+def _to_v2(conn: sqlite3.Connection) -> None:
+    """1 to 2: Stepline's own records move out of the user's state into a table of their own (control). Kept
+    in state under reserved groups, they showed among the user's groups and could collide with them. Their
+    groups lose the prefix that kept them apart there: stepline.stopped is stopped, llm.conversations is
+    conversations, approvals stays approvals."""
+    conn.execute(
+        "CREATE TABLE control (grp TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, "
+        "PRIMARY KEY (grp, key)) WITHOUT ROWID"
+    )
+    conn.execute(
+        "INSERT INTO control (grp, key, value) SELECT CASE grp WHEN 'stepline.stopped' THEN 'stopped' "
+        f"WHEN 'llm.conversations' THEN 'conversations' ELSE grp END, key, value FROM state WHERE {_OWN_ROWS}"
+    )
+    conn.execute(f"DELETE FROM state WHERE {_OWN_ROWS}")
+
+
+# MIGRATIONS[n] takes a file from version n to n + 1; each step is one function, run in the transaction
+# that opens the file. Append only: a released step never changes, since files out there went through it.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2)
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 @dataclass
@@ -257,13 +342,13 @@ class Database:
             raise damaged(self.path, f"PRAGMA quick_check: {problems[0]}{more}")
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        """Create the tables, or bring an older file up to SCHEMA_VERSION. A file that is current takes no
-        write lock to open."""
+        """Create the tables, or bring an older file up to SCHEMA_VERSION, in one transaction: a step that
+        fails leaves the file as it was. A file that is current takes no write lock to open."""
         if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
-            _migrate_traces(conn)
             return
         conn.execute("BEGIN IMMEDIATE")  # several workers may open the file at once: one of them migrates
         try:
+            # Read again under the lock: another process may have migrated the file meanwhile.
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise StoreUnavailableError(
@@ -271,23 +356,18 @@ class Database:
                     f"knows {SCHEMA_VERSION})",
                     fix="upgrade Stepline, or point the store at another file (--store sqlite:///path)",
                 )
-            fresh = not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries'").fetchone()
-            if fresh:
-                for statement in SCHEMA:
+            if version == 0 and not conn.execute("SELECT 1 FROM sqlite_master").fetchone():
+                for statement in SCHEMA:  # a new file: the schema as it is now, no steps to walk
                     conn.execute(statement)
-            elif version < SCHEMA_VERSION:
-                for step in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[step]:
-                        conn.execute(statement)
-                for statement in SCHEMA:  # what a migration does not create (IF NOT EXISTS: no-ops otherwise)
-                    conn.execute(statement)
+            else:
+                for migrate in MIGRATIONS[version:]:
+                    migrate(conn)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
-        _migrate_traces(conn)
 
     def _run(self) -> None:
         try:
@@ -522,31 +602,6 @@ def damaged(path: Path, detail: str) -> StoreCorruptError:
         f"{name}.damaged; mv {name}-wal {name}.damaged-wal; rm -f {name}-shm), then start again with a new file "
         f"or a backup; `sqlite3 {name}.damaged .recover | sqlite3 {name}` may save most of what it held",
     )
-
-
-def _migrate_traces(conn: sqlite3.Connection) -> None:
-    """Databases written before trace_parts keep traces in two tables (trace_chunks, traces): move them over."""
-    old = "SELECT 1 FROM sqlite_master WHERE name = 'trace_chunks'"
-    if not conn.execute(old).fetchone():
-        return  # the usual case: no write lock taken just to open the file
-    conn.execute("BEGIN IMMEDIATE")  # several workers may open an old file at once: one migrates
-    try:
-        if conn.execute(old).fetchone():
-            # Old chunks are BLOBs: read as text, since SQLite 3.45 and later take a BLOB for JSONB.
-            conn.execute(
-                "INSERT INTO trace_parts (trace_id, entry, first_at, last_at, records, errors, data) "
-                "SELECT trace_id, COALESCE(r->'$[0][3]'->>'entry', r->>'$[0][1]', '?'), r->>'$[0][2]', "
-                "(SELECT MAX(value->>2) FROM json_each(r)), json_array_length(r), (SELECT COUNT(*) "
-                "FROM json_each(r) WHERE value->>0 = 'end' AND value->'$[3]'->>'status' = 'error'), r "
-                "FROM (SELECT id, trace_id, CAST(records AS TEXT) AS r FROM trace_chunks) ORDER BY id"
-            )
-
-            conn.execute("DROP TABLE trace_chunks")
-            conn.execute("DROP TABLE IF EXISTS traces")
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
