@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,11 +28,10 @@ async def run_eval(root: Path, ev: Eval) -> EvalRun:
     method, path = ev.spec.target.split(" ", 1)
     judge_client = LLMClient(load_settings(root).llm)
     run = EvalRun(ev.name, time.time())
-    with tempfile.TemporaryDirectory(prefix="stepline-eval-") as scratch:
-        # A database of its own: an eval never mixes its traces and state with the project's.
-        async with serve(root, store=f"sqlite:///{scratch}/eval.db") as app:
-            for index, case in enumerate(ev.cases):
-                run.cases.append(await _run_case(app, ev, index, case, method, path, judge_client))
+    # A store of its own, in memory: an eval never mixes its traces and state with the project's.
+    async with serve(root, store="memory://") as app:
+        for index, case in enumerate(ev.cases):
+            run.cases.append(await _run_case(app, ev, index, case, method, path, judge_client))
     await judge_client.close()
     run.gate_failures = gate_failures(ev.spec.gates, run)
     return run
