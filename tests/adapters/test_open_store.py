@@ -81,6 +81,9 @@ def test_a_password_in_a_url_is_never_shown() -> None:
     with pytest.raises(StoreURLError) as caught:
         open_store("redis://user:s3cret@cache:6379/0")
     assert "s3cret" not in str(caught.value)
+    with pytest.raises(StoreURLError) as caught:
+        parse_store_url("redis://user:s3cret@cache:6379/0?db=1&db=2")
+    assert "sets db twice" in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 def test_a_store_whose_driver_is_missing_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -60,11 +60,12 @@ def parse_store_url(text: str) -> StoreURL:
         raise StoreURLError(f"{text!r} is not a store URL", fix=_forms())
     parts = urllib.parse.urlsplit(text)
     query: dict[str, str] = {}
+    url = StoreURL(text, parts.scheme.lower(), parts.netloc, urllib.parse.unquote(parts.path), query)
     for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
         if name in query:
-            raise StoreURLError(f"the store URL {text!r} sets {name} twice", fix="give each option once")
+            raise url.refuse(f"sets {name} twice", "give each option once")  # (a password in it masked)
         query[name] = value
-    return StoreURL(text, parts.scheme.lower(), parts.netloc, urllib.parse.unquote(parts.path), query)
+    return url
 
 
 def open_store(url: str | None = None, options: StoreOptions | None = None) -> Adapters:

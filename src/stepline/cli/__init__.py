@@ -60,8 +60,8 @@ def _in_project(root: Path) -> Iterator[Path]:
 
     The project's .env is loaded first, so settings and step modules see it. The project folder is the
     working directory while the command runs, so a step's relative paths land in the project wherever the
-    command was typed. Paths on the command line (`--db`) are resolved before this, against where they
-    were typed.
+    command was typed. Paths on the command line (the deprecated `--db`) are resolved before this, against
+    where they were typed.
     """
     root = root.resolve()
     load_env(root)

@@ -31,8 +31,9 @@ def trigger(trace_id: str, step: str | None, ts: float, entry: str, **more: Any)
 
 
 def start(trace_id: str, step: str, ts: float, run: dict[str, Any]) -> TraceRecord:
-    """A handler starts; `run` names the delivery (empty for an API request)."""
-    return TraceRecord(trace_id, "start", step, ts, dict(run))
+    """A handler starts; `run` names the delivery (empty for an API request). It is kept, not copied: the
+    end record is made of a copy of it."""
+    return TraceRecord(trace_id, "start", step, ts, run)
 
 
 def end(
