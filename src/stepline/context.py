@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from stepline._clock import SYSTEM_CLOCK, Clock
 from stepline._errors import LLMUsageError
-from stepline.adapters.base import TraceRecord
+from stepline.adapters.base import StateStore, TraceRecord
 from stepline.agents.approvals import Approval, Approvals
 from stepline.agents.llm import LLM, LLMClient, Messages, Reply
 from stepline.agents.memory import Memory, Policy
@@ -38,7 +38,7 @@ class Context(RunContext):
         flows: list[str],
         emitter: Emitter,
         state: State,
-        control: State,
+        control: StateStore,
         logger: StepLogger,
         record: Recorder,
         clock: Clock = SYSTEM_CLOCK,

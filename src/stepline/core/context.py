@@ -226,6 +226,10 @@ class StepCaller(Protocol):
     async def call_api(self, step: Step[ApiConfig], request: ApiRequest, trace_id: str | None = None) -> Any: ...
 
 
+def _untraced(record: TraceRecord) -> None:
+    pass
+
+
 class ContextFactory(Protocol):
     """Makes a handler's `ctx` from its parts: `RunContext` itself, or the app's, which adds the agent
     features (`stepline.context.Context`)."""
@@ -238,7 +242,7 @@ class ContextFactory(Protocol):
         flows: list[str],
         emitter: Emitter,
         state: State,
-        control: State,
+        control: StateStore,
         logger: StepLogger,
         record: Recorder,
         clock: Clock,
@@ -258,7 +262,7 @@ class RunContext:
         flows: list[str],
         emitter: Emitter,
         state: State,
-        control: State,
+        control: StateStore,
         logger: StepLogger,
         record: Recorder,
         clock: Clock = SYSTEM_CLOCK,
@@ -267,13 +271,22 @@ class RunContext:
         self.trace_id = trace_id
         self.flows = flows
         self.state = state
-        # Stepline's own records of this run's store (approvals, conversations): not the user's state.
-        self.control = control
+        self._control_store = control
+        self._control: State | None = None
         self.logger = logger
         self._emitter = emitter
         self._record = record
         # The runtime's clock (stepline._clock): what the agent features stamp and time out by.
         self.clock = clock
+
+    @property
+    def control(self) -> State:
+        """Stepline's own records in this run's store (approvals, conversations): not the user's state, and
+        not traced as its changes (the features that keep them trace what they do in their own words).
+        Made when first asked for: most runs never do."""
+        if self._control is None:
+            self._control = State(self._control_store, _untraced, self.trace_id, self.step, self.clock)
+        return self._control
 
     def sync(self, loop: asyncio.AbstractEventLoop) -> SyncRunContext:
         """The same context with blocking methods, for a sync handler on a thread of its own."""

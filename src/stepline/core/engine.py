@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from functools import partial
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
@@ -398,7 +398,7 @@ class Engine:
             flows=list(step.flows),
             emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
             state=State(self.state, record, trace_id, step.name, self.clock),
-            control=State(self.control, _untraced, trace_id, step.name, self.clock),
+            control=self.control,
             logger=StepLogger(record, trace_id, step.name, self.clock),
             record=record,
             clock=self.clock,
@@ -598,7 +598,10 @@ class Engine:
 
     async def _deliver(self, delivery: Delivery) -> None:
         found = self.project.steps.get(delivery.step)
-        step: Delivered | None = (found.of(EventConfig) or found.of(CronConfig)) if found is not None else None
+        # (isinstance and a cast rather than Step.of: this is run for every delivery)
+        step = (
+            cast(Delivered, found) if found is not None and isinstance(found.config, EventConfig | CronConfig) else None
+        )
         if step is None:
             # The step went away in a reload after the delivery was claimed: keep it for later.
             await self._settle(
@@ -765,11 +768,6 @@ def _lease_of(config: EventConfig | CronConfig) -> float:
 def _delay_of(step: Step) -> float:
     config = step.config
     return config.infrastructure.queue.delay_seconds if isinstance(config, EventConfig) else 0.0
-
-
-def _untraced(record: TraceRecord) -> None:
-    """Changes to Stepline's own records are not the user's state changes: the features that make them
-    (approvals, memory) trace what they do in their own words."""
 
 
 def _in_run(record: Recorder, delivery_id: str, r: TraceRecord) -> None:
