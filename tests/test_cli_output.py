@@ -351,3 +351,4 @@ def test_keep_traces_reaches_every_worker(make_project: ProjectFactory, tmp_path
             command = cmdline(worker)
             assert "worker" in command, command
             assert command[command.index("--keep-traces") + 1] == "0.5", command
+    assert "sqlite:///.stepline/stepline.db" in (tmp_path / "start.log").read_text()  # the banner names the store

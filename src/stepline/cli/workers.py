@@ -67,10 +67,10 @@ def supervise(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    shown = f"[{host}]" if ":" in host else host
+    where = f"[{host}]" if ":" in host else host
     console.print(
         f"[bold green]Stepline start[/] · {Path(root).resolve().name} · {workers} workers · {escape(shown)} · "
-        f"[bold]http://{shown}:{sock.getsockname()[1]}[/]"
+        f"[bold]http://{where}:{sock.getsockname()[1]}[/]"
     )
     while not stopping:
         for i, proc in enumerate(procs):
