@@ -8,7 +8,6 @@ import itertools
 import time
 
 from stepline import Stepline
-from stepline.adapters.memory import MemoryCronLock
 from stepline.core.scheduler import CronScheduler
 from stepline.testing import FakeClock
 
@@ -129,7 +128,7 @@ async def test_atomic_state_from_handlers(make_project: ProjectFactory, store: s
     assert stats["seen"] == {str(i): True for i in range(50)}
 
 
-async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory) -> None:
+async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory, store: str) -> None:
     root = make_project(
         {
             "steps/nightly_step.py": """
@@ -144,8 +143,8 @@ async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory)
         """,
         }
     )
-    sl = Stepline(root, store="memory://")
-    lock = MemoryCronLock()
+    sl = Stepline(root, store=store)
+    lock = sl.adapters.cron
     three_days_ago = time.time() - 3 * 86400
     await lock.claim_tick("Nightly", three_days_ago)  # the last run anyone saw
     await lock.claim_tick("Hourly", three_days_ago)
@@ -163,7 +162,9 @@ async def test_a_missed_tick_runs_once_at_start_up(make_project: ProjectFactory)
         assert await lock.last_tick("Nightly") > three_days_ago
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await sl.engine.stop()
+        await sl.adapters.close()
 
 
 async def test_retries_with_backoff_then_dead_letter_and_replay(make_project: ProjectFactory, store: str) -> None:
