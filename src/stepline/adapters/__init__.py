@@ -3,6 +3,7 @@
     open_store("memory://")                          # in this process only: tests, throwaway runs
     open_store("sqlite:///.stepline/stepline.db")    # a file, relative to the project root (the default)
     open_store("sqlite:////var/lib/app/app.db?sync=full")   # four slashes: an absolute path
+    open_store("redis://127.0.0.1:6379/0")          # shared by every process on every host (docs/redis.md)
 
 Each scheme names the module that implements it, imported only when a URL asks for it, so a store whose
 driver is an optional extra costs nothing until it is used, and says what to install when it is missing.
@@ -50,6 +51,8 @@ class _Kind:
 STORES: dict[str, _Kind] = {
     "memory": _Kind("stepline.adapters.memory", None, "memory://"),
     "sqlite": _Kind("stepline.adapters.sqlite", None, DEFAULT_STORE),
+    "redis": _Kind("stepline.adapters.redis", None, "redis://127.0.0.1:6379/0"),
+    "rediss": _Kind("stepline.adapters.redis", None, "rediss://host:6380/0 (TLS)"),
 }
 
 
