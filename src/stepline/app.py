@@ -8,10 +8,10 @@ import logging
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stepline._clock import SYSTEM_CLOCK, Clock
-from stepline._errors import Problem, ProjectLoadError
+from stepline._errors import Problem, ProjectLoadError, StoreUnavailableError
 from stepline._health import Health
 from stepline.adapters import STORE_ENV, legacy_store_url, open_store
 from stepline.adapters.base import Adapters, DeadLetter, Event, StoreOptions
@@ -26,6 +26,11 @@ from stepline.steps.project import Project
 from stepline.steps.settings import LLMSettings, load_settings
 
 log = logging.getLogger("stepline")
+
+# What a process does (`stepline start --role`): everything; serve the API steps only (their emits go to
+# the store, for workers to run); or run event and cron steps only (answering health checks, nothing else).
+Role = Literal["all", "api", "worker"]
+ROLES: tuple[Role, ...] = ("all", "api", "worker")
 
 DAY = 86400.0
 MB = 1024 * 1024
@@ -59,12 +64,16 @@ class Stepline:
         body_timeout: float = BODY_TIMEOUT,
         allowed_hosts: list[str] | None = None,
         clock: Clock | None = None,
+        role: Role = "all",
         engine: str | None = None,
         database: str | Path | None = None,
         synchronous: str | None = None,
     ) -> None:
+        if role not in ROLES:
+            raise ValueError(f"role is one of {', '.join(ROLES)}, not {role!r}")
         self.root = Path(root).resolve()
         self.dev = dev
+        self.role = role
         self.project: Project = load_project(self.root)
         self._llm_override = llm
         self.settings = load_settings(self.root)
@@ -91,6 +100,11 @@ class Stepline:
             options = StoreOptions(root=self.root, health=self.health, clock=clock or SYSTEM_CLOCK)
             self.adapters = open_store(store, options)
         self.clock = self.adapters.clock
+        if role == "api" and self.adapters.per_process:
+            raise ValueError(
+                f"role='api' publishes events for worker processes to run, but {self.adapters.url} lives in this "
+                "process alone: give a store the workers share (the default file, or redis://)"
+            )
         self.trace_retention = trace_retention
         self.trace_max_bytes = trace_max_bytes
         self.engine = Engine(
@@ -104,6 +118,7 @@ class Stepline:
             health=self.health,
             context_factory=self._context,
             clock=self.clock,
+            consume=role != "api",
         )
         self.llm = LLMClient(self.settings.llm)  # one per app: connections stay warm across steps
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
@@ -116,17 +131,21 @@ class Stepline:
             max_body=max_body,
             body_timeout=body_timeout,
             allowed_hosts=allowed_hosts,
+            routes=role != "worker",
         )
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self._tasks:
             return
+        try:
+            await self.adapters.verify()  # a store that would lose events is refused before anything runs
+        except StoreUnavailableError as exc:  # not up yet: the loops retry by themselves, readiness says so
+            log.warning("the store cannot be reached yet (%s); starting, and retrying until it answers", exc)
         await self.engine.start()
-        self._tasks = [
-            asyncio.create_task(self.scheduler.run(), name="stepline-cron"),
-            asyncio.create_task(self._prune_traces(), name="stepline-prune"),
-        ]
+        self._tasks = [asyncio.create_task(self._prune_traces(), name="stepline-prune")]
+        if self.role != "api":  # cron ticks are published by the processes that run steps
+            self._tasks.append(asyncio.create_task(self.scheduler.run(), name="stepline-cron"))
 
     async def stop(self, grace: float = 10.0) -> None:
         """Drain: stop taking work, give running handlers `grace` seconds, then close the storage."""

@@ -8,7 +8,7 @@ passes the same conformance suite (tests/conformance/).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -276,6 +276,15 @@ class Adapters:
     url: str = ""  # the store's URL as it may be shown (a password masked)
     per_process: bool = False  # its data lives in this process alone (memory://): workers cannot share it
     clock: Clock = SYSTEM_CLOCK  # what its delays, leases and windows are measured by: the engine's too
+    # Checks that the store can keep what it is given (a Redis without an append-only file cannot); raises
+    # StoreError. A store with nothing to check has none.
+    check: Callable[[], Awaitable[None]] | None = None
+
+    async def verify(self) -> None:
+        """Refuse a store that would lose accepted events (StoreError, with the setting to change), before
+        anything runs on it; StoreUnavailableError when it cannot be reached to tell."""
+        if self.check is not None:
+            await self.check()
 
     async def close(self) -> None:
         for part in (self.queue, self.state, self.traces, self.cron, self.control):

@@ -17,11 +17,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from stepline._errors import Problem, ProjectLoadError, StoreError
+from stepline._errors import Problem, ProjectLoadError, StoreError, StoreUnavailableError
 from stepline.adapters import store_url_from_env
-from stepline.adapters.base import TraceRecord
+from stepline.adapters.base import Adapters, TraceRecord
 from stepline.agents.evals import load_evals, previous, save
-from stepline.app import Stepline
+from stepline.app import ROLES, Stepline
 from stepline.cli.console import console, out, print_json, print_machine, print_problems, setup_logging
 from stepline.cli.evals import run_eval, run_table, summary_line
 from stepline.cli.loop import approvals, state_app
@@ -30,6 +30,7 @@ from stepline.cli.options import (
     DirOption,
     EngineOption,
     JsonOption,
+    RoleOption,
     StoreOption,
     SyncOption,
     load_env,
@@ -89,6 +90,9 @@ def _app(root: Path, **kwargs: Any) -> Stepline:
     except StoreError as exc:  # a damaged or unreachable database: one line, what and what to do
         console.print(f"[bold red]Cannot open the store:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    except ValueError as exc:  # options that do not go together (--role api on a store of one process)
+        console.print(f"[red]{escape(str(exc))}[/]")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -132,6 +136,25 @@ HostsOption = Annotated[
         "a token; repeat it for more. Also STEPLINE_ALLOWED_HOSTS, comma-separated.",
     ),
 ]
+
+
+def _role(role: str) -> str:
+    if role not in ROLES:
+        console.print(f"[red]--role {escape(role)} is not a role;[/] write --role all, api or worker")
+        raise typer.Exit(2)
+    return role
+
+
+async def _verify_and_close(adapters: Adapters) -> None:
+    try:
+        await adapters.verify()
+    except StoreUnavailableError:
+        pass  # not up yet: the workers wait for it, and their readiness says so
+    except StoreError as exc:
+        console.print(f"[bold red]Cannot use the store:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    finally:
+        await adapters.close()
 
 
 def _store_options(store: str | None, keep_traces: float = 7.0, max_traces_mb: float = 1024) -> dict[str, Any]:
@@ -195,6 +218,7 @@ def start(
     port: PortOption = DEFAULT_PORT,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps.")] = 1,
     store: StoreOption = None,
+    role: RoleOption = "all",
     grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
     keep_traces: KeepOption = 7.0,
     max_traces_mb: TraceCapOption = 1024,
@@ -211,6 +235,7 @@ def start(
     """
     url = store_url(store, engine, db, sync)
     options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    options["role"] = _role(role)
     with _in_project(root) as project_root:
         if workers > 1:
             from stepline.cli.workers import supervise
@@ -218,7 +243,7 @@ def start(
             # Fail here, once, with the problems listed (a broken step, a damaged database), rather than in
             # every worker, which the supervisor would start again and again.
             adapters = _app(project_root, dev=False, **options).adapters
-            asyncio.run(adapters.close())
+            asyncio.run(_verify_and_close(adapters))
             if adapters.per_process:
                 console.print(
                     f"[red]--workers needs a store the workers share;[/] {escape(adapters.url)} lives in one "
@@ -227,7 +252,7 @@ def start(
                 raise typer.Exit(2)
             # Every option a worker runs with, on its command line; the store's URL goes in its environment
             # (a password in it stays out of `ps`). Relative paths in the URL are relative to the project.
-            forwarded = ["--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb)]
+            forwarded = ["--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb), "--role", role]
             forwarded += ["--max-body", str(options["max_body"])]
             for name in options["allowed_hosts"]:
                 forwarded += ["--allowed-host", name]
@@ -259,12 +284,14 @@ def worker(
     max_traces_mb: TraceCapOption = 1024,
     max_body: MaxBodyOption = "1MB",
     allowed_host: HostsOption = None,
+    role: RoleOption = "all",
 ) -> None:
     """One worker process of `stepline start --workers N` (started by it, not by hand)."""
     from stepline.cli.workers import die_with_parent
 
     die_with_parent()
     options = _store_options(store, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
+    options["role"] = _role(role)
     with _in_project(root) as project_root:
         _serve_start(project_root, "", 0, options, grace, fd=fd)
 

@@ -15,12 +15,21 @@ from stepline.cli.console import console
 
 DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+RoleOption = Annotated[
+    str,
+    typer.Option(
+        help="What this process does: all; api (API steps only: their events go to the store for workers); "
+        "or worker (event and cron steps only; it answers health checks, nothing else).",
+        metavar="all|api|worker",
+    ),
+]
 StoreOption = Annotated[
     str | None,
     typer.Option(
         "--store",
         help="Where queues, state and traces live, as a URL: sqlite:///.stepline/stepline.db (the default; "
-        f"relative to the project), sqlite:////abs/path.db?sync=full, memory://. Also ${STORE_ENV}.",
+        f"relative to the project), sqlite:////abs/path.db?sync=full, redis://host:6379/0 (shared by many hosts), "
+        f"memory://. Also ${STORE_ENV}.",
     ),
 ]
 # The spellings --store replaces; hidden from --help, they still work, with a warning.

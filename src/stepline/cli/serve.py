@@ -13,6 +13,7 @@ import uvicorn
 from rich.markup import escape
 from watchfiles import PythonFilter, awatch
 
+from stepline._errors import StoreError, StoreUnavailableError
 from stepline.app import Stepline
 from stepline.cli.console import console, print_problems
 from stepline.http.server import bind, server_config
@@ -31,6 +32,14 @@ async def serve(
     """Serve until SIGINT or SIGTERM, then drain: the engine gets `grace` seconds for running handlers.
 
     With `fd`, serve on an inherited listening socket (a worker of `stepline start --workers N`)."""
+    try:
+        await app.adapters.verify()  # refused before the port opens: a store that would lose what it is given
+    except StoreUnavailableError as exc:
+        console.print(f"[yellow]The store cannot be reached yet:[/] {escape(exc.message)}; serving, and retrying")
+    except StoreError as exc:
+        console.print(f"[bold red]Cannot use the store:[/] {escape(str(exc))}")
+        await app.adapters.close()
+        raise SystemExit(1) from None
     sock = socket.socket(fileno=fd) if fd is not None else bind(host, port)
     actual_port = sock.getsockname()[1]
 

@@ -115,8 +115,12 @@ class Engine:
         renew_every: float = 1.0,
         blocked_after: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
+        consume: bool = True,
     ) -> None:
         self.project = project
+        # Whether this engine runs the event and cron steps' handlers: not in an API process
+        # (`stepline start --role api`), which only publishes.
+        self.consume = consume
         # Time as the rules see it (stamps, delays, stop-mark reads); durations stay on perf_counter.
         self.clock = clock
         # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
@@ -160,11 +164,12 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._running = True
-        self._tasks = [
-            asyncio.create_task(self._work(), name="stepline-worker"),
-            asyncio.create_task(self._flush_loop(), name="stepline-traces"),
-            asyncio.create_task(self._renew_loop(), name="stepline-leases"),
-        ]
+        self._tasks = [asyncio.create_task(self._flush_loop(), name="stepline-traces")]
+        if self.consume:
+            self._tasks += [
+                asyncio.create_task(self._work(), name="stepline-worker"),
+                asyncio.create_task(self._renew_loop(), name="stepline-leases"),
+            ]
         self._watchdog = LoopWatchdog(
             self._loop,
             root=self.project.root,
@@ -181,8 +186,9 @@ class Engine:
         gives their leases back as it closes, or they run out), their attempts counted as lost."""
         self._running = False
         self._activity.set()
-        if self._tasks:  # the claim loop first: lease renewal and trace writing go on while handlers finish
-            self._tasks[0].cancel()
+        for task in self._tasks:  # the claim loop first: lease renewal and trace writing go on meanwhile
+            if task.get_name() == "stepline-worker":
+                task.cancel()
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:

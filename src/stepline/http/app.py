@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router
+from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from stepline import _json
@@ -65,9 +65,12 @@ class HttpApp:
         max_body: int = MAX_BODY,
         body_timeout: float = BODY_TIMEOUT,
         allowed_hosts: list[str] | None = None,
+        routes: bool = True,
     ) -> None:
         self.engine = engine
         self.dev = dev
+        # False in a worker process (`stepline start --role worker`): it answers health checks, nothing else.
+        self.routes = routes
         self.admin_token = admin_token
         self.on_startup = on_startup
         self.on_shutdown = on_shutdown
@@ -150,19 +153,21 @@ class HttpApp:
     # -- routes ----------------------------------------------------------------------------------
 
     def _build_builtin(self) -> Router:
+        health = [
+            Route("/__stepline/health", self._health, methods=["GET"]),
+            Route("/__stepline/live", self._live, methods=["GET"]),
+        ]
+        if not self.routes:
+            return Router(health)
         workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token, read_body=self.read_body)
         return Router(
-            [
-                Route("/openapi.json", self._openapi, methods=["GET"]),
-                Route("/__stepline/health", self._health, methods=["GET"]),
-                Route("/__stepline/live", self._live, methods=["GET"]),
-                *workbench.routes(),
-                workbench.page(),
-            ]
+            [Route("/openapi.json", self._openapi, methods=["GET"]), *health, *workbench.routes(), workbench.page()]
         )
 
     def _build(self, project: Project) -> Router:
-        routes = []
+        routes: list[BaseRoute] = []
+        if not self.routes:
+            return Router(routes)
         for step in project.api_steps:
             routes.append(Route(step.config.path, self._endpoint(step), methods=[step.config.method], name=step.name))
         return Router(routes)
@@ -283,6 +288,7 @@ class HttpApp:
             problems.append({"component": "store", "error": f"the store cannot be read: {reason}", "fix": ""})
         body: dict[str, Any] = {
             "status": "failing" if problems else "ok",
+            "role": ("all" if self.engine.consume else "api") if self.routes else "worker",
             "steps": len(self.engine.project.steps),
             "queue": queue,
             "abandoned_threads": self.engine.abandoned_threads,

@@ -141,6 +141,13 @@ class Connection:
         except rexc.RedisError as exc:
             raise StoreError(f"Redis at {self.shown} failed", reason=str(exc)) from exc
 
+    async def verify(self) -> None:
+        """The check that every first operation makes, made now (and raised as a StoreError)."""
+        await self.run(self._noop)
+
+    async def _noop(self) -> None:
+        pass
+
     async def _check(self) -> None:
         if self._check_lock is None:
             self._check_lock = asyncio.Lock()
@@ -602,4 +609,5 @@ def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
         RedisCronLock(conn),
         RedisStateStore(conn, namespace="c"),
         health,
+        check=conn.verify,
     )
