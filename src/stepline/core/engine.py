@@ -140,6 +140,7 @@ class Engine:
         self._blocked_after = blocked_after
         self._inflight: dict[asyncio.Task[None], str] = {}  # a running delivery's task -> its delivery id
         self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
+        self._settling: set[str] = set()  # deliveries whose outcome (ack, retry, dead letter) is being recorded
         # Where a task blocked the event loop, as the watchdog found it (set from its thread, read by the run).
         self._blocked: dict[asyncio.Task[Any] | None, str] = {}
         self._buffer: deque[TraceRecord] = deque()
@@ -571,7 +572,9 @@ class Engine:
                 continue
             self.health.recovered("leases")
             for delivery in lost:
-                if delivery.id in self._leases:  # not merely settled a moment ago
+                # Not settled a moment ago: a renewal that reached the store just after the run's ack finds
+                # no lease, and is no news.
+                if delivery.id in self._leases and delivery.id not in self._settling:
                     log.warning(
                         "the lease of a run of %s ran out before it could be renewed; another worker may run it too",
                         delivery.step,
@@ -673,11 +676,14 @@ class Engine:
         except Exception as exc:
             await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
         else:
+            self._settling.add(delivery.id)
             try:
                 await self.queue.ack(delivery)
                 self._leases.pop(delivery.id, None)
             except StoreError:
                 await self._settle(partial(self.queue.ack, delivery), delivery)
+            finally:
+                self._settling.discard(delivery.id)
             if self.health.failing:
                 self.health.recovered("runs")
 
@@ -690,6 +696,13 @@ class Engine:
     async def _settle(self, outcome: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         """Record a run's outcome (ack, retry, dead letter), however long the store takes to accept it: the
         lease is renewed meanwhile, so the run is not handed out again, and nothing is lost."""
+        self._settling.add(delivery.id)
+        try:
+            await self._settle_now(outcome, delivery)
+        finally:
+            self._settling.discard(delivery.id)
+
+    async def _settle_now(self, outcome: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         while True:
             try:
                 await outcome()

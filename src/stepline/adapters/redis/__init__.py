@@ -140,6 +140,12 @@ class Connection:
             raise StoreError(f"Redis at {self.shown} refused an operation", reason=text) from exc
         except rexc.RedisError as exc:
             raise StoreError(f"Redis at {self.shown} failed", reason=str(exc)) from exc
+        finally:
+            # redis-py 8.1's asyncio client can return normally from a command whose task was cancelled
+            # meanwhile, the cancellation lost (a loop around it then never stops: shutdown hangs). Pass it on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     async def verify(self) -> None:
         """The check that every first operation makes, made now (and raised as a StoreError)."""
