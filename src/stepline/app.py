@@ -119,6 +119,7 @@ class Stepline:
             context_factory=self._context,
             clock=self.clock,
             consume=role != "api",
+            feed=self.adapters.feed,
         )
         self.llm = LLMClient(self.settings.llm)  # one per app: connections stay warm across steps
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)

@@ -8,7 +8,7 @@ passes the same conformance suite (tests/conformance/).
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -249,6 +249,15 @@ class TraceStore(Protocol):
     async def close(self) -> None: ...
 
 
+class RecordFeed(Protocol):
+    """Trace records as every process sharing the store writes them: what a live view (the Workbench's)
+    shows of a whole cluster. A store whose processes cannot see each other's writes has none."""
+
+    def listen(self) -> AsyncIterator[list[TraceRecord]]:
+        """The batches written from now on, by any process (this one's too), until the iterator is closed."""
+        ...
+
+
 class CronLock(Protocol):
     """Makes a cron tick fire once, however many workers see it."""
 
@@ -279,6 +288,7 @@ class Adapters:
     # Checks that the store can keep what it is given (a Redis without an append-only file cannot); raises
     # StoreError. A store with nothing to check has none.
     check: Callable[[], Awaitable[None]] | None = None
+    feed: RecordFeed | None = None  # every process's trace records, live; None: this process's alone
 
     async def verify(self) -> None:
         """Refuse a store that would lose accepted events (StoreError, with the setting to change), before

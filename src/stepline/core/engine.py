@@ -29,7 +29,16 @@ from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
 from stepline._errors import SchemaValidationError, StoreError, StoreUnavailableError, UndeclaredEmitError
 from stepline._health import Health
 from stepline._ids import new_id
-from stepline.adapters.base import ClaimSpec, Delivery, Event, EventQueue, StateStore, TraceRecord, TraceStore
+from stepline.adapters.base import (
+    ClaimSpec,
+    Delivery,
+    Event,
+    EventQueue,
+    RecordFeed,
+    StateStore,
+    TraceRecord,
+    TraceStore,
+)
 from stepline.core import trace as tr
 from stepline.core.context import ContextFactory, Recorder, RunContext, State, StepLogger
 from stepline.core.threads import HandlerThreads
@@ -116,11 +125,15 @@ class Engine:
         blocked_after: float = 1.0,
         clock: Clock = SYSTEM_CLOCK,
         consume: bool = True,
+        feed: RecordFeed | None = None,
     ) -> None:
         self.project = project
         # Whether this engine runs the event and cron steps' handlers: not in an API process
         # (`stepline start --role api`), which only publishes.
         self.consume = consume
+        # Every process's trace records (a shared store's): live views read it instead of this process's own.
+        self._feed = feed
+        self._relay: asyncio.Task[None] | None = None
         # Time as the rules see it (stamps, delays, stop-mark reads); durations stay on perf_counter.
         self.clock = clock
         # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
@@ -195,6 +208,9 @@ class Engine:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._relay is not None:
+            self._tasks.append(self._relay)
+            self._relay = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -241,7 +257,22 @@ class Engine:
     def subscribe(self, queue: asyncio.Queue[TraceRecord]) -> Callable[[], None]:
         """Every trace record from now on also goes to `queue` (dropped when it is full); returns the undo."""
         self._listeners.add(queue)
+        if self._feed is not None and self._relay is None:
+            self._relay = asyncio.get_running_loop().create_task(self._relay_feed(), name="stepline-feed")
         return lambda: self._listeners.discard(queue)
+
+    async def _relay_feed(self) -> None:
+        """The store's feed of every process's records, to this process's live views."""
+        assert self._feed is not None
+        while True:
+            try:
+                async for batch in self._feed.listen():
+                    for record in batch:
+                        self._tell(record)
+            except Exception as exc:
+                await asyncio.sleep(self.health.failed("live feed", exc, "live views miss records meanwhile"))
+            else:
+                await asyncio.sleep(0.1)
 
     def _tell(self, record: TraceRecord) -> None:
         for queue in list(self._listeners):
@@ -250,7 +281,7 @@ class Engine:
 
     def _wake_writer(self, record: TraceRecord) -> None:
         self._flushed.set()
-        if self._listeners:
+        if self._listeners and self._feed is None:
             self._tell(record)
 
     def record(self, record: TraceRecord) -> None:
@@ -262,7 +293,7 @@ class Engine:
         buffer.append(record)
         if self._loop is None or threading.get_ident() == self._loop_thread:
             self._flushed.set()
-            if self._listeners:
+            if self._listeners and self._feed is None:  # with a feed, it comes back once written
                 self._tell(record)
         else:  # a sync handler's thread, the watchdog
             with contextlib.suppress(RuntimeError):  # the loop is closed: flush() at stop took what it could

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import math
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
@@ -476,20 +476,62 @@ class RedisTraceStore:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn.acquire()
+        self._listeners = 0  # live views of this process
+        self._heard_at = -1.0  # when the count of live views in the cluster was last read (monotonic)
+        self._heard = False
+
+    async def _anyone_listens(self) -> bool:
+        """Whether a live view anywhere reads the feed: asked of the server at most once a second, so that
+        with no Workbench open a batch costs no second message."""
+        if self._listeners:
+            return True
+        now = asyncio.get_running_loop().time()
+        if now - self._heard_at >= 1.0:
+            self._heard_at = now
+            counts = await self._conn.run(lambda: self._conn.client.pubsub_numsub(f"{self._conn.prefix}:live"))
+            self._heard = bool(counts and counts[0][1])
+        return self._heard
+
+    async def listen(self) -> AsyncIterator[list[TraceRecord]]:
+        self._listeners += 1
+        pubsub = self._conn.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(f"{self._conn.prefix}:live")
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                yield [TraceRecord(t, kind, step, ts, data) for t, kind, step, ts, data in _json.loads(message["data"])]
+        finally:
+            self._listeners -= 1
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
 
     async def append(self, records: Sequence[TraceRecord]) -> None:
         by_trace: dict[str, list[TraceRecord]] = {}
         for r in records:
             by_trace.setdefault(r.trace_id, []).append(r)
         args: list[Any] = []
+        ordered: list[TraceRecord] = []  # the records and their JSON, in the order written (for the live feed)
+        lines: list[bytes] = []
         for trace_id, rs in by_trace.items():
             s = summarize(trace_id, rs)
             parts = [_json.dumps([r.kind, r.step, r.ts, r.data], "a trace record") for r in rs]
             size = sum(len(p) for p in parts)
             args += [trace_id, s.entry, _num(s.started_at), _num(s.last_at), s.records, s.errors, size, len(parts)]
             args += parts
-        if args:
-            await self._conn.script("APPEND", *args)
+            ordered += rs
+            lines += parts
+        if not args:
+            return
+        await self._conn.script("APPEND", *args)
+        if await self._anyone_listens():
+            live = (
+                b"["
+                + b",".join(b"[" + _json.dumps(r.trace_id) + b"," + p[1:] for r, p in zip(ordered, lines, strict=True))
+                + b"]"
+            )
+            await self._conn.run(lambda: self._conn.client.publish(f"{self._conn.prefix}:live", live))
 
     async def trace(self, trace_id: str) -> list[TraceRecord]:
         rows = await self._conn.run(lambda: self._conn.client.lrange(f"{self._conn.prefix}:t:{trace_id}", 0, -1))
@@ -608,12 +650,14 @@ def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
     plain = urllib.parse.urlunsplit(parts._replace(query=""))  # the options above are ours, not redis-py's
     conn = Connection(plain, url.shown(), prefix, volatile=flag in _TRUE, timeout=timeout)
     health = options.health or Health()
+    traces = RedisTraceStore(conn)
     return Adapters(
         RedisEventQueue(conn, options.clock, options.stale_after, health),
         RedisStateStore(conn),
-        RedisTraceStore(conn),
+        traces,
         RedisCronLock(conn),
         RedisStateStore(conn, namespace="c"),
         health,
         check=conn.verify,
+        feed=traces,
     )
