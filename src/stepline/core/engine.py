@@ -267,6 +267,7 @@ class Engine:
         while True:
             try:
                 async for batch in self._feed.listen():
+                    self.health.recovered("live feed")
                     for record in batch:
                         self._tell(record)
             except Exception as exc:

@@ -499,6 +499,9 @@ class RedisTraceStore:
             await pubsub.subscribe(f"{self._conn.prefix}:live")
             while True:
                 message = await pubsub.get_message(timeout=1.0)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # swallowed by the client: see Connection.run
+                    raise asyncio.CancelledError
                 if message is None:
                     continue
                 yield [TraceRecord(t, kind, step, ts, data) for t, kind, step, ts, data in _json.loads(message["data"])]
