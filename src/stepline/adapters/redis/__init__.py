@@ -319,7 +319,7 @@ class RedisEventQueue:
         return await self._conn.run(read)
 
     async def replay(self, delivery_id: str) -> bool:
-        replayed = bool(await self._conn.script("REPLAY", delivery_id))
+        replayed = bool(await self._conn.script("REPLAY", delivery_id, _num(self._clock.time())))
         self._wakeup.set()
         return replayed
 

@@ -65,6 +65,29 @@ local function held(id, attempt)
   if f[1] ~= attempt or f[2] ~= '1' then return nil end
   return f
 end
+-- A delivery enters the queue behind everything in it, its attempts fresh; due after `delay` seconds.
+local function enqueue(id, event, step, gk, now, delay)
+  local seq = redis.call('INCR', P..':seq')
+  redis.call('HSET', P..':d:'..id, 'e', event, 's', step, 'q', seq, 'g', gk, 'n', 0, 'l', 0, 'x', 0)
+  redis.call('SADD', P..':steps', step)
+  redis.call('ZADD', P..':g:'..step..':'..gk, seq, id)
+  if delay > 0 then
+    redis.call('ZADD', P..':delayed', now + delay, id)
+  else
+    visible(id, step, seq, gk)
+  end
+end
+-- The leases `owner` still holds run out now: the next claim hands them out again, counted as lost.
+local function give_back(owner, now)
+  for _, id in ipairs(redis.call('SMEMBERS', P..':o:'..owner)) do
+    local f = redis.call('HMGET', P..':d:'..id, 'o', 'l', 's')
+    if f[1] == owner and f[2] == '1' and redis.call('ZSCORE', P..':a:'..f[3], id) then
+      redis.call('ZADD', P..':a:'..f[3], now, id)
+    end
+  end
+  redis.call('DEL', P..':o:'..owner)
+  redis.call('ZREM', P..':workers', owner)
+end
 local function settle(id, f)
   redis.call('ZREM', P..':a:'..f[3], id)
   unready(id, f[3], f[4])
@@ -86,18 +109,8 @@ if ARGV[3] ~= '' then
   local window = tonumber(ARGV[4])
   redis.call('SET', key, ARGV[2] + window, 'PX', math.ceil(window * 1000) + 60000)
 end
-local gk = ARGV[6]
 for i = 7, #ARGV, 3 do
-  local id, step, delay = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local seq = redis.call('INCR', P..':seq')
-  redis.call('HSET', P..':d:'..id, 'e', ARGV[5], 's', step, 'q', seq, 'g', gk, 'n', 0, 'l', 0, 'x', 0)
-  redis.call('SADD', P..':steps', step)
-  redis.call('ZADD', P..':g:'..step..':'..gk, seq, id)
-  if delay > 0 then
-    redis.call('ZADD', P..':delayed', now + delay, id)
-  else
-    visible(id, step, seq, gk)
-  end
+  enqueue(ARGV[i], ARGV[5], ARGV[i + 1], ARGV[6], now, tonumber(ARGV[i + 2]))
 end
 redis.call('PUBLISH', P..':wake', '')
 return 1
@@ -234,7 +247,7 @@ return 1
 """
 )
 
-# ARGV: P, id. A dead letter back in the queue, attempt count fresh, behind everything queued now.
+# ARGV: P, id, now. A dead letter back in the queue, attempt count fresh, behind everything queued now.
 REPLAY = (
     _QUEUE
     + """
@@ -242,11 +255,7 @@ local id = ARGV[2]
 local dead = P..':dl:'..id
 local f = redis.call('HMGET', dead, 'e', 's', 'g')
 if not f[1] then return 0 end
-local seq = redis.call('INCR', P..':seq')
-redis.call('HSET', P..':d:'..id, 'e', f[1], 's', f[2], 'q', seq, 'g', f[3], 'n', 0, 'l', 0, 'x', 0)
-redis.call('SADD', P..':steps', f[2])
-redis.call('ZADD', P..':g:'..f[2]..':'..f[3], seq, id)
-visible(id, f[2], seq, f[3])
+enqueue(id, f[1], f[2], f[3], tonumber(ARGV[3]), 0)
 redis.call('DEL', dead)
 redis.call('ZREM', P..':dead', id)
 redis.call('PUBLISH', P..':wake', '')
@@ -286,39 +295,28 @@ return {ready, delayed, in_flight, redis.call('ZCARD', P..':dead'), later}
 
 # A worker says it lives, and hands out again at once the leases of workers that stopped saying so.
 # ARGV: P, now, owner, stale before. Returns how many workers were taken for dead.
-HEARTBEAT = """
-local P, now, owner = ARGV[1], ARGV[2], ARGV[3]
+HEARTBEAT = (
+    _QUEUE
+    + """
+local now, owner = ARGV[2], ARGV[3]
 redis.call('ZADD', P..':workers', now, owner)
 local stale = redis.call('ZRANGEBYSCORE', P..':workers', '-inf', '('..ARGV[4], 'LIMIT', 0, 100)
-for _, dead in ipairs(stale) do
-  for _, id in ipairs(redis.call('SMEMBERS', P..':o:'..dead)) do
-    local f = redis.call('HMGET', P..':d:'..id, 'o', 'l', 's')
-    if f[1] == dead and f[2] == '1' and redis.call('ZSCORE', P..':a:'..f[3], id) then
-      redis.call('ZADD', P..':a:'..f[3], now, id)  -- the lease runs out now: the next claim counts it lost
-    end
-  end
-  redis.call('DEL', P..':o:'..dead)
-  redis.call('ZREM', P..':workers', dead)
-end
+for _, dead in ipairs(stale) do give_back(dead, now) end
 if #stale > 0 then redis.call('PUBLISH', P..':wake', '') end
 return #stale
 """
+)
 
 # A worker that stops gives its leases back (handlers cancelled at shutdown): the same as a stale one's.
 # ARGV: P, now, owner.
-LEAVE = """
-local P, now, owner = ARGV[1], ARGV[2], ARGV[3]
-for _, id in ipairs(redis.call('SMEMBERS', P..':o:'..owner)) do
-  local f = redis.call('HMGET', P..':d:'..id, 'o', 'l', 's')
-  if f[1] == owner and f[2] == '1' and redis.call('ZSCORE', P..':a:'..f[3], id) then
-    redis.call('ZADD', P..':a:'..f[3], now, id)
-  end
-end
-redis.call('DEL', P..':o:'..owner)
-redis.call('ZREM', P..':workers', owner)
+LEAVE = (
+    _QUEUE
+    + """
+give_back(ARGV[3], ARGV[2])
 redis.call('PUBLISH', P..':wake', '')
 return 1
 """
+)
 
 # State. ARGV: P, namespace (s or c), group, key, by (an integer or a float, as text), is float (0/1).
 # Adds to a number in place when the stored value is one (or missing); returns the new value as JSON text,
