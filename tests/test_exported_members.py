@@ -10,7 +10,7 @@ import pytest
 PUBLIC = {
     "stepline": [
         "ApiConfig", "ApiRequest", "ApiResponse", "ApprovalError", "Backoff", "Clock", "Context", "CronConfig",
-        "Emit", "EngineStoppedError", "EventConfig", "HandlerSettings", "Infrastructure", "LLM", "LLMError",
+        "Emit", "BacklogFullError", "EngineStoppedError", "EventConfig", "HandlerSettings", "Infrastructure", "LLM", "LLMError",
         "LLMSettings", "LLMUsageError", "McpServerError", "Memory", "MemoryConflictError", "NoopConfig",
         "NotJSONError", "Price", "Problem", "Project", "ProjectLoadError", "QueryParam", "QueueSettings", "Reply",
         "RunContext", "SchemaValidationError", "State", "StateUpdateError", "Step", "StepConfig", "StepLogger",

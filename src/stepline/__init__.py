@@ -3,6 +3,7 @@
 from stepline._clock import Clock
 from stepline._errors import (
     ApprovalError,
+    BacklogFullError,
     EngineStoppedError,
     LLMError,
     LLMUsageError,
@@ -56,6 +57,7 @@ __all__ = [
     "ApiRequest",
     "ApiResponse",
     "ApprovalError",
+    "BacklogFullError",
     "Backoff",
     "Clock",
     "Context",

@@ -159,6 +159,20 @@ class HttpError(SteplineError):
         self.headers = headers or {}
 
 
+class BacklogFullError(SteplineError):
+    """An emit from an API step (or from outside any step) was refused, not queued: a subscriber's backlog
+    is at its `maxBacklog`. The HTTP app answers 503 with Retry-After; nothing was accepted."""
+
+    def __init__(self, step: str, backlog: int, limit: int, retry_after: int = 1) -> None:
+        self.step = step
+        self.backlog = backlog
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(
+            f"step {step!r} has {backlog} events waiting (its maxBacklog is {limit}); try again in {retry_after} s"
+        )
+
+
 class EngineStoppedError(SteplineError, RuntimeError):
     """A sync handler used its ctx after the engine stopped (it ran past its timeout, or shutdown began)."""
 

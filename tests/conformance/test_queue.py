@@ -240,3 +240,18 @@ async def test_a_retry_that_does_not_count_gives_the_attempt_back(adapters: Adap
     assert (again.id, again.attempt, again.lost) == (d.id, 1, False)
     await q.retry(again, 0.0, "the handler failed")
     assert (await q.claim(LEASES, 1))[0].attempt == 2
+
+
+async def test_backlog_counts_a_steps_deliveries_until_they_leave_the_queue(adapters: Adapters) -> None:
+    q = adapters.queue
+    for i in range(3):
+        await q.publish(event(data=i), {"a": 0.0, "b": 60.0})
+    assert (await q.backlog("a"), await q.backlog("b"), await q.backlog("c")) == (3, 3, 0)
+    first, second, third = await q.claim({"a": ClaimSpec(30.0)}, 3)
+    assert await q.backlog("a") == 3  # leased: still in the queue
+    await q.ack(first)
+    await q.retry(second, 10.0, "boom")  # delayed for its retry: still in it
+    await q.dead_letter(third, "gave up", None)
+    assert await q.backlog("a") == 1
+    assert await q.replay(third.id)
+    assert await q.backlog("a") == 2

@@ -147,6 +147,9 @@ class EventQueue(Protocol):
     async def stats(self, horizon: float | None = None) -> QueueStats:
         """Counts of the queue. With `horizon` (seconds), delayed deliveries due later than that count as `later`."""
 
+    async def backlog(self, step: str) -> int:
+        """How many deliveries of `step` are in the queue: waiting, delayed or leased (not the dead letters)."""
+
     async def wait(self, timeout: float) -> None:
         """Return when new work may be ready, or after `timeout` seconds, whichever is first."""
 

@@ -197,6 +197,9 @@ class MemoryEventQueue:
                 later += 1
         return QueueStats(ready, delayed, in_flight, len(self._dead), later)
 
+    async def backlog(self, step: str) -> int:
+        return sum(1 for entry in self._entries.values() if entry.step == step)
+
     async def wait(self, timeout: float) -> None:
         now = self._clock()
         while self._timers and self._timers[0][0] <= now:

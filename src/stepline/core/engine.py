@@ -26,7 +26,13 @@ from typing import Any, cast
 
 from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
-from stepline._errors import SchemaValidationError, StoreError, StoreUnavailableError, UndeclaredEmitError
+from stepline._errors import (
+    BacklogFullError,
+    SchemaValidationError,
+    StoreError,
+    StoreUnavailableError,
+    UndeclaredEmitError,
+)
 from stepline._health import Health
 from stepline._ids import new_id
 from stepline.adapters.base import (
@@ -89,6 +95,7 @@ Delivered = Step[EventConfig] | Step[CronConfig]
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
 _LEASE_MARGIN = 10.0
 _TRACE_LINGER = 0.02
+_BACKLOG_FRESH = 0.1  # seconds a step's counted backlog is trusted (plus this process's emits since)
 _FLUSH_BATCH = 5000
 # Records kept while the trace store cannot take them (a full disk): past this, the oldest are dropped.
 _TRACE_BUFFER = 100_000
@@ -154,6 +161,7 @@ class Engine:
         self._inflight: dict[asyncio.Task[None], str] = {}  # a running delivery's task -> its delivery id
         self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
         self._settling: set[str] = set()  # deliveries whose outcome (ack, retry, dead letter) is being recorded
+        self._backlogs: dict[str, tuple[int, float]] = {}  # step -> (its backlog as last counted, when)
         # Where a task blocked the event loop, as the watchdog found it (set from its thread, read by the run).
         self._blocked: dict[asyncio.Task[Any] | None, str] = {}
         self._buffer: deque[TraceRecord] = deque()
@@ -363,6 +371,9 @@ class Engine:
         data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
         event = Event(new_id(), topic, data, trace_id, step, self.clock.time(), message_group_id)
         subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
+        limited = self._limited(step, topic)
+        if limited:
+            await self._check_backlog(limited)
         accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
         shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
         record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": shown}
@@ -381,6 +392,34 @@ class Engine:
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
         self._activity.set()
         return event
+
+    def _limited(self, step: str | None, topic: str) -> list[tuple[str, int]]:
+        """The subscribers of `topic` with a backlog limit, when the emit is intake (from an API step or from
+        outside any step); none otherwise."""
+        if step is not None:
+            emitter = self.project.steps.get(step)
+            if emitter is None or not isinstance(emitter.config, ApiConfig):
+                return []
+        out = []
+        for s in self.project.subscribers(topic):
+            config = s.config
+            if isinstance(config, EventConfig) and config.infrastructure.queue.max_backlog is not None:
+                out.append((s.name, config.infrastructure.queue.max_backlog))
+        return out
+
+    async def _check_backlog(self, limited: list[tuple[str, int]]) -> None:
+        """Refuse the emit (BacklogFullError) when a subscriber's backlog is at its limit. The count is read
+        from the store at most every 0.1 s per step, and this process's own emits since are added to it, so a
+        busy API pays a store read per tenth of a second, not per request."""
+        now = time.monotonic()
+        for name, limit in limited:
+            count, read_at = self._backlogs.get(name, (0, -1.0))
+            if now - read_at >= _BACKLOG_FRESH:
+                count, read_at = await self.queue.backlog(name), now
+            if count >= limit:
+                self._backlogs[name] = (count, read_at)
+                raise BacklogFullError(name, count, limit)
+            self._backlogs[name] = (count + 1, read_at)
 
     async def emit_external(
         self,

@@ -22,7 +22,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from stepline import _json
-from stepline._errors import HttpError, SchemaValidationError, StoreError
+from stepline._errors import BacklogFullError, HttpError, SchemaValidationError, StoreError
 from stepline.adapters.base import TraceRecord
 from stepline.core.engine import replay_all, resume_trace, stop_trace, stopped
 from stepline.core.trace import record_json, summary_json
@@ -360,6 +360,8 @@ async def emit_request(engine: Engine, request: Request, read_body: BodyReader) 
         return json_response({"error": 'send {"topic": "...", "data": ...}'}, 400)
     try:
         event = await engine.emit_external(payload["topic"], payload.get("data"))
+    except BacklogFullError as exc:
+        return json_response({"error": f"the event was not queued: {exc}"}, 503, {"retry-after": str(exc.retry_after)})
     except StoreError as exc:
         return json_response({"error": f"the event was not stored: {exc}"}, 503, {"retry-after": "1"})
     subscribers = [s.name for s in engine.project.subscribers(event.topic)]

@@ -22,7 +22,14 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from stepline import _json
-from stepline._errors import FieldError, HttpError, SchemaValidationError, StoreCorruptError, StoreError
+from stepline._errors import (
+    BacklogFullError,
+    FieldError,
+    HttpError,
+    SchemaValidationError,
+    StoreCorruptError,
+    StoreError,
+)
 from stepline._ids import new_id
 from stepline.core import trace as tr
 from stepline.core.engine import Engine, clip
@@ -205,6 +212,9 @@ class HttpApp:
             return json_response(body, 400, _tid(trace_id))
         try:
             result = await self.engine.call_api(step, api_request, trace_id)
+        except BacklogFullError as exc:  # the workers are behind: push back on the caller, queue nothing
+            full = {"error": f"Service Unavailable: {exc}", "traceId": trace_id}
+            return json_response(full, 503, {"retry-after": str(exc.retry_after)} | _tid(trace_id))
         except StoreError as exc:
             # Nothing the handler tried to store (an emit above all) was accepted: say so, never 202.
             now = (

@@ -89,6 +89,11 @@ class QueueSettings(BaseModel):
     visibility_timeout: float | None = Field(None, gt=0, alias="visibilityTimeout")
     delay_seconds: float = Field(0.0, ge=0, alias="delaySeconds")
     backoff: Backoff = Field(default_factory=Backoff)
+    # The most deliveries of this step the queue may hold (waiting, delayed, running) before an API step's
+    # emit to it is refused with a 503 and Retry-After instead of queued: intake that outpaces the workers
+    # then pushes back on its callers, rather than growing the backlog and its latency without bound.
+    # Emits from event and cron steps are never refused (their work was accepted already). None: no limit.
+    max_backlog: int | None = Field(None, ge=1, alias="maxBacklog")
 
 
 class Infrastructure(BaseModel):

@@ -334,6 +334,10 @@ class RedisEventQueue:
         ready, delayed, in_flight, dead, later = await self._conn.script("STATS", _num(now), until)
         return QueueStats(int(ready), int(delayed), int(in_flight), int(dead), int(later))
 
+    async def backlog(self, step: str) -> int:
+        raw = await self._conn.run(lambda: self._conn.client.get(f"{self._conn.prefix}:n:{step}"))
+        return int(raw or 0)
+
     async def wait(self, timeout: float) -> None:
         """Until the wake channel says work may be ready, the next delayed delivery is due, or `timeout`."""
         if self._listener is None and not self._closed:

@@ -12,6 +12,7 @@ Cluster slot and a script may touch any of them:
     P:a:<step>          zset id -> lease deadline: leased deliveries
     P:delayed           zset id -> due time: delayed deliveries (a delayed emit, a retry's backoff); no lease
     P:steps             set: the steps that have had deliveries
+    P:n:<step>          counter: the step's deliveries in the queue (its backlog)
     P:o:<owner>         set: the deliveries a worker (one queue object) leased
     P:workers           zset owner -> its last heartbeat
     P:dead              zset id -> failed at;  P:dl:<id> hash of a dead letter (e, s, g, n, err, tb, at)
@@ -70,6 +71,7 @@ local function enqueue(id, event, step, gk, now, delay)
   local seq = redis.call('INCR', P..':seq')
   redis.call('HSET', P..':d:'..id, 'e', event, 's', step, 'q', seq, 'g', gk, 'n', 0, 'l', 0, 'x', 0)
   redis.call('SADD', P..':steps', step)
+  redis.call('INCR', P..':n:'..step)
   redis.call('ZADD', P..':g:'..step..':'..gk, seq, id)
   if delay > 0 then
     redis.call('ZADD', P..':delayed', now + delay, id)
@@ -94,6 +96,7 @@ local function settle(id, f)
   leave(id, f[3], f[4])
   if f[5] then redis.call('SREM', P..':o:'..f[5], id) end
   redis.call('DEL', P..':d:'..id)
+  redis.call('DECR', P..':n:'..f[3])
 end
 """
 

@@ -321,6 +321,12 @@ class SqliteEventQueue:
 
         return await self._db.read(stats)
 
+    async def backlog(self, step: str) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT COUNT(*) FROM deliveries WHERE step = ?", (step,)).fetchone()[0])
+
+        return await self._db.read(count)
+
     async def wait(self, timeout: float) -> None:
         """Other processes write to the same file unseen, so this returns at least every `poll` seconds."""
         with contextlib.suppress(TimeoutError):
