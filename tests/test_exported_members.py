@@ -9,8 +9,9 @@ import pytest
 
 PUBLIC = {
     "stepline": [
-        "ApiConfig", "ApiRequest", "ApiResponse", "ApprovalError", "Backoff", "Clock", "Context", "CronConfig",
-        "Emit", "BacklogFullError", "EngineStoppedError", "EventConfig", "HandlerSettings", "Infrastructure", "LLM", "LLMError",
+        "ApiConfig", "ApiRequest", "ApiResponse", "ApprovalError", "BacklogFullError", "Backoff", "Clock",
+        "Context", "CronConfig", "Emit", "EngineStoppedError", "EventConfig", "HandlerSettings", "Infrastructure",
+        "LLM", "LLMError",
         "LLMSettings", "LLMUsageError", "McpServerError", "Memory", "MemoryConflictError", "NoopConfig",
         "NotJSONError", "Price", "Problem", "Project", "ProjectLoadError", "QueryParam", "QueueSettings", "Reply",
         "RunContext", "SchemaValidationError", "State", "StateUpdateError", "Step", "StepConfig", "StepLogger",

@@ -133,6 +133,7 @@ class Engine:
         clock: Clock = SYSTEM_CLOCK,
         consume: bool = True,
         feed: RecordFeed | None = None,
+        stall_after: float = 60.0,
     ) -> None:
         self.project = project
         # Whether this engine runs the event and cron steps' handlers: not in an API process
@@ -141,6 +142,13 @@ class Engine:
         # Every process's trace records (a shared store's): live views read it instead of this process's own.
         self._feed = feed
         self._relay: asyncio.Task[None] | None = None
+        # The delivery loop goes round at least every poll interval (a claim, then a wait that ends within
+        # it); one silent this long with room to run is stuck (a claim on a connection that never answers,
+        # the silent stall Celery users report after reconnects) and is started again. Longer than any
+        # store's own timeouts (SQLite's busy_timeout, 30 s) so that a slow store is not taken for a stall.
+        self._stall_after = stall_after
+        self._looped_at = 0.0  # when the delivery loop last went round (monotonic)
+        self._full = False  # it waits for a running handler to finish: quiet, not stuck
         # Time as the rules see it (stamps, delays, stop-mark reads); durations stay on perf_counter.
         self.clock = clock
         # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
@@ -188,9 +196,11 @@ class Engine:
         self._running = True
         self._tasks = [asyncio.create_task(self._flush_loop(), name="stepline-traces")]
         if self.consume:
+            self._looped_at = time.monotonic()
             self._tasks += [
                 asyncio.create_task(self._work(), name="stepline-worker"),
                 asyncio.create_task(self._renew_loop(), name="stepline-leases"),
+                asyncio.create_task(self._watch_work(), name="stepline-stalls"),
             ]
         self._watchdog = LoopWatchdog(
             self._loop,
@@ -600,6 +610,9 @@ class Engine:
 
     async def _work(self) -> None:
         while self._running:
+            self._looped_at = time.monotonic()
+            if self.health.failing:
+                self.health.recovered("delivery loop")
             try:
                 await self._read_stopped()
                 free = self.concurrency - len(self._inflight)
@@ -621,7 +634,31 @@ class Engine:
                     await self.queue.wait(self._poll)
                 else:
                     self._activity.clear()
-                    await self._activity.wait()
+                    self._full = True
+                    try:
+                        await self._activity.wait()
+                    finally:
+                        self._full = False
+
+    async def _watch_work(self) -> None:
+        """Start the delivery loop again when it has stopped going round (see `stall_after`)."""
+        while self._running:
+            await asyncio.sleep(min(5.0, self._stall_after / 4))
+            quiet = time.monotonic() - self._looped_at
+            if not self._running or self._full or quiet < self._stall_after:
+                continue
+            self.health.failed(
+                "delivery loop",
+                f"it made no claim for {quiet:.0f} s with room to run handlers; it was started again",
+                "if this repeats, the store's connection hangs: check the network to it",
+            )
+            for task in self._tasks:
+                if task.get_name() == "stepline-worker":
+                    task.cancel()
+                    self._tasks.remove(task)
+                    break
+            self._looped_at = time.monotonic()
+            self._tasks.append(asyncio.create_task(self._work(), name="stepline-worker"))
 
     async def _renew_loop(self) -> None:
         """Extend the lease of every running delivery, so that a live run is never handed out again."""
