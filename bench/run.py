@@ -66,6 +66,18 @@ SYSTEMS = [
         args=["--workers", "2"],
         versions=["stepline"],
     ),
+    *(
+        System(
+            f"stepline-redis-{n}",
+            f"Stepline, Redis, API + {n} worker{'s' if n > 1 else ''}",
+            "stepline_driver.py",
+            "not durable as run: the machine's Redis keeps no AOF (?volatile=true), as for Celery; every emit, "
+            "lease and ack is a Redis write. One --role api process and one --role worker process of N workers",
+            args=["--store", "redis", "--workers", str(n)],
+            versions=["stepline", "redis"],
+        )
+        for n in (1, 2, 4)
+    ),
     System(
         "fastapi",
         "FastAPI on uvicorn",
@@ -181,6 +193,7 @@ METRICS = [  # (path in the result, label, higher is better)
     (("chain", "throughput"), "chains/s", True),
     (("chain", "p50_ms"), "chain p50 ms", False),
     (("chain", "p99_ms"), "chain p99 ms", False),
+    (("chain", "cpu_per_1000"), "CPU s per 1,000 chains", False),
     (("hop", "p50_ms"), "hop p50 ms", False),
     (("hop", "p99_ms"), "hop p99 ms", False),
     (("rss_idle_mb",), "idle RSS MB", False),
@@ -336,6 +349,28 @@ def target_ratios(results: dict[str, Any]) -> list[str]:
             ratio = ours / theirs
             verdict = "" if goal is None else f" (target >= {goal}x: {'met' if ratio >= goal else 'MISSED'})"
             lines.append(f"chain throughput, Stepline SQLite 1 worker / {peer}: {ratio:.1f}x{verdict}")
+    celery = median(results, "celery", "chain.throughput")
+    on_redis = median(results, "stepline-redis-1", "chain.throughput")
+    if celery and on_redis:
+        ratio = on_redis / celery
+        lines.append(
+            f"chain throughput, Stepline Redis 1 worker / Celery on the same Redis: {ratio:.1f}x "
+            f"(target >= 3x: {'met' if ratio >= 3 else 'MISSED'})"
+        )
+    cpu_celery = median(results, "celery", "chain.cpu_per_1000")
+    for key in ("stepline-redis-1", "stepline-redis-2", "stepline-redis-4"):
+        cpu = median(results, key, "chain.cpu_per_1000")
+        if cpu and cpu_celery:
+            lines.append(
+                f"CPU per chain, {key} / Celery (all processes, Redis included): {cpu / cpu_celery:.2f} "
+                f"({cpu:.2f} s vs {cpu_celery:.2f} s per 1,000; target <= 0.33: "
+                f"{'met' if cpu / cpu_celery <= 1 / 3 else 'MISSED'})"
+            )
+    redis_hop = median(results, "stepline-redis-1", "hop.p50_ms")
+    if redis_hop is not None:
+        lines.append(
+            f"single-hop p50 on Redis: {redis_hop:.2f} ms (target < 1 ms: {'met' if redis_hop < 1 else 'MISSED'})"
+        )
     hop = median(results, "stepline-1", "hop.p50_ms")
     if hop is not None:
         lines.append(f"single-hop p50 on SQLite: {hop:.2f} ms (target < 2 ms: {'met' if hop < 2 else 'MISSED'})")

@@ -114,6 +114,29 @@ def rss_mb(*pids: int) -> float:
     return total / 1024
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(*pids: int) -> float:
+    """CPU time (user + system) so far of these processes and all their descendants, in seconds."""
+    total = 0
+    for pid in {p for root in pids for p in [root, *_children(root)]}:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / _TICK
+
+
+def redis_pid(port: int = 6379) -> int:
+    """The process id of the Redis server on `port` (its CPU counts in a system's cost when it is the broker)."""
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), "info", "server"], capture_output=True, text=True, check=True
+    ).stdout
+    return int(next(line.split(":")[1] for line in out.splitlines() if line.startswith("process_id:")))
+
+
 def wrk(url: str, seconds: float, connections: int = 32) -> dict[str, float]:
     """GET `url` from `connections` connections for `seconds`: requests/s and latency percentiles."""
     if shutil.which("wrk") is None:
@@ -218,12 +241,15 @@ def run_chains(
     timeout: float,
     interval: float = 0.05,
     limit: float = 1800,
+    cpu_of: tuple[int, ...] = (),
 ) -> dict[str, float]:
     """The chain workload: POST `chains` chains from 32 senders (in a thread), sample RSS until
     `done_count()` reaches `chains`, then throughput and request-to-done latency from `done_times()`
-    (chain id -> the time it was done)."""
+    (chain id -> the time it was done). With `cpu_of`, also the CPU seconds those processes (and their
+    descendants) spent per 1,000 chains."""
     sent: dict[str, float] = {}
     ids = [str(i) for i in range(chains)]
+    cpu_before = cpu_seconds(*cpu_of)
     started = time.time()
     thread = threading.Thread(target=lambda: asyncio.run(post_chains(httpx, url, ids, sent, timeout=timeout)))
     thread.start()
@@ -234,5 +260,7 @@ def run_chains(
         if time.monotonic() > deadline:
             raise TimeoutError(f"{finished} of {chains} chains done after {limit:.0f} s")
     thread.join()
+    cpu = (cpu_seconds(*cpu_of) - cpu_before) * 1000 / chains
     done = done_times()
-    return {"throughput": chains / (max(done.values()) - started), **latency_ms([done[i] - sent[i] for i in ids])}
+    result = {"throughput": chains / (max(done.values()) - started), **latency_ms([done[i] - sent[i] for i in ids])}
+    return result | ({"cpu_per_1000": cpu} if cpu_of else {})

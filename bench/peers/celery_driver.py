@@ -12,7 +12,18 @@ import time
 from pathlib import Path
 
 import redis
-from _common import Sampler, arguments, emit_result, latency_ms, rss_mb, spawn, stop, wait_for
+from _common import (
+    Sampler,
+    arguments,
+    cpu_seconds,
+    emit_result,
+    latency_ms,
+    redis_pid,
+    rss_mb,
+    spawn,
+    stop,
+    wait_for,
+)
 from celery import chain
 
 DB = 14
@@ -97,6 +108,10 @@ def main() -> None:
         sent: dict[str, float] = {}
         ids = [str(i) for i in range(args.chains)]
         todo = list(ids)
+        # Its cost: the workers, the broker, and this process, which enqueues the chains (Stepline's API
+        # process does that part there, and counts in its figure).
+        measured = (proc.pid, redis_pid(), os.getpid())
+        cpu_before = cpu_seconds(*measured)
         started = time.time()
 
         def sender() -> None:
@@ -116,9 +131,14 @@ def main() -> None:
             time.sleep(0.02)
         for t in threads:
             t.join()
+        cpu = (cpu_seconds(*measured) - cpu_before) * 1000 / args.chains
         done = {k.decode(): float(v) for k, v in r.hgetall("bench:done").items()}
         finished = max(done.values())
-        result = {"throughput": args.chains / (finished - started), **latency_ms([done[i] - sent[i] for i in ids])}
+        result = {
+            "throughput": args.chains / (finished - started),
+            **latency_ms([done[i] - sent[i] for i in ids]),
+            "cpu_per_1000": cpu,
+        }
     finally:
         stop(proc)
         r.flushdb()
