@@ -12,6 +12,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from stepline import LLMSettings, load_project
 from stepline.http.admin import STATIC
 from stepline.testing import RunningApp, serve
+from tests.stores import drop_redis_prefix, redis_url
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "financial-report"
@@ -24,12 +25,20 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-async def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
+@pytest.fixture(params=["sqlite", "redis"])
+async def app(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RunningApp]:
+    """The example app on the default store, and on Redis (where the live view reads the store's feed)."""
     monkeypatch.setenv("STEPLINE_REPORT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("STEPLINE_REPORT_OUTBOX_DIR", str(tmp_path / "outbox"))
-    async with serve(EXAMPLE, store=f"sqlite:///{tmp_path}/stepline.db", llm=LLMSettings()) as running:
-        yield running
+    store = f"sqlite:///{tmp_path}/stepline.db" if request.param == "sqlite" else redis_url(tmp_path)
+    try:
+        async with serve(EXAMPLE, store=store, llm=LLMSettings()) as running:
+            yield running
+    finally:
+        if request.param == "redis":
+            drop_redis_prefix(store)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock, sleep_until_set
@@ -71,6 +73,23 @@ def _group_key(group: str | None) -> str:
     return _NONE_GROUP if group is None else "=" + group
 
 
+def _packed_by_hiredis(cls: type[Any]) -> type[Any]:
+    """`cls` packing commands with hiredis's C packer. redis-py's asyncio connections pack in Python even
+    with hiredis installed (its sync ones do not): that was a fifth of a worker's CPU per delivery (cProfile
+    of bench/peers/stepline_driver.py --store redis), the scripts' arguments encoded one by one."""
+    if not HIREDIS_AVAILABLE:
+        return cls
+    packer = HiredisRespSerializer()
+
+    class Packed(cls):  # type: ignore[misc]
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed: list[bytes] = packer.pack(*args)
+            return packed
+
+    Packed.__name__ = Packed.__qualname__ = f"Hiredis{cls.__name__}"
+    return Packed
+
+
 class Connection:
     """One Redis client and its scripts, shared by the adapters of one store, and the check of the server's
     durability settings, made before the first operation (and again after a lost connection)."""
@@ -90,11 +109,13 @@ class Connection:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
+        pool = self.client.connection_pool
+        pool.connection_class = _packed_by_hiredis(pool.connection_class)
         self._scripts = {
             name: self.client.register_script(getattr(scripts, name))
             for name in (
                 "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "DEAD_LETTER", "REPLAY", "PURGE", "STATS", "HEARTBEAT",
-                "LEAVE", "INCREMENT", "SWAP", "DELETE", "CLEAR", "APPEND", "DROP_TRACES", "CLAIM_TICK",
+                "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND", "DROP_TRACES", "CLAIM_TICK",
             )
         }  # fmt: skip
         self._checked = False
@@ -226,6 +247,7 @@ class RedisEventQueue:
         self._health = health or Health()
         self.owner = new_id()
         self._wakeup = asyncio.Event()
+        self._next_due: float | None = None  # the next delayed delivery's due time, as the last claim saw it
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -265,7 +287,8 @@ class RedisEventQueue:
         for step, spec in specs.items():
             cap = -1 if spec.concurrency is None else spec.concurrency
             args += [step, _num(spec.lease), int(spec.fifo), cap]
-        rows = await self._conn.script("CLAIM", *args)  # with no specs, it still moves due delayed ones
+        rows, due = await self._conn.script("CLAIM", *args)  # with no specs, it still moves due delayed ones
+        self._next_due = None if due is None else float(due)
         return [Delivery(i.decode(), _event(e), s.decode(), int(n), bool(lost)) for i, s, n, lost, e in rows]
 
     async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
@@ -342,15 +365,9 @@ class RedisEventQueue:
         """Until the wake channel says work may be ready, the next delayed delivery is due, or `timeout`."""
         if self._listener is None and not self._closed:
             self._listener = asyncio.create_task(self._listen(), name="stepline-redis-wake")
-        client = self._conn.client
-        p = self._conn.prefix
-        try:
-            first = await self._conn.run(lambda: client.zrange(f"{p}:delayed", 0, 0, withscores=True))
-        except StoreError:
-            first = []  # the claim that follows will say what is wrong
         seconds = min(timeout, _POLL)
-        if first:
-            seconds = min(seconds, max(0.0, float(first[0][1]) - self._clock.time()))
+        if self._next_due is not None:  # a delay published since by another process sends a wake message
+            seconds = min(seconds, max(0.0, self._next_due - self._clock.time()))
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await sleep_until_set(self._clock, seconds, self._wakeup)
@@ -424,15 +441,7 @@ class RedisStateStore:
         return None if raw is None else _json.loads(raw)
 
     async def set(self, group: str, key: str, value: Any) -> None:
-        raw = _json.dumps(value, f"state value {group}/{key}")
-
-        async def write() -> None:
-            async with self._conn.client.pipeline(transaction=True) as pipe:
-                pipe.hset(self._hash(group), key, raw)
-                pipe.sadd(f"{self._conn.prefix}:{self._ns}g", group)
-                await pipe.execute()
-
-        await self._conn.run(write)
+        await self._conn.script("SET", self._ns, group, key, _json.dumps(value, f"state value {group}/{key}"))
 
     async def update(self, group: str, key: str, op: StateUpdate) -> UpdateResult:
         where = f"state {group}/{key}"

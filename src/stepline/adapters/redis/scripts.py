@@ -121,7 +121,7 @@ return 1
 )
 
 # ARGV: P, now, limit, owner, then (step, lease, fifo 0/1, cap or -1) each. Returns [id, step, attempts,
-# lost, event JSON] per delivery, in publish order.
+# lost, event JSON] per delivery, in publish order, and the due time of the next delayed delivery (or nil).
 CLAIM = (
     _QUEUE
     + """
@@ -172,7 +172,8 @@ for k = 1, math.min(limit, #found) do
   redis.call('ZADD', P..':a:'..step, now + lease, id)
   out[k] = {id, step, attempts, lost, f[5]}
 end
-return out
+-- When the next delayed delivery is due, so that a waiting worker sleeps until then without asking.
+return {out, redis.call('ZRANGE', P..':delayed', 0, 0, 'WITHSCORES')[2] or false}
 """
 )
 
@@ -196,14 +197,14 @@ return lost
 """
 )
 
-# ARGV: P, id, attempt.
+# ARGV: P, id, attempt. No wake message: what an ack frees (a slot of a capped step, the next delivery of
+# a FIFO group) is taken by the worker that acked, which wakes itself; others look within a second anyway.
 ACK = (
     _QUEUE
     + """
 local f = held(ARGV[2], ARGV[3])
 if not f then return 0 end
 settle(ARGV[2], f)
-redis.call('PUBLISH', P..':wake', '')
 return 1
 """
 )
@@ -341,6 +342,13 @@ else
 end
 redis.call('SADD', P..':'..ns..'g', group)
 return value
+"""
+
+# ARGV: P, namespace, group, key, raw value. (A script, not MULTI: one command and one reply.)
+SET = """
+redis.call('HSET', ARGV[1]..':'..ARGV[2]..':'..ARGV[3], ARGV[4], ARGV[5])
+redis.call('SADD', ARGV[1]..':'..ARGV[2]..'g', ARGV[3])
+return 1
 """
 
 # ARGV: P, namespace, group, key, expected raw value, 1 if it was missing, new raw value. 1 when swapped.
