@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from stepline.testing import serve
 
 from .conftest import ProjectFactory
@@ -46,7 +48,9 @@ PROJECT = {
 }
 
 
-async def test_an_api_emit_past_the_backlog_limit_is_refused_with_503(make_project: ProjectFactory, store: str) -> None:
+async def test_an_api_emit_past_the_backlog_limit_is_refused_with_503(
+    make_project: ProjectFactory, store: str, caplog: pytest.LogCaptureFixture
+) -> None:
     root = make_project(PROJECT)
     async with serve(root, store=store) as running:
         client = running.client
@@ -74,6 +78,9 @@ async def test_an_api_emit_past_the_backlog_limit_is_refused_with_503(make_proje
         assert sorted(done) == ["0", "1", "100", "101", "102", "103", "104", "2"]  # nothing refused was run
         await asyncio.sleep(0.15)  # the counted backlog is trusted for 0.1 s
         assert (await client.post("/jobs", json={"n": 5})).status_code == 202  # drained: accepted again
+        # Said once when it began refusing and once when it stopped; no error per refused request.
+        assert caplog.text.count("has 3 events waiting (its maxBacklog is 3)") == 1
+        assert "is below its maxBacklog again" in caplog.text and "failed: BacklogFullError" not in caplog.text
         await running.settle()
         assert await running.stepline.engine.state.get("done", "5") is True
         assert await running.stepline.engine.queue.dead_letters() == []

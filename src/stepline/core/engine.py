@@ -170,6 +170,7 @@ class Engine:
         self._leases: dict[str, tuple[Delivery, float]] = {}  # delivery id -> (delivery, lease seconds)
         self._settling: set[str] = set()  # deliveries whose outcome (ack, retry, dead letter) is being recorded
         self._backlogs: dict[str, tuple[int, float]] = {}  # step -> (its backlog as last counted, when)
+        self._refusing: set[str] = set()  # steps whose backlog is at its limit now (said once in the log)
         # Where a task blocked the event loop, as the watchdog found it (set from its thread, read by the run).
         self._blocked: dict[asyncio.Task[Any] | None, str] = {}
         self._buffer: deque[TraceRecord] = deque()
@@ -428,7 +429,19 @@ class Engine:
                 count, read_at = await self.queue.backlog(name), now
             if count >= limit:
                 self._backlogs[name] = (count, read_at)
+                if name not in self._refusing:
+                    self._refusing.add(name)
+                    log.warning(
+                        "step %s has %d events waiting (its maxBacklog is %d): emits to it from API steps answer "
+                        "503 until it drains",
+                        name,
+                        count,
+                        limit,
+                    )
                 raise BacklogFullError(name, count, limit)
+            if name in self._refusing:
+                self._refusing.discard(name)
+                log.warning("step %s is below its maxBacklog again: emits to it are accepted", name)
             self._backlogs[name] = (count + 1, read_at)
 
     async def emit_external(
@@ -559,7 +572,8 @@ class Engine:
             if self._blocked:
                 self._note_blocked(failed.data)
             self.record(failed)
-            if status == "error":
+            # A refused intake is the push-back asked for, not a failure: said once per step, not per request.
+            if status == "error" and not isinstance(exc, BacklogFullError):
                 log.error(
                     "step %s failed: %s", step.name, _describe(exc), extra={"trace_id": trace_id, "step": step.name}
                 )
