@@ -149,6 +149,7 @@ class Engine:
         self._stall_after = stall_after
         self._looped_at = 0.0  # when the delivery loop last went round (monotonic)
         self._full = False  # it waits for a running handler to finish: quiet, not stuck
+        self._worker: asyncio.Task[None] | None = None  # the delivery loop's task
         # Time as the rules see it (stamps, delays, stop-mark reads); durations stay on perf_counter.
         self.clock = clock
         # How a handler's ctx is made from its parts: the app's adds the agent features (stepline.context).
@@ -187,6 +188,8 @@ class Engine:
         self._listeners: set[asyncio.Queue[TraceRecord]] = set()  # live views (the Workbench)
         self._stopped_read = 0.0
         self._specs = _claim_specs(project)
+        self._limits = _backlog_limits(project)
+        self._limits = _backlog_limits(project)
         self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -199,7 +202,7 @@ class Engine:
         if self.consume:
             self._looped_at = time.monotonic()
             self._tasks += [
-                asyncio.create_task(self._work(), name="stepline-worker"),
+                self._start_work(),
                 asyncio.create_task(self._renew_loop(), name="stepline-leases"),
                 asyncio.create_task(self._watch_work(), name="stepline-stalls"),
             ]
@@ -219,9 +222,8 @@ class Engine:
         gives their leases back as it closes, or they run out), their attempts counted as lost."""
         self._running = False
         self._activity.set()
-        for task in self._tasks:  # the claim loop first: lease renewal and trace writing go on meanwhile
-            if task.get_name() == "stepline-worker":
-                task.cancel()
+        if self._worker is not None:  # the claim loop first: lease renewal and trace writing go on meanwhile
+            self._worker.cancel()
         if self._inflight:
             _done, pending = await asyncio.wait(self._inflight, timeout=grace)
             for task in pending:
@@ -382,8 +384,8 @@ class Engine:
         data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
         event = Event(new_id(), topic, data, trace_id, step, self.clock.time(), message_group_id)
         subscribers = {s.name: delay + _delay_of(s) for s in self.project.subscribers(topic)}
-        limited = self._limited(step, topic)
-        if limited:
+        limited = self._limits.get(topic)
+        if limited and self._is_intake(step):
             await self._check_backlog(limited)
         accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
         shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
@@ -404,19 +406,12 @@ class Engine:
         self._activity.set()
         return event
 
-    def _limited(self, step: str | None, topic: str) -> list[tuple[str, int]]:
-        """The subscribers of `topic` with a backlog limit, when the emit is intake (from an API step or from
-        outside any step); none otherwise."""
-        if step is not None:
-            emitter = self.project.steps.get(step)
-            if emitter is None or not isinstance(emitter.config, ApiConfig):
-                return []
-        out = []
-        for s in self.project.subscribers(topic):
-            config = s.config
-            if isinstance(config, EventConfig) and config.infrastructure.queue.max_backlog is not None:
-                out.append((s.name, config.infrastructure.queue.max_backlog))
-        return out
+    def _is_intake(self, step: str | None) -> bool:
+        """An emit from an API step or from outside any step: new work, which a backlog limit may refuse."""
+        if step is None:
+            return True
+        emitter = self.project.steps.get(step)
+        return emitter is not None and isinstance(emitter.config, ApiConfig)
 
     async def _check_backlog(self, limited: list[tuple[str, int]]) -> None:
         """Refuse the emit (BacklogFullError) when a subscriber's backlog is at its limit. The count is read
@@ -666,13 +661,15 @@ class Engine:
                 f"it made no claim for {quiet:.0f} s with room to run handlers; it was started again",
                 "if this repeats, the store's connection hangs: check the network to it",
             )
-            for task in self._tasks:
-                if task.get_name() == "stepline-worker":
-                    task.cancel()
-                    self._tasks.remove(task)
-                    break
+            if self._worker is not None:
+                self._worker.cancel()
+                self._tasks.remove(self._worker)
             self._looped_at = time.monotonic()
-            self._tasks.append(asyncio.create_task(self._work(), name="stepline-worker"))
+            self._tasks.append(self._start_work())
+
+    def _start_work(self) -> asyncio.Task[None]:
+        self._worker = asyncio.create_task(self._work(), name="stepline-worker")
+        return self._worker
 
     async def _renew_loop(self) -> None:
         """Extend the lease of every running delivery, so that a live run is never handed out again."""
@@ -889,6 +886,17 @@ def _run_of(stack: list[FrameType]) -> tuple[str, str, str | None] | None:
 
 
 _TRACED = Engine._traced.__code__
+
+
+def _backlog_limits(project: Project) -> dict[str, list[tuple[str, int]]]:
+    """topic -> its subscribers that have a `maxBacklog`, with it (most projects have none)."""
+    limits: dict[str, list[tuple[str, int]]] = {}
+    for step in project.steps.values():
+        config = step.config
+        if isinstance(config, EventConfig) and config.infrastructure.queue.max_backlog is not None:
+            for topic in config.subscribes:
+                limits.setdefault(topic, []).append((step.name, config.infrastructure.queue.max_backlog))
+    return limits
 
 
 def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
