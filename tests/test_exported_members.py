@@ -18,6 +18,9 @@ PUBLIC = {
         "Stepline", "SteplineError", "StoreCorruptError", "StoreError", "StoreURLError", "StoreUnavailableError",
         "StructuredOutputError", "Tool", "ToolArgumentsError", "ToolError", "TurnLimitError", "UndeclaredEmitError",
         "Usage", "__version__", "load_project", "mcp_tools",
+        # durable handlers
+        "CodeChangedError", "DurableError", "DurableSettings", "JournalLimitError", "RecordedStepError",
+        "StepNameError", "Suspended", "WaitTimeoutError",
     ],
     "stepline.testing": ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"],
     "stepline.adapters": [

@@ -25,11 +25,17 @@ SteplineError
 ├── ToolArgumentsError        a model called a tool with arguments that do not fit
 ├── McpServerError            an MCP server could not be started or reached
 ├── ApprovalError             an approval asked for in a way that cannot work
-└── MemoryConflictError       other writers changed a memory under every attempt
+├── MemoryConflictError       other writers changed a memory under every attempt
+├── DurableError              a durable call (ctx.step, ctx.sleep, ctx.wait_for) that cannot work
+│   ├── StepNameError             a journal key used twice in one run, or a reserved one
+│   ├── JournalLimitError         a run past its journal's limits (entries, size of a result)
+│   └── CodeChangedError          a suspended run's step code changed, and its step says dead_letter
+├── RecordedStepError         a recorded failure of a ctx.step whose exception cannot be rebuilt
+└── WaitTimeoutError          a ctx.wait_for whose timeout came before a matching event
 
 BaseException
 └── ControlSignal             the runtime's own flow control (suspend, cancel); not an error,
-                              and not caught by a handler's `except Exception`
+    └── Suspended             and not caught by a handler's `except Exception`
 """
 
 from __future__ import annotations
@@ -249,9 +255,57 @@ class MemoryConflictError(SteplineError):
         )
 
 
+class DurableError(SteplineError):
+    """A durable call (ctx.step, ctx.sleep, ctx.wait_for) that cannot work as made; the message says the fix."""
+
+
+class StepNameError(DurableError):
+    pass
+
+
+class JournalLimitError(DurableError):
+    pass
+
+
+class CodeChangedError(DurableError):
+    pass
+
+
+class RecordedStepError(SteplineError):
+    """What a replayed `ctx.step` raises when the exception it recorded cannot be made again (its class
+    is gone, or does not take its arguments back): `type` and `message` are the recorded ones."""
+
+    def __init__(self, name: str, type: str, message: str) -> None:
+        self.name = name
+        self.type = type
+        self.message = message
+        super().__init__(f"ctx.step {name!r} failed in an earlier execution of this run: {type}: {message}")
+
+
+class WaitTimeoutError(SteplineError):
+    """`ctx.wait_for` reached its timeout before a matching event came. Catch it to take the timeout path."""
+
+    def __init__(self, topic: str, match: Any, timeout: float | None) -> None:
+        self.topic = topic
+        self.match = match
+        self.timeout = timeout
+        super().__init__(f"no event on {topic!r} matching {match!r} came within {timeout:g} s")
+
+
 class ControlSignal(BaseException):
-    """Reserved for the runtime's own flow control (a handler suspended to wait, a run cancelled).
+    """The runtime's own flow control (a handler suspended to wait, a run cancelled).
 
     It derives from BaseException, not Exception, so that a handler's `except Exception:` does not
-    swallow it on its way back to the engine. Nothing raises it yet; durable handlers will.
+    swallow it on its way back to the engine.
     """
+
+
+class Suspended(ControlSignal):
+    """A durable handler waits (ctx.sleep, ctx.wait_for): the engine frees its worker slot and runs it again
+    from the top at `until` (a time on the runtime's clock; None: when an event wakes it). Let it pass:
+    a handler that catches it and returns fails its run."""
+
+    def __init__(self, until: float | None, waiting: dict[str, Any]) -> None:
+        super().__init__(f"suspended: {waiting}")
+        self.until = until
+        self.waiting = waiting

@@ -22,6 +22,7 @@ from stepline.agents.memory import Memory, Policy
 from stepline.agents.sandbox import CodeResult, run_code
 from stepline.agents.tools import Tool
 from stepline.core.context import Blocking, Emitter, Recorder, RunContext, State, StepCaller, StepLogger, SyncRunContext
+from stepline.core.durable import Run
 from stepline.steps.settings import LLMSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -44,6 +45,7 @@ class Context(RunContext):
         clock: Clock = SYSTEM_CLOCK,
         client: LLMClient | None = None,
         caller: StepCaller | None = None,
+        run: Run | None = None,
     ) -> None:
         super().__init__(
             step=step,
@@ -55,6 +57,7 @@ class Context(RunContext):
             record=record,
             clock=clock,
             control=control,
+            run=run,
         )
         self._client = client
         self._caller = caller
@@ -81,7 +84,7 @@ class Context(RunContext):
             TraceRecord(
                 self.trace_id,
                 "code",
-                self.step,
+                self.step_name,
                 started,
                 {
                     "code": code[:20_000],

@@ -39,13 +39,17 @@ class Delivery:
     (whose lease ran out and whose delivery was handed to someone else) changes nothing.
 
     `lost` says the attempt before this one never finished: its lease ran out, or its worker died, before
-    an ack, retry or dead-letter. A lost attempt counts as an attempt."""
+    an ack, retry or dead-letter. A lost attempt counts as an attempt.
+
+    `resumed` says the run was suspended (ctx.sleep, ctx.wait_for) or given back (a store failure) before:
+    it may have recorded steps in its journal. A first attempt that is not resumed has none to read."""
 
     id: str
     event: Event
     step: str
     attempt: int
     lost: bool = False
+    resumed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +139,16 @@ class EventQueue(Protocol):
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         """Move the delivery out of the queue into the dead letters."""
 
+    async def suspend(self, delivery: Delivery, until: float | None) -> None:
+        """A run that waits (ctx.sleep, ctx.wait_for) lets go of its lease: its attempt is given back, and it
+        is handed out again (with `resumed=True`) at `until`, a time on the store's clock (None: only when
+        woken), or at once if `wake` was called for it while it still held the lease."""
+
+    async def wake(self, delivery_id: str) -> bool:
+        """A suspended run may go on: it is ready at once. One that still holds its lease is marked, so that
+        its next `suspend` hands it out again at once (a wake is never lost to a run about to suspend).
+        False when no such delivery is in the queue."""
+
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
         """Oldest first."""
 
@@ -148,7 +162,8 @@ class EventQueue(Protocol):
         """Counts of the queue. With `horizon` (seconds), delayed deliveries due later than that count as `later`."""
 
     async def backlog(self, step: str) -> int:
-        """How many deliveries of `step` are in the queue: waiting, delayed or leased (not the dead letters)."""
+        """How many deliveries of `step` are in the queue: waiting, delayed or leased (not the dead letters, and
+        not suspended runs: they wait for a time or an event, not for a worker)."""
 
     async def wait(self, timeout: float) -> None:
         """Return when new work may be ready, or after `timeout` seconds, whichever is first."""
@@ -211,7 +226,9 @@ class StateStore(Protocol):
     async def close(self) -> None: ...
 
 
-TraceKind = Literal["trigger", "start", "end", "emit", "state", "log", "retry", "dead_letter", "llm", "tool", "code"]
+TraceKind = Literal[
+    "trigger", "start", "end", "emit", "state", "log", "retry", "dead_letter", "llm", "tool", "code", "run"
+]
 
 
 @dataclass(slots=True)
@@ -314,6 +331,10 @@ def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:
 
 def is_failure(record: TraceRecord) -> bool:
     return record.kind == "end" and record.data.get("status") == "error"
+
+
+# The `until` of a run suspended with no time to wake at (a wait_for without a timeout): the year 9999.
+FOREVER = 253402300799.0
 
 
 # -- opening a store ----------------------------------------------------------------------------------

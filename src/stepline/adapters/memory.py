@@ -21,6 +21,7 @@ from stepline._errors import StoreError
 from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
+    FOREVER,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -47,6 +48,9 @@ class _Entry:
     visible_at: float = 0.0
     leased: bool = False
     lost: bool = False
+    resumed: bool = False
+    suspended: bool = False
+    woken: bool = False
 
     @property
     def group(self) -> tuple[str, str | None]:
@@ -107,9 +111,10 @@ class MemoryEventQueue:
             entry.attempts += 1
             entry.lost = entry.lost or entry.leased  # still leased here: the lease ran out, the attempt was lost
             entry.leased = True
+            entry.suspended = entry.woken = False
             entry.visible_at = now + spec.lease
             heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
-            claimed.append(Delivery(entry.id, entry.event, entry.step, entry.attempts, entry.lost))
+            claimed.append(Delivery(entry.id, entry.event, entry.step, entry.attempts, entry.lost, entry.resumed))
         return claimed
 
     async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
@@ -149,10 +154,40 @@ class MemoryEventQueue:
         if entry is not None:
             entry.leased = False
             entry.lost = False
-            entry.attempts -= 0 if counts else 1
+            if not counts:
+                entry.attempts -= 1
+                entry.resumed = True
             entry.visible_at = self._clock() + delay
             heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
             self._wakeup.set()
+
+    async def suspend(self, delivery: Delivery, until: float | None) -> None:
+        entry = self._release(delivery)
+        if entry is None:
+            return
+        entry.leased = entry.lost = False
+        entry.attempts -= 1
+        entry.resumed = True
+        if entry.woken:
+            entry.visible_at = self._clock()
+            entry.woken = False
+        else:
+            entry.suspended = True
+            entry.visible_at = FOREVER if until is None else until
+            heapq.heappush(self._timers, (entry.visible_at, entry.seq, entry.id))
+        self._wakeup.set()
+
+    async def wake(self, delivery_id: str) -> bool:
+        entry = self._entries.get(delivery_id)
+        if entry is None:
+            return False
+        if entry.leased:
+            entry.woken = True
+        elif entry.suspended:
+            entry.suspended = False
+            entry.visible_at = min(entry.visible_at, self._clock())
+            self._wakeup.set()
+        return True
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         entry = self._release(delivery)
@@ -198,7 +233,7 @@ class MemoryEventQueue:
         return QueueStats(ready, delayed, in_flight, len(self._dead), later)
 
     async def backlog(self, step: str) -> int:
-        return sum(1 for entry in self._entries.values() if entry.step == step)
+        return sum(1 for entry in self._entries.values() if entry.step == step and not entry.suspended)
 
     async def wait(self, timeout: float) -> None:
         now = self._clock()

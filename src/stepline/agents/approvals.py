@@ -99,7 +99,7 @@ class Approvals:
             topic,
             "pending",
             ctx.trace_id,
-            ctx.step,
+            ctx.step_name,
             now,
             data=data,
             message=message,

@@ -452,7 +452,7 @@ class LLM:
             data["tool_calls"] = tool_calls
         if error:
             data["error"] = error
-        self._record(TraceRecord(self._ctx.trace_id, "llm", self._ctx.step, started, data))
+        self._record(TraceRecord(self._ctx.trace_id, "llm", self._ctx.step_name, started, data))
 
     async def _run_tool(self, tools: dict[str, Tool], call_id: str, name: str, raw_arguments: str) -> ToolRun:
         from stepline import _json
@@ -484,7 +484,7 @@ class LLM:
             "status": "error" if run.error else "ok",
         }
         data |= {"error": run.error} if run.error else {"result": _clip(result_text(run.result))}
-        self._record(TraceRecord(self._ctx.trace_id, "tool", self._ctx.step, started, data))
+        self._record(TraceRecord(self._ctx.trace_id, "tool", self._ctx.step_name, started, data))
         return run
 
 

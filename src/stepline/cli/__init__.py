@@ -36,6 +36,7 @@ from stepline.cli.options import (
     load_env,
     store_url,
 )
+from stepline.cli.runs import runs_app
 from stepline.cli.runtime import dlq_app, traces_app
 from stepline.steps.graph import as_json, mermaid, text_tree, trigger
 from stepline.steps.loader import load_project
@@ -565,6 +566,7 @@ def main() -> None:
 
 
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(runs_app, name="runs")
 app.add_typer(traces_app, name="traces")
 app.add_typer(state_app, name="state")
 app.command("approvals")(approvals)

@@ -10,13 +10,16 @@ import asyncio
 import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock
-from stepline._errors import EngineStoppedError
-from stepline.adapters.base import CompareAndSet, Increment, Merge, StateStore, TraceRecord
+from stepline._errors import DurableError, EngineStoppedError
+from stepline.adapters.base import CompareAndSet, Event, Increment, Merge, StateStore, TraceRecord
 from stepline.core import trace as tr
+from stepline.core.durable import Run, until_of
 
 if TYPE_CHECKING:
     from stepline.steps.config import ApiConfig
@@ -41,7 +44,7 @@ class Emitter(Protocol):
         message_group_id: str | None = None,
         delay: float = 0.0,
         idempotency_key: str | None = None,
-    ) -> Awaitable[object]: ...
+    ) -> Awaitable[Event]: ...
 
 
 class StepLogger:
@@ -246,13 +249,21 @@ class ContextFactory(Protocol):
         logger: StepLogger,
         record: Recorder,
         clock: Clock,
+        run: Run | None = None,
     ) -> RunContext: ...
 
 
+_NO_SUSPEND = (
+    "an API step cannot suspend: its caller is waiting for the response. Emit an event instead, and "
+    "sleep or wait_for in the event step that subscribes to it (docs/durable.md)"
+)
+T_ = TypeVar("T_")
+
+
 class RunContext:
-    """What every handler gets as `ctx`: emit, state, logger, its trace and step. The agent features
-    (`ctx.llm`, `ctx.approvals`, `ctx.run_code`) are `stepline.context.Context`'s, which the app gives
-    handlers; the engine knows only this."""
+    """What every handler gets as `ctx`: emit, state, logger, its trace and step, and the durable calls
+    (`ctx.step`, `ctx.sleep`, `ctx.wait_for`). The agent features (`ctx.llm`, `ctx.approvals`,
+    `ctx.run_code`) are `stepline.context.Context`'s, which the app gives handlers; the engine knows only this."""
 
     def __init__(
         self,
@@ -266,8 +277,9 @@ class RunContext:
         logger: StepLogger,
         record: Recorder,
         clock: Clock = SYSTEM_CLOCK,
+        run: Run | None = None,
     ) -> None:
-        self.step = step
+        self.step_name = step
         self.trace_id = trace_id
         self.flows = flows
         self.state = state
@@ -278,6 +290,51 @@ class RunContext:
         self._record = record
         # The runtime's clock (stepline._clock): what the agent features stamp and time out by.
         self.clock = clock
+        # The journal of this delivery's run (None in an API request: it has no run, and cannot suspend).
+        self.run = run
+
+    @property
+    def run_id(self) -> str | None:
+        """This run's id (the delivery's): the same across its retries and resumes. None in an API step."""
+        return self.run.id if self.run is not None else None
+
+    def idempotency_key(self, name: str) -> str:
+        """A key for an outside API's idempotency (Stripe's Idempotency-Key): the same in every execution of
+        this run, so that a step re-run after a crash asks the outside service for the same thing."""
+        return f"{self.run.id if self.run is not None else self.trace_id}:{name}"
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn(*args, **kwargs)` (sync or async) once per run: its result (JSON, or a Pydantic model) is
+        recorded, and when the handler runs again (a retry, a resume) the recorded result is returned, or the
+        recorded failure raised, instead of running `fn` again. In an API step it simply runs `fn`."""
+        if self.run is None:
+            result = fn(*args, **kwargs)
+            return await result if asyncio.iscoroutine(result) else result
+        return await self.run.step(name, fn, args, kwargs)
+
+    async def sleep(self, seconds: float, *, name: str | None = None) -> None:
+        """Suspend this run for `seconds`: its worker slot is freed, and it resumes (from the top, its journal
+        replayed) on any worker, across restarts."""
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+            raise DurableError(f"sleep takes seconds as a number, not {seconds!r}")
+        await self.sleep_until(self.clock.time() + max(0.0, float(seconds)), name=name)
+
+    async def sleep_until(self, when: float | datetime, *, name: str | None = None) -> None:
+        """Suspend this run until `when` (a datetime, or a Unix time)."""
+        if self.run is None:
+            raise DurableError(_NO_SUSPEND)
+        await self.run.sleep_until(until_of(when), name)
+
+    async def wait_for(
+        self, topic: str, match: dict[str, Any] | None = None, *, timeout: float | None = None, name: str | None = None
+    ) -> Any:
+        """Suspend until an event on `topic` whose data contains `match` is published, and return its data;
+        after `timeout` seconds raise WaitTimeoutError. Events published after the event that started this run
+        count, also those that came before this line ran (docs/durable.md); the step lists `topic` in its
+        config's `waitsFor`."""
+        if self.run is None:
+            raise DurableError(_NO_SUSPEND)
+        return await self.run.wait_for(topic, match, timeout, name)
 
     @property
     def control(self) -> State:
@@ -285,7 +342,7 @@ class RunContext:
         not traced as its changes (the features that keep them trace what they do in their own words).
         Made when first asked for: most runs never do."""
         if self._control is None:
-            self._control = State(self._control_store, _untraced, self.trace_id, self.step, self.clock)
+            self._control = State(self._control_store, _untraced, self.trace_id, self.step_name, self.clock)
         return self._control
 
     def sync(self, loop: asyncio.AbstractEventLoop) -> SyncRunContext:
@@ -321,7 +378,20 @@ class RunContext:
         else:
             topic = event
         # `trace_id` continues another trace: an approval's decision goes out in the trace that asked for it.
-        await self._emitter(self.step, trace_id or self.trace_id, topic, data, message_group_id, delay, idempotency_key)
+        send = partial(
+            self._emitter,
+            self.step_name,
+            trace_id or self.trace_id,
+            topic,
+            data,
+            message_group_id,
+            delay,
+            idempotency_key,
+        )
+        if self.run is None:
+            await send()
+        else:  # once per run: an execution after a retry or a resume does not emit again what one before did
+            await self.run.emit(topic, None, send)
 
 
 _EMIT_KEYS = frozenset({"topic", "data", "messageGroupId", "delay", "idempotencyKey"})
@@ -389,7 +459,7 @@ class SyncRunContext(Blocking):
     def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop)
         self._ctx = ctx
-        self.step = ctx.step
+        self.step_name = ctx.step_name
         self.trace_id = ctx.trace_id
         self.flows = ctx.flows
         self.logger = ctx.logger
@@ -407,3 +477,24 @@ class SyncRunContext(Blocking):
         self._run(
             self._ctx.emit(event, data, message_group_id=message_group_id, delay=delay, idempotency_key=idempotency_key)
         )
+
+    @property
+    def run_id(self) -> str | None:
+        return self._ctx.run_id
+
+    def idempotency_key(self, name: str) -> str:
+        return self._ctx.idempotency_key(name)
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._run(self._ctx.step(name, fn, *args, **kwargs))
+
+    def sleep(self, seconds: float, *, name: str | None = None) -> None:
+        self._run(self._ctx.sleep(seconds, name=name))
+
+    def sleep_until(self, when: float | datetime, *, name: str | None = None) -> None:
+        self._run(self._ctx.sleep_until(when, name=name))
+
+    def wait_for(
+        self, topic: str, match: dict[str, Any] | None = None, *, timeout: float | None = None, name: str | None = None
+    ) -> Any:
+        return self._run(self._ctx.wait_for(topic, match, timeout=timeout, name=name))

@@ -28,9 +28,11 @@ from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
 from stepline._errors import (
     BacklogFullError,
+    CodeChangedError,
     SchemaValidationError,
     StoreError,
     StoreUnavailableError,
+    Suspended,
     UndeclaredEmitError,
 )
 from stepline._health import Health
@@ -47,6 +49,7 @@ from stepline.adapters.base import (
 )
 from stepline.core import trace as tr
 from stepline.core.context import ContextFactory, Recorder, RunContext, State, StepLogger
+from stepline.core.durable import CANCEL, WAITS_STEP, Limits, Run, Waits
 from stepline.core.threads import HandlerThreads
 from stepline.core.watchdog import Blocked, LoopWatchdog
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
@@ -55,6 +58,7 @@ from stepline.steps.request import ApiRequest
 from stepline.steps.schema import MAX_ERRORS
 
 STOPPED_TRACES = "stopped"  # the group of stopped traces in the store's control state, by trace id
+_OWN_TOPICS = "stepline."  # topics of Stepline's own (an approval's decision): any step may emit them
 
 
 async def stop_trace(control: StateStore, trace_id: str, reason: str = "", clock: Clock = SYSTEM_CLOCK) -> None:
@@ -94,6 +98,7 @@ Delivered = Step[EventConfig] | Step[CronConfig]
 
 # A lease must outlive the handler's own timeout, or a slow-but-healthy run would be handed out twice.
 _LEASE_MARGIN = 10.0
+_WAITS_LEASE = 30.0  # an offer to the waits: a few store calls
 _TRACE_LINGER = 0.02
 _BACKLOG_FRESH = 0.1  # seconds a step's counted backlog is trusted (plus this process's emits since)
 _FLUSH_BATCH = 5000
@@ -134,6 +139,7 @@ class Engine:
         consume: bool = True,
         feed: RecordFeed | None = None,
         stall_after: float = 60.0,
+        wait_lookback: float = 7 * 86400.0,
     ) -> None:
         self.project = project
         # Whether this engine runs the event and cron steps' handlers: not in an API process
@@ -189,8 +195,12 @@ class Engine:
         self._stopped_read = 0.0
         self._specs = _claim_specs(project)
         self._limits = _backlog_limits(project)
-        self._limits = _backlog_limits(project)
         self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
+        self._waited = project.waited_topics  # topics whose events also go to the waits (WAITS_STEP)
+        self._waits = Waits(control, queue, clock, self.record, wait_lookback)
+        self._cancels: dict[str, Any] = {}  # run id -> its cancellation, as last read from the store
+        self._cancelling: set[str] = set()  # running deliveries this engine cancelled because a person asked
+        self._cancels_read = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -247,6 +257,8 @@ class Engine:
         """Hot reload: new deliveries run the new code; queued events stay queued, in-flight ones finish."""
         self.project = project
         self._specs = _claim_specs(project)
+        self._limits = _backlog_limits(project)
+        self._waited = project.waited_topics
         self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
         self._activity.set()
 
@@ -372,7 +384,7 @@ class Engine:
         With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued.
         Raises StoreError when the store cannot take it: then nothing was accepted (and nothing traced;
         `trigger`, the record of what started the trace, is recorded only for an accepted event)."""
-        if step is not None:
+        if step is not None and not topic.startswith(_OWN_TOPICS):
             declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
             if topic not in declared:
                 raise UndeclaredEmitError(step, topic, declared)
@@ -387,7 +399,10 @@ class Engine:
         limited = self._limits.get(topic)
         if limited and self._is_intake(step):
             await self._check_backlog(limited)
-        accepted = await self.queue.publish(event, subscribers, idempotency_key, self.idempotency_window)
+        # An event some step may wait for also goes, in the same write, to the waits: once it is accepted,
+        # no crash can keep it from a wait_for that matches it.
+        targets = {**subscribers, WAITS_STEP: delay} if topic in self._waited else subscribers
+        accepted = await self.queue.publish(event, targets, idempotency_key, self.idempotency_window)
         shown = data if len(raw) <= TRACE_DATA_LIMIT else clipped(raw)
         record: dict[str, Any] = {"topic": topic, "event_id": event.id, "subscribers": list(subscribers), "data": shown}
         if message_group_id is not None:
@@ -401,7 +416,7 @@ class Engine:
         if trigger is not None:
             self.record(trigger)
         self.record(tr.emit(trace_id, step, event.created_at, record))
-        if not subscribers and not self.project.awaited_by(topic):
+        if not subscribers and topic not in self._waited and not self.project.awaited_by(topic):
             log.warning("event %r has no subscribers", topic, extra={"trace_id": trace_id, "step": step})
         self._activity.set()
         return event
@@ -484,7 +499,7 @@ class Engine:
 
     # -- contexts ---------------------------------------------------------------------------------
 
-    def context(self, step: Step, trace_id: str, delivery_id: str | None = None) -> RunContext:
+    def context(self, step: Step, trace_id: str, delivery_id: str | None = None, run: Run | None = None) -> RunContext:
         """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
         step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose."""
         record: Recorder = self.record if delivery_id is None else partial(_in_run, self.record, delivery_id)
@@ -498,6 +513,7 @@ class Engine:
             logger=StepLogger(record, trace_id, step.name, self.clock),
             record=record,
             clock=self.clock,
+            run=run,
         )
 
     async def call(self, step: Step, ctx: RunContext, *args: Any) -> Any:
@@ -552,6 +568,12 @@ class Engine:
             took = time.perf_counter() - started
             if timeout is not None and took > timeout:
                 raise _Overran(timeout, took, self._blocked.get(asyncio.current_task()))
+        except Suspended as signal:
+            # Not a failure: the run lets go of its worker and comes back when its time (or event) does.
+            self.record(
+                tr.end(trace_id, step.name, self.clock.time(), info, "suspended", _ms(started), waiting=signal.waiting)
+            )
+            raise
         except BaseException as exc:
             status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             failed = tr.end(
@@ -706,6 +728,15 @@ class Engine:
         if now - self._stopped_read >= 1.0:
             self._stopped = set(await self.control.get_group(STOPPED_TRACES))
             self._stopped_read = now
+        # Cancellations, likewise, on the machine's own time (a person's second is not a test clock's).
+        if time.monotonic() - self._cancels_read >= 1.0:
+            self._cancels_read = time.monotonic()
+            self._cancels = await self.control.get_group(CANCEL)
+            if self._cancels:
+                for task, delivery_id in list(self._inflight.items()):
+                    if delivery_id in self._cancels and delivery_id not in self._cancelling:
+                        self._cancelling.add(delivery_id)
+                        task.cancel()
 
     async def _still_stopped(self, trace_id: str) -> bool:
         """Marks are read once a second; before a delivery is dead-lettered for one, its mark is read again,
@@ -725,6 +756,9 @@ class Engine:
             log.error("delivery task crashed", exc_info=task.exception())
 
     async def _deliver(self, delivery: Delivery) -> None:
+        if delivery.step == WAITS_STEP:
+            await self._offer(delivery)
+            return
         found = self.project.steps.get(delivery.step)
         # (isinstance and a cast rather than Step.of: this is run for every delivery)
         step = (
@@ -743,6 +777,21 @@ class Engine:
             # Kept, not dropped: `stepline traces resume` and a replay run it after all.
             await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
             return
+        durable = config.infrastructure.durable
+        run = Run(
+            delivery=delivery,
+            step=step.name,
+            code=step.code_hash,
+            control=self.control,
+            queue=self.queue,
+            clock=self.clock,
+            record=partial(_in_run, self.record, delivery.id),
+            waited=self._waited,
+            limits=Limits(durable.max_entries, durable.max_result_bytes, durable.on_code_change),
+        )
+        if delivery.id in self._cancels or (delivery.resumed and await self._cancel_asked(delivery.id)):
+            await self._cancelled(step, delivery, run, info)
+            return
         if delivery.lost:
             error = f"attempt {delivery.attempt - 1} did not finish: {LOST_ATTEMPT}"
             attempts = config.infrastructure.queue.max_retries + 1
@@ -750,7 +799,7 @@ class Engine:
                 # The lost attempt was the last: running it again would break maxRetries (and a handler that
                 # kills its worker would be redelivered for ever).
                 await self._dead_letter(
-                    delivery, f"the worker died during the run, on the last of {attempts} attempts: {error}", None
+                    delivery, f"the worker died during the run, on the last of {attempts} attempts: {error}", None, run
                 )
                 return
             self.record(
@@ -778,22 +827,41 @@ class Engine:
                 log.error("%s; not handled", clip(str(exc)), extra={"trace_id": event.trace_id, "step": step.name})
                 await self._dead_letter(delivery, clip(str(exc)), None)
                 return
-        ctx = self.context(step, event.trace_id, delivery.id)
+        try:
+            if delivery.attempt != 1 or delivery.resumed:
+                await run.load()  # before the handler: the code-change rule may stop it from running at all
+        except CodeChangedError as exc:
+            log.error("%s", exc, extra={"trace_id": event.trace_id, "step": step.name})
+            await self._dead_letter(delivery, str(exc), None, run)
+            return
+        except StoreUnavailableError as exc:
+            await self._store_failed(step, delivery, exc, run)
+            return
+        ctx = self.context(step, event.trace_id, delivery.id, run)
         timeout = config.infrastructure.handler.timeout
         args = (data,) if isinstance(config, EventConfig) else ()
         try:
             async with asyncio.timeout(timeout):
                 await self._traced(step, event.trace_id, info, self.call(step, ctx, *args), timeout)
+            if run.suspending is not None:
+                raise _Swallowed()
+        except Suspended as signal:
+            await self._suspend(step, delivery, run, signal)
         except TimeoutError:
-            await self._failed(step, delivery, f"timed out after {timeout:g}s", None)
+            await self._failed(step, delivery, f"timed out after {timeout:g}s", None, run)
         except _Overran as exc:
-            await self._failed(step, delivery, str(exc), None)
+            await self._failed(step, delivery, str(exc), None, run)
         except asyncio.CancelledError:
-            raise  # shutting down: the lease expires and the delivery runs again
+            if delivery.id not in self._cancelling:
+                raise  # shutting down: the lease expires and the delivery runs again
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._cancelled(step, delivery, run, info)
         except StoreUnavailableError as exc:
-            await self._store_failed(step, delivery, exc)
+            await self._store_failed(step, delivery, exc, run)
         except Exception as exc:
-            await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True))
+            await self._failed(step, delivery, clip(_describe(exc)), clip(traceback.format_exc(), tail=True), run)
         else:
             self._settling.add(delivery.id)
             try:
@@ -803,14 +871,72 @@ class Engine:
                 await self._settle(partial(self.queue.ack, delivery), delivery)
             finally:
                 self._settling.discard(delivery.id)
+            if run.journaled:
+                await self._finish(run)
             if self.health.failing:
                 self.health.recovered("runs")
 
-    async def _store_failed(self, step: Delivered, delivery: Delivery, exc: StoreUnavailableError) -> None:
+    async def _finish(self, run: Run) -> None:
+        """A run is over: its journal goes. After its ack, never before (a crash between the two would run it
+        again from the top with no journal); a journal left by a crash in between is only data."""
+        try:
+            await run.finish()
+        except StoreError as exc:
+            log.warning("the journal of finished run %s could not be removed: %s", run.id, exc)
+
+    async def _suspend(self, step: Delivered, delivery: Delivery, run: Run, signal: Suspended) -> None:
+        """The run waits: its journal is written, and its delivery goes back to the queue until its time (or
+        a matching event, which wakes it), holding no worker slot meanwhile."""
+        run.suspending = None
+
+        async def outcome() -> None:
+            await run.before_suspend(signal.waiting)
+            await self.queue.suspend(delivery, signal.until)
+
+        await self._settle(outcome, delivery)
+
+    async def _cancel_asked(self, run_id: str) -> bool:
+        try:
+            asked = await self.control.get(CANCEL, run_id)
+        except StoreError:
+            return False
+        if asked is not None:
+            self._cancels[run_id] = asked
+        return asked is not None
+
+    async def _cancelled(self, step: Delivered, delivery: Delivery, run: Run, info: dict[str, Any]) -> None:
+        """A person cancelled the run: it ends here, in the trace as cancelled, and its journal goes."""
+        self._cancelling.discard(delivery.id)
+        asked = self._cancels.pop(delivery.id, None) or {}
+        reason = asked.get("reason") if isinstance(asked, dict) else None
+        message = "the run was cancelled by a person" + (f": {reason}" if reason else "")
+        now = self.clock.time()
+        self.record(tr.end(delivery.event.trace_id, step.name, now, info, "cancelled", 0.0, error=message))
+        log.warning("%s", message, extra={"trace_id": delivery.event.trace_id, "step": step.name})
+        await self._settle(partial(self.queue.ack, delivery), delivery)
+        run.journaled = True  # its journal, if any, and the cancellation mark both go
+        await self._finish(run)
+
+    async def _offer(self, delivery: Delivery) -> None:
+        """The internal delivery of an event on a waited-for topic: to the waits that match it."""
+        try:
+            await self._waits.offer(delivery.event)
+        except StoreError as exc:
+            await self._settle(partial(self.queue.retry, delivery, 0.5, str(exc), counts=False), delivery)
+            return
+        except Exception as exc:  # a bug here must not lose the event for its waits: it is tried again
+            log.error("an event could not be offered to the waits", exc_info=exc)
+            await self._settle(partial(self.queue.retry, delivery, 1.0, str(exc), counts=False), delivery)
+            return
+        await self._settle(partial(self.queue.ack, delivery), delivery)
+
+    async def _store_failed(
+        self, step: Delivered, delivery: Delivery, exc: StoreUnavailableError, run: Run | None = None
+    ) -> None:
         """The store failed the run (a full disk, a lock held elsewhere), not the handler: it runs again
         after a pause, and the attempt does not count, so that an outage never dead-letters work."""
         self.health.failed("runs", exc, "runs that need the store wait, their attempts not counted")
-        await self._retry(step, delivery, clip(str(exc)), counts=False)
+        await self._retry(step, delivery, clip(str(exc)), counts=False, run=run)
 
     async def _settle(self, outcome: Callable[[], Awaitable[None]], delivery: Delivery) -> None:
         """Record a run's outcome (ack, retry, dead letter), however long the store takes to accept it: the
@@ -836,13 +962,15 @@ class Engine:
             self.health.recovered("outcomes")
             return
 
-    async def _failed(self, step: Delivered, delivery: Delivery, error: str, tb: str | None) -> None:
+    async def _failed(self, step: Delivered, delivery: Delivery, error: str, tb: str | None, run: Run) -> None:
         if delivery.attempt <= step.config.infrastructure.queue.max_retries:
-            await self._retry(step, delivery, error)
+            await self._retry(step, delivery, error, run=run)
         else:
-            await self._dead_letter(delivery, error, tb)
+            await self._dead_letter(delivery, error, tb, run)
 
-    async def _retry(self, step: Delivered, delivery: Delivery, error: str, counts: bool = True) -> None:
+    async def _retry(
+        self, step: Delivered, delivery: Delivery, error: str, counts: bool = True, run: Run | None = None
+    ) -> None:
         """Back to the queue after the step's backoff, the retry in the trace (`counted` when it does not count)."""
         delay = step.config.infrastructure.queue.backoff.delay(delivery.attempt, self._rand())
         now = self.clock.time()
@@ -851,15 +979,33 @@ class Engine:
                 delivery.event.trace_id, step.name, now, delivery.id, delivery.attempt, round(delay, 3), error, counts
             )
         )
-        await self._settle(partial(self.queue.retry, delivery, delay, error, counts=counts), delivery)
 
-    async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None) -> None:
+        async def outcome() -> None:
+            if run is not None:  # what the run did stays done: its next execution does not do it again
+                await run.before_retry()
+            await self.queue.retry(delivery, delay, error, counts=counts)
+
+        await self._settle(outcome, delivery)
+
+    async def _dead_letter(self, delivery: Delivery, error: str, tb: str | None, run: Run | None = None) -> None:
         self.record(
             tr.dead_letter(
                 delivery.event.trace_id, delivery.step, self.clock.time(), delivery.id, delivery.attempt, error
             )
         )
         await self._settle(partial(self.queue.dead_letter, delivery, error, tb), delivery)
+        if run is not None and (run.journaled or not (delivery.attempt == 1 and not delivery.resumed)):
+            # A replay starts the run afresh. (A retried run may have a journal this execution did not read.)
+            run.journaled = True
+            await self._finish(run)
+
+
+class _Swallowed(Exception):
+    def __init__(self) -> None:
+        super().__init__(
+            "the handler caught the suspension of a ctx.sleep or ctx.wait_for (an `except BaseException:` or a bare "
+            "`except:`) and returned: let stepline.Suspended pass, or catch Exception instead"
+        )
 
 
 class _Overran(Exception):
@@ -906,6 +1052,8 @@ def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
         config = step.config
         infra = config.infrastructure
         specs[step.name] = ClaimSpec(_lease_of(config), infra.queue.type == "fifo", infra.handler.concurrency)
+    if project.waited_topics:
+        specs[WAITS_STEP] = ClaimSpec(_WAITS_LEASE)
     return specs
 
 

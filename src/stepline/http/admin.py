@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from stepline import _json
 from stepline._errors import BacklogFullError, HttpError, SchemaValidationError, StoreError
 from stepline.adapters.base import TraceRecord
+from stepline.core import durable
 from stepline.core.engine import replay_all, resume_trace, stop_trace, stopped
 from stepline.core.trace import record_json, summary_json
 from stepline.http.access import refusal
@@ -76,6 +77,9 @@ class WorkbenchApi:
             ("/state/{group}", self.state_group, "GET"),
             ("/state/{group}/{key}", self.state_put, "PUT"),
             ("/state/{group}/{key}", self.state_delete, "DELETE"),
+            ("/runs", self.runs, "GET"),
+            ("/runs/{run_id}", self.run, "GET"),
+            ("/runs/{run_id}/cancel", self.cancel_run, "POST"),
             ("/dead-letters", self.dead_letters, "GET"),
             ("/dead-letters/replay", self.replay, "POST"),
             ("/emit", self.emit, "POST"),
@@ -257,6 +261,28 @@ class WorkbenchApi:
     async def dead_letters(self, request: Request) -> Response:
         dead = await self.engine.queue.dead_letters(_int(request, "limit", 200))
         return json_response([d.to_dict() for d in dead])
+
+    async def runs(self, request: Request) -> Response:
+        """The durable runs (with a journal), oldest first; `?suspended=1` for the suspended ones only."""
+        found = await durable.runs(self.engine.control)
+        if request.query_params.get("suspended") in ("1", "true"):
+            found = [r for r in found if r.get("status") == "suspended"]
+        return json_response(found[: _int(request, "limit", 1000)])
+
+    async def run(self, request: Request) -> Response:
+        found = await durable.run_details(self.engine.control, request.path_params["run_id"])
+        if found is None:
+            return json_response({"error": "no durable run with that id: it finished, or never recorded a step"}, 404)
+        return json_response(found)
+
+    async def cancel_run(self, request: Request) -> Response:
+        body = await self._json_body(request, allow_empty=True)
+        reason = body.get("reason", "") if isinstance(body, dict) else ""
+        run_id = request.path_params["run_id"]
+        engine = self.engine
+        if not await durable.cancel_run(engine.control, engine.queue, run_id, reason or "cancelled", engine.clock):
+            return json_response({"error": "no run with that id is in the queue"}, 404)
+        return json_response({"cancelling": run_id}, 202)
 
     async def live(self, request: Request) -> Response:
         """Server-sent events: every trace record as it is written, in batches at most 4 times a second."""

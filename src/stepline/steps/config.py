@@ -96,10 +96,23 @@ class QueueSettings(BaseModel):
     max_backlog: int | None = Field(None, ge=1, alias="maxBacklog")
 
 
+class DurableSettings(BaseModel):
+    """A run's journal (ctx.step, ctx.sleep, ctx.wait_for; docs/durable.md)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # What a suspended run does when it resumes on changed code: go on from its journal (the journal is
+    # keyed by name, so added and removed steps behave as the code reads), with a warning in the log and the
+    # trace; or go to the dead letters, to be replayed from the top on purpose.
+    on_code_change: Literal["continue", "dead_letter"] = Field("continue", alias="onCodeChange")
+    max_entries: int = Field(1000, ge=1, alias="maxEntries")
+    max_result_bytes: int = Field(1024 * 1024, ge=1, alias="maxResultBytes")
+
+
 class Infrastructure(BaseModel):
     model_config = ConfigDict(extra="forbid")
     handler: HandlerSettings = Field(default_factory=HandlerSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
+    durable: DurableSettings = Field(default_factory=DurableSettings)
 
 
 class _StepConfig(BaseModel):
@@ -187,6 +200,8 @@ class EventConfig(_StepConfig):
     type: Literal["event"] = "event"
     subscribes: TopicList = Field(min_length=1)
     input: SchemaField = None
+    # The topics its handler may ctx.wait_for: their events are kept for waits (docs/durable.md).
+    waits_for: TopicList = Field(default_factory=list, alias="waitsFor")
     infrastructure: Infrastructure = Field(default_factory=Infrastructure)
 
 
@@ -197,6 +212,7 @@ class CronConfig(_StepConfig):
     # A tick missed while no worker ran: "once" runs it once at start-up (however many were missed),
     # "skip" waits for the next one.
     missed: Literal["once", "skip"] = "once"
+    waits_for: TopicList = Field(default_factory=list, alias="waitsFor")
     # A tick is a delivery like an event's: the same timeout, lease, retries and dead letters.
     infrastructure: Infrastructure = Field(default_factory=Infrastructure)
 
@@ -250,6 +266,7 @@ _FIXES: dict[str, str] = {
     "queryParams": 'use a schema, or a list like [{"name": "page", "description": "..."}]',
     "middleware": "list async functions `async def mw(req, ctx, next): return await next()`",
     "flows": 'list flow names, like "flows": ["billing/collections"]',
+    "waitsFor": 'list the topics the handler may ctx.wait_for, like "waitsFor": ["payment.received"]',
 }
 
 

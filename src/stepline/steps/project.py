@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import hashlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,19 @@ class Step(Generic[C]):
     def __post_init__(self) -> None:
         # asked on every call: worked out once
         self.is_async = inspect.iscoroutinefunction(self.handler)
+        self._code_hash: str | None = None
+
+    @property
+    def code_hash(self) -> str:
+        """A hash of the step file's source as loaded: what a suspended run compares on resume."""
+        if self._code_hash is None:
+            try:
+                source = self.file.read_bytes()
+            except OSError:  # a step made in code (tests, Stepline.add): its handler's code stands in
+                code = getattr(self.handler, "__code__", None)
+                source = code.co_code if code is not None else self.name.encode()
+            self._code_hash = hashlib.sha256(source).hexdigest()[:16]
+        return self._code_hash
 
     def of(self, kind: builtins.type[K]) -> Step[K] | None:
         """This step as a `Step[kind]`, or None when its config is of another type."""
@@ -65,6 +79,15 @@ class Project:
 
     def subscribers(self, topic: str) -> list[Step]:
         return self._subscribers.get(topic, [])
+
+    @property
+    def waited_topics(self) -> frozenset[str]:
+        """The topics some step may ctx.wait_for (its `waitsFor`), and the approvals' own."""
+        topics = {"stepline.approvals"}
+        for step in self.steps.values():
+            if isinstance(step.config, EventConfig | CronConfig):
+                topics.update(step.config.waits_for)
+        return frozenset(topics)
 
     def awaited_by(self, topic: str) -> list[Step]:
         """Steps that virtually subscribe to `topic`: a human or an outside system acts on it."""

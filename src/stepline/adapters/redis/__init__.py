@@ -41,6 +41,7 @@ from stepline._health import Health
 from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
+    FOREVER,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -66,6 +67,7 @@ HEARTBEAT = 1.0
 # missed while the channel reconnects).
 _POLL = 1.0
 _MIN_VERSION = (6, 2)  # ZADD GT, ZRANGE ... WITHSCORES as the scripts use them
+MAX_CONNECTIONS = 128  # per process: a Redis serves 10,000 clients by default
 _NONE_GROUP = "~"  # the group key of events without a message group (named groups are "=" + name)
 
 
@@ -102,20 +104,26 @@ class Connection:
         # retries the whole operation, with backoff, and reports it (health); an emit fails at once (503).
         # Any: redis-py types each reply as every shape a reply can take (bytes | str | list | ...), which
         # says less than the scripts' own comments do.
-        self.client: Any = aioredis.Redis.from_url(
+        # A blocking pool: past MAX_CONNECTIONS operations at once (an API process under a burst, 10,000 emits
+        # gathered), an operation waits for a connection (up to `timeout`), where redis-py's default pool of
+        # 100 fails it with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
             socket_connect_timeout=min(timeout, 2.0),
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=10,
         )
-        pool = self.client.connection_pool
+        self.client: Any = aioredis.Redis.from_pool(pool)
         pool.connection_class = _packed_by_hiredis(pool.connection_class)
         self._scripts = {
             name: self.client.register_script(getattr(scripts, name))
             for name in (
-                "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "DEAD_LETTER", "REPLAY", "PURGE", "STATS", "HEARTBEAT",
-                "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND", "DROP_TRACES", "CLAIM_TICK",
+                "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "SUSPEND", "WAKE", "DEAD_LETTER", "REPLAY", "PURGE",
+                "STATS", "HEARTBEAT", "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND", "DROP_TRACES",
+                "CLAIM_TICK",
             )
         }  # fmt: skip
         self._checked = False
@@ -289,7 +297,10 @@ class RedisEventQueue:
             args += [step, _num(spec.lease), int(spec.fifo), cap]
         rows, due = await self._conn.script("CLAIM", *args)  # with no specs, it still moves due delayed ones
         self._next_due = None if due is None else float(due)
-        return [Delivery(i.decode(), _event(e), s.decode(), int(n), bool(lost)) for i, s, n, lost, e in rows]
+        return [
+            Delivery(i.decode(), _event(e), s.decode(), int(n), bool(lost), bool(resumed))
+            for i, s, n, lost, e, resumed in rows
+        ]
 
     async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
         if not leases:
@@ -308,6 +319,18 @@ class RedisEventQueue:
         now = _num(self._clock.time())
         await self._conn.script("RETRY", delivery.id, delivery.attempt, now, _num(delay), int(counts))
         self._wakeup.set()
+
+    async def suspend(self, delivery: Delivery, until: float | None) -> None:
+        now = _num(self._clock.time())
+        await self._conn.script(
+            "SUSPEND", delivery.id, delivery.attempt, now, _num(FOREVER if until is None else until)
+        )
+        self._wakeup.set()
+
+    async def wake(self, delivery_id: str) -> bool:
+        woken = await self._conn.script("WAKE", delivery_id, _num(self._clock.time()))
+        self._wakeup.set()
+        return bool(woken)
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         now = _num(self._clock.time())

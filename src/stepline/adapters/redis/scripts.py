@@ -5,12 +5,15 @@ Cluster slot and a script may touch any of them:
 
     P:seq               counter: the publish order of deliveries
     P:d:<id>            hash of a delivery in the queue: e (the event, JSON), s (step), q (seq), g (group key),
-                        n (attempts so far), l (1 while leased), x (1 when the last attempt was lost), o (owner)
+                        n (attempts so far), l (1 while leased), x (1 when the last attempt was lost), o (owner),
+                        u (1 once suspended or given back: its run may have a journal), z (1 while suspended:
+                        not in P:n), w (1 when woken while leased: its next suspend makes it ready at once)
     P:r:<step>          zset id -> seq: deliveries of the step that may be claimed now
     P:h:<step>          zset group key -> seq: the groups whose first delivery may be claimed now (FIFO claims)
     P:g:<step>:<gk>     zset id -> seq: every delivery of the step and message group still in the queue
     P:a:<step>          zset id -> lease deadline: leased deliveries
-    P:delayed           zset id -> due time: delayed deliveries (a delayed emit, a retry's backoff); no lease
+    P:delayed           zset id -> due time: delayed deliveries (a delayed emit, a retry's backoff, a suspended
+                        run's wake time); no lease
     P:steps             set: the steps that have had deliveries
     P:n:<step>          counter: the step's deliveries in the queue (its backlog)
     P:o:<owner>         set: the deliveries a worker (one queue object) leased
@@ -90,6 +93,17 @@ local function give_back(owner, now)
   redis.call('DEL', P..':o:'..owner)
   redis.call('ZREM', P..':workers', owner)
 end
+-- The lease of attempt `attempt` ends without an outcome (a retry, a suspension): fields n l s g o q e, or nil.
+local function release(id, attempt)
+  local f = held(id, attempt)
+  if not f then return nil end
+  redis.call('ZREM', P..':a:'..f[3], id)
+  unready(id, f[3], f[4])
+  if f[5] then redis.call('SREM', P..':o:'..f[5], id) end
+  redis.call('HSET', P..':d:'..id, 'l', 0, 'x', 0)
+  redis.call('HDEL', P..':d:'..id, 'o')
+  return f
+end
 local function settle(id, f)
   redis.call('ZREM', P..':a:'..f[3], id)
   unready(id, f[3], f[4])
@@ -162,15 +176,16 @@ local out = {}
 for k = 1, math.min(limit, #found) do
   local seq, id, step, lease = found[k][1], found[k][2], found[k][3], found[k][4]
   local key = P..':d:'..id
-  local f = redis.call('HMGET', key, 'g', 'l', 'x', 'o', 'e')
+  local f = redis.call('HMGET', key, 'g', 'l', 'x', 'o', 'e', 'u', 'z')
   unready(id, step, f[1])
   local attempts = redis.call('HINCRBY', key, 'n', 1)
   local lost = (f[2] == '1' or f[3] == '1') and 1 or 0
-  redis.call('HSET', key, 'l', 1, 'x', lost, 'o', owner)
+  if f[7] == '1' then redis.call('INCR', P..':n:'..step) end  -- a suspended run whose time came counts again
+  redis.call('HSET', key, 'l', 1, 'x', lost, 'o', owner, 'z', 0, 'w', 0)
   if f[4] and f[4] ~= owner then redis.call('SREM', P..':o:'..f[4], id) end
   redis.call('SADD', P..':o:'..owner, id)
   redis.call('ZADD', P..':a:'..step, now + lease, id)
-  out[k] = {id, step, attempts, lost, f[5]}
+  out[k] = {id, step, attempts, lost, f[5], f[6] == '1' and 1 or 0}
 end
 -- When the next delayed delivery is due, so that a waiting worker sleeps until then without asking.
 return {out, redis.call('ZRANGE', P..':delayed', 0, 0, 'WITHSCORES')[2] or false}
@@ -214,15 +229,13 @@ RETRY = (
     _QUEUE
     + """
 local id = ARGV[2]
-local f = held(id, ARGV[3])
+local f = release(id, ARGV[3])
 if not f then return 0 end
 local key = P..':d:'..id
-redis.call('ZREM', P..':a:'..f[3], id)
-unready(id, f[3], f[4])
-if f[5] then redis.call('SREM', P..':o:'..f[5], id) end
-if ARGV[6] == '0' then redis.call('HINCRBY', key, 'n', -1) end
-redis.call('HSET', key, 'l', 0, 'x', 0)
-redis.call('HDEL', key, 'o')
+if ARGV[6] == '0' then
+  redis.call('HINCRBY', key, 'n', -1)
+  redis.call('HSET', key, 'u', 1)
+end
 local delay = tonumber(ARGV[5])
 if delay > 0 then
   redis.call('ZADD', P..':delayed', tonumber(ARGV[4]) + delay, id)
@@ -230,6 +243,49 @@ else
   visible(id, f[3], f[6], f[4])
 end
 redis.call('PUBLISH', P..':wake', '')
+return 1
+"""
+)
+
+# ARGV: P, id, attempt, now, until. The attempt is given back; woken while it ran, the run is ready at once.
+SUSPEND = (
+    _QUEUE
+    + """
+local id = ARGV[2]
+local f = release(id, ARGV[3])
+if not f then return 0 end
+local key = P..':d:'..id
+redis.call('HINCRBY', key, 'n', -1)
+local woken = redis.call('HGET', key, 'w') == '1'
+redis.call('HSET', key, 'u', 1, 'w', 0)
+if woken then
+  visible(id, f[3], f[6], f[4])
+  redis.call('PUBLISH', P..':wake', '')
+else
+  redis.call('HSET', key, 'z', 1)
+  redis.call('DECR', P..':n:'..f[3])
+  redis.call('ZADD', P..':delayed', tonumber(ARGV[5]), id)
+end
+return 1
+"""
+)
+
+# ARGV: P, id, now. 0 when there is no such delivery.
+WAKE = (
+    _QUEUE
+    + """
+local id = ARGV[2]
+local key = P..':d:'..id
+local f = redis.call('HMGET', key, 'l', 'z', 's', 'q', 'g')
+if not f[3] then return 0 end
+if f[1] == '1' then
+  redis.call('HSET', key, 'w', 1)
+elseif f[2] == '1' then
+  redis.call('HSET', key, 'z', 0)
+  redis.call('INCR', P..':n:'..f[3])
+  if redis.call('ZREM', P..':delayed', id) == 1 then visible(id, f[3], f[4], f[5]) end
+  redis.call('PUBLISH', P..':wake', '')
+end
 return 1
 """
 )

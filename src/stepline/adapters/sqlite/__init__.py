@@ -30,6 +30,7 @@ from stepline._health import Health
 from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
+    FOREVER,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -68,10 +69,10 @@ _EVENT = "id, step, event_id, topic, data, trace_id, emitted_by, created_at, mes
 _EVENT_COLUMNS = f"{_EVENT}, attempts"
 
 
-def _delivery(row: sqlite3.Row | tuple[Any, ...], lost: bool = False) -> Delivery:
+def _delivery(row: sqlite3.Row | tuple[Any, ...], lost: bool = False, resumed: bool = False) -> Delivery:
     did, step, event_id, topic, data, trace_id, emitted_by, created_at, group, attempts = row[:10]
     event = Event(event_id, topic, _json.loads(data), trace_id, emitted_by, created_at, group)
-    return Delivery(did, event, step, attempts, lost)
+    return Delivery(did, event, step, attempts, lost, resumed)
 
 
 class SqliteEventQueue:
@@ -198,13 +199,13 @@ class SqliteEventQueue:
             sql = (
                 f"WITH spec (step, lease, fifo, cap) AS (VALUES {values}) "
                 f"UPDATE deliveries SET attempts = attempts + 1, leased = 1, owner = :owner, "
-                f"lost = (lost OR leased), "
+                f"lost = (lost OR leased), suspended = 0, woken = 0, "
                 f"visible_at = :now + (SELECT lease FROM spec WHERE spec.step = deliveries.step) "
-                f"WHERE seq IN ({pick}) RETURNING {_EVENT_COLUMNS}, seq, lost"
+                f"WHERE seq IN ({pick}) RETURNING {_EVENT_COLUMNS}, seq, lost, resumed"
             )
             rows = conn.execute(sql, params).fetchall()
             rows.sort(key=lambda r: r[10])
-            return [_delivery(r, bool(r[11])) for r in rows]
+            return [_delivery(r, bool(r[11]), bool(r[12])) for r in rows]
 
         return await self._db.write(claim)
 
@@ -246,14 +247,43 @@ class SqliteEventQueue:
 
     async def retry(self, delivery: Delivery, delay: float, error: str, *, counts: bool = True) -> None:
         def retry(conn: sqlite3.Connection) -> None:
+            given_back = 0 if counts else 1
             conn.execute(
-                "UPDATE deliveries SET leased = 0, lost = 0, owner = NULL, visible_at = ?, attempts = attempts - ? "
-                "WHERE id = ? AND attempts = ? AND leased = 1",
-                (self._clock() + delay, 0 if counts else 1, delivery.id, delivery.attempt),
+                "UPDATE deliveries SET leased = 0, lost = 0, owner = NULL, visible_at = ?, attempts = attempts - ?, "
+                "resumed = resumed OR ? WHERE id = ? AND attempts = ? AND leased = 1",
+                (self._clock() + delay, given_back, given_back, delivery.id, delivery.attempt),
             )
 
         await self._db.write(retry)
         self._wakeup.set()
+
+    async def suspend(self, delivery: Delivery, until: float | None) -> None:
+        def suspend(conn: sqlite3.Connection) -> None:
+            now = self._clock()
+            conn.execute(
+                "UPDATE deliveries SET leased = 0, lost = 0, owner = NULL, attempts = attempts - 1, resumed = 1, "
+                "suspended = 1 - woken, visible_at = CASE woken WHEN 1 THEN ? ELSE ? END, woken = 0 "
+                "WHERE id = ? AND attempts = ? AND leased = 1",
+                (now, FOREVER if until is None else until, delivery.id, delivery.attempt),
+            )
+
+        await self._db.write(suspend)
+        self._wakeup.set()
+
+    async def wake(self, delivery_id: str) -> bool:
+        def wake(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            row = conn.execute(
+                "UPDATE deliveries SET woken = leased, suspended = 0, "
+                "visible_at = CASE WHEN leased = 0 AND suspended = 1 THEN MIN(visible_at, ?) ELSE visible_at END "
+                "WHERE id = ? RETURNING leased",
+                (now, delivery_id),
+            ).fetchone()
+            return row is not None
+
+        woken = await self._db.write(wake)
+        self._wakeup.set()
+        return woken
 
     async def dead_letter(self, delivery: Delivery, error: str, traceback: str | None) -> None:
         def dead_letter(conn: sqlite3.Connection) -> None:
@@ -323,7 +353,9 @@ class SqliteEventQueue:
 
     async def backlog(self, step: str) -> int:
         def count(conn: sqlite3.Connection) -> int:
-            return int(conn.execute("SELECT COUNT(*) FROM deliveries WHERE step = ?", (step,)).fetchone()[0])
+            return int(
+                conn.execute("SELECT COUNT(*) FROM deliveries WHERE step = ? AND suspended = 0", (step,)).fetchone()[0]
+            )
 
         return await self._db.read(count)
 

@@ -64,7 +64,10 @@ SCHEMA = [
         visible_at REAL NOT NULL,
         leased INTEGER NOT NULL DEFAULT 0,
         owner TEXT,
-        lost INTEGER NOT NULL DEFAULT 0
+        lost INTEGER NOT NULL DEFAULT 0,
+        resumed INTEGER NOT NULL DEFAULT 0,
+        suspended INTEGER NOT NULL DEFAULT 0,
+        woken INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX IF NOT EXISTS deliveries_visible ON deliveries (step, visible_at)",
     "CREATE INDEX IF NOT EXISTS deliveries_group ON deliveries (step, message_group_id, seq)",
@@ -198,9 +201,17 @@ def _to_v2(conn: sqlite3.Connection) -> None:
     conn.execute(f"DELETE FROM state WHERE {_OWN_ROWS}")
 
 
+def _to_v3(conn: sqlite3.Connection) -> None:
+    """2 to 3: durable handlers. A delivery says whether its run was suspended or given back before (`resumed`:
+    it may have a journal to read), whether it is suspended now (not counted in its step's backlog), and
+    whether it was woken while it still ran (`woken`: its next suspend hands it out again at once)."""
+    for column in ("resumed", "suspended", "woken"):
+        conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+
+
 # MIGRATIONS[n] takes a file from version n to n + 1; each step is one function, run in the transaction
 # that opens the file. Append only: a released step never changes, since files out there went through it.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
