@@ -200,6 +200,9 @@ class SyncApprovals(Blocking):
     def request(self, name: str, key: str, *, topic: str, **kw: Any) -> Approval:
         return self._run(self._approvals.request(name, key, topic=topic, **kw))
 
+    def ask(self, name: str, key: str, **kw: Any) -> Approval:
+        return self._run(self._approvals.ask(name, key, **kw))
+
     def decide(self, name: str, key: str, *, approved: bool, **kw: Any) -> Approval | None:
         return self._run(self._approvals.decide(name, key, approved=approved, **kw))
 

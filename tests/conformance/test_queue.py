@@ -255,3 +255,53 @@ async def test_backlog_counts_a_steps_deliveries_until_they_leave_the_queue(adap
     assert await q.backlog("a") == 1
     assert await q.replay(third.id)
     assert await q.backlog("a") == 2
+
+
+async def test_a_suspended_run_gives_its_attempt_back_and_comes_again_at_its_time(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(data="sleeper"), NOW_A)
+    [d] = await q.claim(LEASES, 1)
+    assert not d.resumed
+    await q.suspend(d, adapters.clock.time() + 60)
+    assert await q.claim(LEASES, 1) == []
+    assert await q.backlog("a") == 0  # a suspended run waits for its time, not for a worker
+    stats = await q.stats(horizon=30)
+    assert (stats.in_flight, stats.ready, stats.later) == (0, 0, 1)
+    adapters.clock.advance(61)
+    [again] = await q.claim(LEASES, 1)
+    assert (again.id, again.attempt, again.resumed, again.lost) == (d.id, 1, True, False)
+    assert await q.backlog("a") == 1
+    await q.ack(again)
+    assert (await q.stats()).pending == 0
+
+
+async def test_wake_readies_a_suspended_run_and_is_kept_for_one_still_running(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(data="waiter"), NOW_A)
+    [d] = await q.claim(LEASES, 1)
+    await q.suspend(d, None)  # until woken
+    adapters.clock.advance(10**6)
+    assert await q.claim(LEASES, 1) == []
+    assert await q.wake(d.id)
+    [again] = await q.claim(LEASES, 1)
+    assert again.id == d.id and again.resumed
+    # Woken while it still runs (the event came just before it suspended): its suspend does not hold it.
+    assert await q.wake(d.id)
+    await q.suspend(again, None)
+    [third] = await q.claim(LEASES, 1)
+    assert third.id == d.id and third.attempt == 1
+    await q.suspend(third, None)  # the earlier wake was used up
+    assert await q.claim(LEASES, 1) == []
+    assert not await q.wake("no-such-delivery")
+
+
+async def test_a_stale_attempt_cannot_suspend(adapters: Adapters) -> None:
+    q = adapters.queue
+    await q.publish(event(), NOW_A)
+    [d] = await q.claim({"a": ClaimSpec(5.0)}, 1)
+    adapters.clock.advance(6)  # its lease ran out; the next claim hands it out again
+    [again] = await q.claim(LEASES, 1)
+    await q.suspend(d, adapters.clock.time() + 3600)  # the old attempt: no effect
+    assert (await q.stats()).in_flight == 1
+    await q.ack(again)
+    assert (await q.stats()).pending == 0

@@ -1,5 +1,12 @@
 """`ctx.approvals`: a person decides, the flow waits for it (for hours, across restarts), or times out.
 
+In one step, on a durable wait (docs/durable.md): the run suspends, holding no worker, until the decision:
+
+    approval = await ctx.approvals.ask("report", report_id, data=draft, timeout=86400)
+    if approval.approved: ...
+
+Or across steps, with a decision topic of your own:
+
     # the step that proposes (it lists "report.decided" in its emits)
     await ctx.approvals.request("report", report_id, topic="report.decided", data=draft, timeout=86400)
 
@@ -25,12 +32,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from stepline._errors import ApprovalError
+from stepline._errors import ApprovalError, WaitTimeoutError
 
 if TYPE_CHECKING:
     from stepline.core.context import RunContext
 
 GROUP = "approvals"
+TOPIC = "stepline.approvals"  # where `ask` hears of decisions (a topic every project waits for)
 Status = Literal["pending", "approved", "rejected", "timeout"]
 
 
@@ -119,6 +127,65 @@ class Approvals:
             )
         ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
         return approval
+
+    async def ask(
+        self,
+        name: str,
+        key: str,
+        *,
+        data: Any = None,
+        message: str | None = None,
+        timeout: float | None = None,
+    ) -> Approval:
+        """Ask for a decision on (name, key) and wait for it: the run suspends (its worker freed) until a person
+        decides (`decide`, the Workbench, `POST /__stepline/api/approvals/...`), or `timeout` seconds pass (the
+        approval then has status "timeout"). Only an event or cron step can wait; it resumes across restarts."""
+        ctx = self._ctx
+        if ctx.run is None:
+            raise ApprovalError(
+                "ask waits for the decision, and an API step cannot wait (its caller is waiting): ask from an event "
+                "step, or use request() here and answer 202"
+            )
+        asked = await ctx.step(f"approval:{name}/{key}", self._ask, name, key, data, message, timeout)
+        match = {"approval": {"name": name, "key": key}, "requested_at": asked["requested_at"]}
+        try:
+            await ctx.wait_for(TOPIC, match, timeout=timeout, name=f"approval-decision:{name}/{key}")
+        except WaitTimeoutError:
+            current = await self.get(name, key)
+            if current is not None and current.pending and current.requested_at == asked["requested_at"]:
+                timed_out = Approval.from_dict(
+                    current.to_dict() | {"status": "timeout", "decided_at": ctx.clock.time()}
+                )
+                if await ctx.control.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
+                    ctx.logger.info("approval timed out", {"approval": f"{name}/{key}"})
+                    return timed_out
+        decided = await self.get(name, key)
+        if decided is None:
+            raise ApprovalError(f"approval {name}/{key} was deleted while its step waited for it")
+        return decided
+
+    async def _ask(self, name: str, key: str, data: Any, message: str | None, timeout: float | None) -> dict[str, Any]:
+        ctx = self._ctx
+        now = ctx.clock.time()
+        approval = Approval(
+            name,
+            key,
+            TOPIC,
+            "pending",
+            ctx.trace_id,
+            ctx.step_name,
+            now,
+            data=data,
+            message=message,
+            expires_at=now + timeout if timeout else None,
+        )
+        current = await ctx.control.get(GROUP, _id(name, key))
+        if isinstance(current, dict) and current.get("status") == "pending":
+            raise ApprovalError(f"approval {name}/{key} is already pending (since {current['requested_at']:.0f})")
+        if not await ctx.control.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
+            raise ApprovalError(f"approval {name}/{key} was requested at the same moment by another step")
+        ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
+        return approval.to_dict()
 
     async def decide(
         self, name: str, key: str, *, approved: bool, by: str | None = None, comment: str | None = None

@@ -391,6 +391,31 @@ class LLM:
     async def _complete(
         self, kind: str, model: str, messages: list[dict[str, Any]], options: dict[str, Any], **extra: Any
     ) -> tuple[Any, Usage]:
+        """One model call. In a run (an event or cron step) it is a memoized step: a retried or resumed run
+        gets the recorded response back instead of calling the model again."""
+        run = self._ctx.run
+        if run is None:
+            return await self._call(kind, model, messages, options, **extra)
+
+        async def call() -> Any:
+            return (await self._call(kind, model, messages, options, **extra))[0]
+
+        response, replayed = await run.memo("llm", None, call, _dump_response, _load_response)
+        if replayed:
+            self._record(
+                TraceRecord(
+                    self._ctx.trace_id,
+                    "llm",
+                    self._ctx.step_name,
+                    time.time(),
+                    {"call": kind, "model": model, "status": "ok", "replayed": True, "reply": _clip(_text(response))},
+                )
+            )
+        return response, _usage(response)
+
+    async def _call(
+        self, kind: str, model: str, messages: list[dict[str, Any]], options: dict[str, Any], **extra: Any
+    ) -> tuple[Any, Usage]:
         started = time.time()
         retries = 0
         try:
@@ -455,6 +480,17 @@ class LLM:
         self._record(TraceRecord(self._ctx.trace_id, "llm", self._ctx.step_name, started, data))
 
     async def _run_tool(self, tools: dict[str, Tool], call_id: str, name: str, raw_arguments: str) -> ToolRun:
+        """One tool call. In a run it is a memoized step: a retried or resumed run does not run it again."""
+        run = self._ctx.run
+        if run is None:
+            return await self._invoke_tool(tools, call_id, name, raw_arguments)
+        done, _ = await run.memo(
+            "tool", None, lambda: self._invoke_tool(tools, call_id, name, raw_arguments), _dump_tool, _load_tool
+        )
+        tool_run: ToolRun = done
+        return tool_run
+
+    async def _invoke_tool(self, tools: dict[str, Tool], call_id: str, name: str, raw_arguments: str) -> ToolRun:
         from stepline import _json
 
         started = time.time()
@@ -470,11 +506,16 @@ class LLM:
             if not isinstance(arguments, dict):
                 raise ToolArgumentsError("the arguments must be a JSON object")
             run.arguments = arguments
+            if tool.needs_approval:
+                decided = await self._approved(tool, call_id, arguments)
+                if decided is not None:
+                    raise ToolRefused(decided)
             run.result = await tool.invoke(arguments, self._ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the model sees what went wrong and may try again
-            run.error = str(exc) if isinstance(exc, ToolArgumentsError) else f"{type(exc).__name__}: {exc}"
+            known = isinstance(exc, ToolArgumentsError | ToolRefused)
+            run.error = str(exc) if known else f"{type(exc).__name__}: {exc}"
         data: dict[str, Any] = {
             "tool": name,
             "kind": tool.kind if tool else None,
@@ -486,6 +527,59 @@ class LLM:
         data |= {"error": run.error} if run.error else {"result": _clip(result_text(run.result))}
         self._record(TraceRecord(self._ctx.trace_id, "tool", self._ctx.step_name, started, data))
         return run
+
+    async def _approved(self, tool: Tool, call_id: str, arguments: dict[str, Any]) -> str | None:
+        """Ask a person before a tool that needs approval runs: the run suspends until the decision. None when
+        it is approved; else why not, for the model."""
+        ctx = self._ctx
+        if ctx.run is None:
+            return (
+                f"tool {tool.name} needs a person's approval, and only an event or cron step can wait for one "
+                "(an API step's caller is waiting): run this agent in an event step"
+            )
+        from stepline.agents.approvals import Approvals
+
+        approval = await Approvals(ctx).ask(
+            f"tool.{tool.name}",
+            f"{ctx.run.id}.{call_id}",
+            data={"tool": tool.name, "arguments": arguments},
+            message=f"The agent of step {ctx.step_name} wants to call {tool.name}",
+            timeout=tool.approval_timeout,
+        )
+        if approval.approved:
+            return None
+        if approval.status == "timeout":
+            return f"no one approved this call of {tool.name} in time; it was not made"
+        why = f": {approval.comment}" if approval.comment else ""
+        return f"a person rejected this call of {tool.name}{why}; it was not made"
+
+
+class ToolRefused(Exception):
+    """A tool call a person did not approve: what the model reads instead of a result."""
+
+
+def _dump_response(response: Any) -> Any:
+    return response.model_dump(mode="json", exclude_unset=True)
+
+
+def _load_response(value: Any) -> Any:
+    from openai.types.chat import ChatCompletion
+
+    return ChatCompletion.model_validate(value)
+
+
+def _dump_tool(run: ToolRun) -> dict[str, Any]:
+    from stepline import _json
+
+    try:
+        result = _json.loads(_json.dumps(run.result))
+    except Exception:  # a tool's result that is not JSON: the model read its text, and so will a replay
+        result = result_text(run.result) if run.error is None else None
+    return {"id": run.id, "name": run.name, "arguments": run.arguments, "result": result, "error": run.error}
+
+
+def _load_tool(value: dict[str, Any]) -> ToolRun:
+    return ToolRun(value["id"], value["name"], value.get("arguments") or {}, value.get("result"), value.get("error"))
 
 
 class LLMStream:

@@ -12,7 +12,7 @@ import inspect
 import re
 import typing
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
@@ -43,6 +43,10 @@ class Tool:
     kind: Literal["function", "step", "emit", "mcp"] = "function"
     target: str = ""  # the function's qualified name, the step's name or the topic
     invoke: Invoke | None = None  # None for a step or emit tool until it is resolved against the project
+    # A person approves each call before it runs (ctx.approvals): the agent's run suspends until then, and a
+    # rejection (or no decision within approval_timeout seconds) goes back to the model as the result.
+    needs_approval: bool = False
+    approval_timeout: float | None = None
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -51,8 +55,17 @@ class Tool:
         }
 
     @classmethod
-    def function(cls, fn: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> Tool:
-        """A tool from a typed function (sync or async). A parameter named `ctx` receives the step's context."""
+    def function(
+        cls,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        needs_approval: bool = False,
+        approval_timeout: float | None = None,
+    ) -> Tool:
+        """A tool from a typed function (sync or async). A parameter named `ctx` receives the step's context.
+        With `needs_approval`, a person approves each call before it runs (see docs/durable.md)."""
         name = name or fn.__name__
         _check_name(name)
         summary, arg_docs = _parse_docstring(inspect.getdoc(fn) or "")
@@ -93,18 +106,42 @@ class Tool:
                 return await fn(**kwargs)
             return await asyncio.to_thread(fn, **kwargs)  # a blocking tool must not stall the other handlers
 
-        return cls(name, summary or name, schema, "function", getattr(fn, "__qualname__", name), invoke)
+        qualname = getattr(fn, "__qualname__", name)
+        described = description or summary or name
+        return cls(name, described, schema, "function", qualname, invoke, needs_approval, approval_timeout)
 
     @classmethod
-    def step(cls, step: str, *, name: str | None = None, description: str | None = None) -> Tool:
+    def step(
+        cls,
+        step: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        needs_approval: bool = False,
+        approval_timeout: float | None = None,
+    ) -> Tool:
         """Call one of the project's API steps, in the same trace, with the step's own validation."""
-        return cls(name or step, description or "", kind="step", target=step)
+        return cls(
+            name or step, description or "", kind="step", target=step,
+            needs_approval=needs_approval, approval_timeout=approval_timeout,
+        )  # fmt: skip
 
     @classmethod
-    def emit(cls, topic: str, *, name: str | None = None, description: str | None = None) -> Tool:
+    def emit(
+        cls,
+        topic: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        needs_approval: bool = False,
+        approval_timeout: float | None = None,
+    ) -> Tool:
         """Emit an event to a topic (the calling step must declare it in `emits`), validated like any emit."""
         tool_name = name or emit_tool_name(topic)
-        return cls(tool_name, description or "", kind="emit", target=topic)
+        return cls(
+            tool_name, description or "", kind="emit", target=topic,
+            needs_approval=needs_approval, approval_timeout=approval_timeout,
+        )  # fmt: skip
 
     def resolve(self, caller: StepCaller) -> Tool:
         """A step or emit tool with its schema and behaviour from the loaded project."""
@@ -234,7 +271,7 @@ def _api_step_tool(tool: Tool, caller: StepCaller) -> Tool:
         status, response, _headers = unpack_result(await caller.call_api(step, request, trace_id=ctx.trace_id))
         return {"status": status, "body": response}
 
-    return Tool(tool.name, description, api_parameters(config), "step", tool.target, invoke)
+    return replace(tool, description=description, parameters=api_parameters(config), invoke=invoke)
 
 
 def _emit_tool(tool: Tool, caller: StepCaller) -> Tool:
@@ -247,7 +284,7 @@ def _emit_tool(tool: Tool, caller: StepCaller) -> Tool:
         await ctx.emit(tool.target, topic_data(caller, tool.target, arguments))
         return {"emitted": tool.target}
 
-    return Tool(tool.name, description, parameters, "emit", tool.target, invoke)
+    return replace(tool, description=description, parameters=parameters, invoke=invoke)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

@@ -286,9 +286,11 @@ class Run:
         entries = await self.load()
         found = entries.get(key)
         if found is not None:
+            self._skip(found)
             self._trace("step", name=key, replayed=True)
             return _replayed(key, found, fn)
         started = self._clock.time()
+        before = dict(self._counts)
         try:
             if inspect.iscoroutinefunction(fn):
                 result = await fn(*args, **kwargs)
@@ -300,10 +302,11 @@ class Run:
         except Exception as exc:
             # Recorded with the next write: only if the handler goes on past it (it caught it). A failure
             # that fails the run is not kept, so that the retry runs the step again.
-            self._pending.append((key, {"kind": "step", "at": started, "error": _failure(exc)}))
+            failed = {"kind": "step", "at": started, "error": _failure(exc), **self._inner(before)}
+            self._pending.append((key, failed))
             self._trace("step", name=key, status="error", error=f"{type(exc).__name__}: {exc}")
             raise
-        entry = self._result(key, result, started)
+        entry = self._result(key, result, started) | self._inner(before)
         await self._write(key, entry)
         self._trace("step", name=key, duration_ms=round((self._clock.time() - started) * 1000, 3))
         return result
@@ -345,10 +348,22 @@ class Run:
         entries = await self.load()
         found = entries.get(key)
         if found is not None and "value" in found:
+            self._skip(found)
             return decode(found["value"]), True
+        before = dict(self._counts)
         result = await fn()
-        await self._write(key, {"kind": kind, "at": self._clock.time(), "value": encode(result)})
+        await self._write(key, {"kind": kind, "at": self._clock.time(), "value": encode(result), **self._inner(before)})
         return result, False
+
+    def _inner(self, before: dict[str, int]) -> dict[str, Any]:
+        """The unnamed calls a step made inside it (a tool's emits), by kind: skipped on replay, so that the
+        ordinals of the calls after it stay what they were ("#emit.3" is the same emit in every execution)."""
+        inner = {k: n - before.get(k, 0) for k, n in self._counts.items() if n > before.get(k, 0)}
+        return {"inner": inner} if inner else {}
+
+    def _skip(self, entry: dict[str, Any]) -> None:
+        for kind, n in (entry.get("inner") or {}).items():
+            self._counts[kind] = self._counts.get(kind, 0) + int(n)
 
     # -- emits --------------------------------------------------------------------------------------
 

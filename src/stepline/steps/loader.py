@@ -338,6 +338,11 @@ def _lease_warnings(steps: list[Step]) -> list[Problem]:
     return warnings
 
 
+def _subscribed(step: Step) -> list[str]:
+    subs = step.config.subscribes if isinstance(step.config, EventConfig) else []
+    return [*subs, *step.config.virtual_subscribes]
+
+
 def _topic_warnings(steps: list[Step]) -> list[Problem]:
     emitted: dict[str, list[Step]] = {}
     heard: dict[str, list[Step]] = {}
@@ -345,7 +350,9 @@ def _topic_warnings(steps: list[Step]) -> list[Problem]:
         for e in [*step.config.emits, *step.config.virtual_emits]:
             emitted.setdefault(e.topic, []).append(step)
         subs = step.config.subscribes if isinstance(step.config, EventConfig) else []
-        for topic in [*subs, *step.config.virtual_subscribes]:
+        # A topic a step waits for (ctx.wait_for) is heard as well as one it subscribes to.
+        waits = step.config.waits_for if isinstance(step.config, EventConfig | CronConfig) else []
+        for topic in [*subs, *step.config.virtual_subscribes, *waits]:
             heard.setdefault(topic, []).append(step)
     warnings: list[Problem] = []
     for topic, emitters in sorted(emitted.items()):
@@ -363,10 +370,11 @@ def _topic_warnings(steps: list[Step]) -> list[Problem]:
     for topic, listeners in sorted(heard.items()):
         if topic not in emitted:
             for step in listeners:
+                waits_only = isinstance(step.config, EventConfig | CronConfig) and topic in step.config.waits_for
                 warnings.append(
                     Problem(
                         step.rel,
-                        "subscribes",
+                        "waitsFor" if waits_only and topic not in _subscribed(step) else "subscribes",
                         f"nobody emits {topic!r}",
                         f'add "{topic}" to the "emits" of the step that should trigger it '
                         "(or emit it from the CLI: stepline emit)",

@@ -125,12 +125,19 @@ class Project:
                     listeners.setdefault(topic, []).append((step, False))
             for topic in step.config.virtual_subscribes:
                 listeners.setdefault(topic, []).append((step, True))
+        waiters: dict[str, list[Step]] = {}  # a step that ctx.wait_for's a topic hears it too
+        for step in self.steps.values():
+            if isinstance(step.config, EventConfig | CronConfig):
+                for topic in step.config.waits_for:
+                    waiters.setdefault(topic, []).append(step)
         edges: list[Edge] = []
         for step in self.steps.values():
             emits = [(e, False) for e in step.config.emits] + [(e, True) for e in step.config.virtual_emits]
             for emit, virtual_emit in emits:
                 for target, virtual_sub in listeners.get(emit.topic, []):
                     edges.append(Edge(step.name, target.name, emit.topic, virtual_emit or virtual_sub, emit.label))
+                for target in waiters.get(emit.topic, []):
+                    edges.append(Edge(step.name, target.name, emit.topic, virtual_emit, emit.label or "wait_for"))
         return edges
 
 
