@@ -82,7 +82,7 @@ async def test_the_graph_shows_every_step_and_every_topic_edge(page: Page) -> No
     virtual = sum(1 for e in project.edges() if e.virtual)
     await expect(page.locator(".react-flow__edge.virtual")).to_have_count(virtual)
     await expect(page.locator(".react-flow__edge-text", has_text="report.data.ready")).to_have_count(1)
-    await expect(page.locator(".node-noop")).to_have_count(1)  # the approval gate: a human
+    await expect(page.locator(".node-noop")).to_have_count(len(project.noop_steps))
     await shot(page, "graph")
 
     # a node opens its details
@@ -116,8 +116,33 @@ async def test_the_endpoint_tester_starts_a_flow_whose_trace_arrives_live(page: 
     await expect(bars.and_(page.locator('[data-step="JoinReportData"]'))).to_have_count(2)
     await expect(page.locator(".bar.running")).to_have_count(0)
     await expect(page.locator(f'[data-testid="trace-row"][data-trace-id="{trace_id}"]')).to_be_visible()
-    await expect(page.locator(".node.hit")).to_have_count(5)  # the path the trace took, on its graph
+    # the approval gate waits for a person: drawn as suspended, with what it waits for
+    gate = bars.and_(page.locator('[data-step="ApprovalGate"]'))
+    await expect(gate.get_by_test_id("lane-status")).to_have_text("suspended")
+    await expect(gate.get_by_test_id("lane-waiting")).to_contain_text("suspended: waiting for report.decided")
+    await expect(page.locator(".bar.suspended")).to_have_count(1)
+    await expect(page.locator(".node.hit")).to_have_count(6)  # the path the trace took, on its graph
     await shot(page, "trace")
+
+
+async def test_the_runs_tab_shows_a_waiting_run_and_cancels_it(page: Page, app: RunningApp) -> None:
+    report = (await app.client.post("/reports", json={"month": "2026-10", "requestedBy": "ana@example.com"})).json()
+    await app.settle()
+    await page.get_by_test_id("tab-runs").click()
+    run = page.get_by_test_id("run")
+    await expect(run).to_have_count(1)
+    await expect(run).to_contain_text("ApprovalGate")
+    await expect(run).to_have_attribute("data-status", "suspended")
+    waiting = run.get_by_test_id("run-waiting")
+    await expect(waiting).to_contain_text(f'waiting for report.decided matching {{"reportId":"{report["reportId"]}"}}')
+    await expect(waiting).to_contain_text("until")
+    await shot(page, "runs")
+    await run.get_by_test_id("run-cancel").click()
+    await expect(page.get_by_test_id("runs-note")).to_contain_text("Cancelling ApprovalGate")
+    await app.settle()
+    await expect(run).to_have_count(0, timeout=10_000)
+    ends = [r for r in await app.trace(report["traceId"]) if r.kind == "end" and r.step == "ApprovalGate"]
+    assert ends[-1].data["status"] == "cancelled" and "Workbench" in ends[-1].data["error"]
 
 
 async def test_logs_filter_by_trace(page: Page, app: RunningApp) -> None:

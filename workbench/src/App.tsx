@@ -2,14 +2,15 @@ import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { FlowGraph } from "./FlowGraph";
 import { StepPanel } from "./StepPanel";
 import { TraceView } from "./TraceView";
-import { call, DeadLetter, Graph, live, post, TraceRecord, TraceSummary, when } from "./api";
+import { call, DeadLetter, Graph, live, post, Run, TraceRecord, TraceSummary, waitingText, when } from "./api";
 
-type Tab = "flows" | "traces" | "logs" | "state" | "dead" | "endpoints";
+type Tab = "flows" | "traces" | "logs" | "state" | "runs" | "dead" | "endpoints";
 const TABS: [Tab, string][] = [
   ["flows", "Flows"],
   ["traces", "Traces"],
   ["logs", "Logs"],
   ["state", "State"],
+  ["runs", "Runs"],
   ["dead", "Dead letters"],
   ["endpoints", "Endpoints & events"],
 ];
@@ -67,6 +68,7 @@ export function App() {
         )}
         {tab === "logs" && <LogsTab live={liveLogs} graph={graph} initialTrace={traceId} openTrace={openTrace} />}
         {tab === "state" && <StateTab tick={tick} />}
+        {tab === "runs" && <RunsTab tick={tick} openTrace={openTrace} />}
         {tab === "dead" && <DeadTab tick={tick} openTrace={openTrace} />}
         {tab === "endpoints" && graph && <EndpointsTab graph={graph} openTrace={openTrace} />}
       </main>
@@ -307,6 +309,47 @@ function StateTab({ tick }: { tick: number }) {
         </section>
       )}
     </div>
+  );
+}
+
+/** Durable runs: what each suspended one waits for and until when, and a way to cancel it. */
+function RunsTab({ tick, openTrace }: { tick: number; openTrace: (id: string) => void }) {
+  const [runs, setRuns] = useState<Run[]>([]);
+  const [note, setNote] = useState<string | null>(null);
+  const load = useCallback(() => call<Run[]>("/runs").then(setRuns, () => undefined), []);
+  useEffect(() => {
+    load();
+  }, [tick, load]);
+  const cancel = async (run: Run) => {
+    await post(`/runs/${run.id}/cancel`, { reason: "cancelled from the Workbench" });
+    setNote(`Cancelling ${run.step} (${run.id}).`);
+    setTimeout(load, 1500);
+  };
+  return (
+    <section className="runs" data-testid="runs">
+      {note && <p data-testid="runs-note">{note}</p>}
+      {!runs.length && <p className="dim">No durable runs: none is suspended or has recorded a step.</p>}
+      <table>
+        <tbody>
+          {runs.map((r) => (
+            <tr key={r.id} data-testid="run" data-status={r.status}>
+              <td>
+                <b>{r.step}</b> <span className="dim">{r.id}</span>
+              </td>
+              <td className={r.status === "suspended" ? "waiting" : r.status === "retrying" ? "bad" : ""}>{r.status}</td>
+              <td data-testid="run-waiting">{waitingText(r.waiting)}</td>
+              <td className="dim">since {when(r.started_at)}</td>
+              <td>
+                <button onClick={() => openTrace(r.trace_id)}>Trace</button>
+                <button data-testid="run-cancel" onClick={() => cancel(r)}>
+                  Cancel
+                </button>
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </section>
   );
 }
 

@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useState } from "react";
 import { FlowGraph } from "./FlowGraph";
-import { call, Graph, post, TraceRecord } from "./api";
+import { call, Graph, post, TraceRecord, waitingText } from "./api";
 
 type Trace = { stopped: boolean; records: TraceRecord[] };
 type Bar = { step: string; start: number; end: number | null; status: string; attempt: number; error?: string };
@@ -31,7 +31,8 @@ export function TraceView({ traceId, graph, tick }: { traceId: string; graph: Gr
         const bar = open.get(run)!;
         bar.end = r.ts;
         bar.status = r.data.status;
-        bar.error = r.data.error;
+        // A suspended run is not an error: its end says what it waits for, and until when.
+        bar.error = r.data.status === "suspended" ? `suspended: ${waitingText(r.data.waiting)}` : r.data.error;
         open.delete(run);
       } else if (r.kind !== "trigger" && r.kind !== "end") {
         marks.push(r);
@@ -83,7 +84,14 @@ export function TraceView({ traceId, graph, tick }: { traceId: string; graph: Gr
                 title={b.error ?? b.status}
               />
             </span>
-            <span className="lane-ms">{b.end ? `${((b.end - b.start) * 1000).toFixed(1)} ms` : b.status}</span>
+            <span className="lane-ms" data-testid="lane-status">
+              {b.status === "suspended" ? "suspended" : b.end ? `${((b.end - b.start) * 1000).toFixed(1)} ms` : b.status}
+            </span>
+            {b.status === "suspended" && (
+              <span className="lane-note waiting" data-testid="lane-waiting">
+                {b.error}
+              </span>
+            )}
           </div>
         ))}
       </div>
@@ -120,6 +128,11 @@ function describe(r: TraceRecord): string {
       return `${d.model}: ${d.tokens_in ?? "?"} → ${d.tokens_out ?? "?"} tokens${d.cost != null ? `, $${d.cost.toFixed(4)}` : ""}, ${Math.round(d.latency_ms)} ms${d.retries ? `, ${d.retries} retries` : ""}${d.error ? ` — ${d.error}` : ""}`;
     case "tool":
       return `${d.tool}(${JSON.stringify(d.arguments)}) ${d.status}${d.error ? `: ${d.error}` : ""}`;
+    case "run":
+      if (d.op === "woke") return `woken by an event on ${d.topic} (${d.event_id})`;
+      if (d.op === "code_changed") return `the step's code changed (${d.was} → ${d.now}): going on from the journal`;
+      if (d.op === "wait") return `wait ${d.name} on ${d.topic}: ${d.outcome}${d.early ? " (the event came before the wait)" : ""}`;
+      return `step ${d.name}${d.replayed ? " replayed from the journal" : d.status === "error" ? ` failed: ${d.error}` : ` recorded in ${d.duration_ms} ms`}`;
     case "code":
       return `code exited ${d.exit_code ?? "killed: " + d.killed_by} in ${Math.round(d.duration_ms)} ms`;
     default:

@@ -21,6 +21,28 @@ export type TraceSummary = {
   errors: number;
 };
 export type TraceRecord = { traceId: string; kind: string; step: string | null; ts: number; data: Record<string, any> };
+/** A durable run (one with a journal), as GET /runs lists it; `waiting` says on what a suspended one waits. */
+export type Run = {
+  id: string;
+  step: string;
+  trace_id: string;
+  status: "running" | "retrying" | "suspended";
+  started_at: number;
+  waiting: { kind: "sleep" | "wait"; key: string; until: number | null; topic?: string; match?: unknown } | null;
+};
+
+// The `until` of a wait without a timeout (adapters/base.py FOREVER): shown as no deadline.
+const FOREVER = 253402300799;
+
+/** What a suspended run waits for, and until when, in a few words. */
+export function waitingText(waiting: Run["waiting"]): string {
+  if (!waiting) return "";
+  const until = waiting.until != null && waiting.until < FOREVER ? ` until ${new Date(waiting.until * 1000).toLocaleString()}` : "";
+  if (waiting.kind === "sleep") return `sleeping${until}`;
+  const match = waiting.match ? ` matching ${JSON.stringify(waiting.match)}` : "";
+  return `waiting for ${waiting.topic}${match}${until}`;
+}
+
 export type DeadLetter = {
   id: string;
   step: string;

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from stepline import LLMSettings, load_project
-from stepline.testing import Answer, RunningApp, ScriptedLLM, serve
+from stepline.core.durable import runs
+from stepline.testing import Answer, FakeClock, RunningApp, ScriptedLLM, serve
 
 ROOT = Path(__file__).resolve().parent.parent  # the example project, wherever pytest runs from
 REQUESTER = "ana@example.com"
@@ -140,13 +141,36 @@ async def test_the_analyst_agent_reads_the_data_computes_with_a_tool_and_drafts(
     assert "dealsWon" in llm.requests[1]["messages"][-2]["content"]
 
 
-async def test_the_approval_trace_generates_and_emails(app: RunningApp) -> None:
-    report_id = (await request_report(app))["reportId"]
+async def test_the_gate_waits_holding_no_worker_and_the_request_trace_tells_it_all(app: RunningApp) -> None:
+    requested = await request_report(app)
+    report_id = requested["reportId"]
+    [waiting] = await runs(app.stepline.engine.control)
+    assert waiting["step"] == "ApprovalGate" and waiting["status"] == "suspended"
+    assert waiting["waiting"]["match"] == {"reportId": report_id}
+    assert (await app.stepline.engine.queue.stats()).in_flight == 0
     approved = await app.client.post(f"/reports/{report_id}/approve")
     await app.settle()
-    trace = await app.trace(approved.headers["x-trace-id"])
-    ran = [r.step for r in trace if r.kind == "end" and r.data["status"] == "ok"]
-    assert ran == ["ApproveReport", "GenerateReport", "EmailReport"]
+    decided = [r.step for r in await app.trace(approved.headers["x-trace-id"]) if r.kind == "end"]
+    assert decided == ["ApproveReport"]
+    trace = await app.trace(requested["traceId"])
+    ran = [(r.step, r.data["status"]) for r in trace if r.kind == "end" and r.step != "JoinReportData"]
+    assert ran[-4:] == [
+        ("ApprovalGate", "suspended"),
+        ("ApprovalGate", "ok"),
+        ("GenerateReport", "ok"),
+        ("EmailReport", "ok"),
+    ]
+    assert await runs(app.stepline.engine.control) == []
+
+
+async def test_a_report_no_one_decides_expires(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with serve(ROOT, store=f"sqlite:///{tmp_path}/stepline.db", llm=LLMSettings(), clock=clock) as app:
+        report_id = (await request_report(app))["reportId"]
+        clock.advance(7 * 86400 + 1)
+        await app.settle()
+        assert (await get_report(app, report_id))["status"] == "expired"
+        assert await runs(app.stepline.engine.control) == []
 
 
 async def test_the_first_month_has_no_growth_figure(app: RunningApp) -> None:
@@ -267,10 +291,10 @@ async def test_approving_twice_is_a_409(app: RunningApp) -> None:
 
 
 def test_the_project_loads_without_warnings() -> None:
-    # The gate's virtual edges make every topic both emitted and subscribed: nothing to warn about.
+    # Every topic is both emitted and heard (report.decided by the gate's wait_for): nothing to warn about.
     project = load_project(ROOT)
     assert project.warnings == []
     assert len(project.steps) == 13
-    assert {s.name for s in project.noop_steps} == {"ApprovalGate"}
+    assert project.waited_topics >= {"report.decided"}
     assert project.flows == ["financial-reporting"]
     assert all(s.config.description for s in project.steps.values())

@@ -1,4 +1,4 @@
-"""POST /reports/{id}/approve: the human's yes. The flow resumes where the approval gate waits."""
+"""POST /reports/{id}/approve: the human's yes. The approval gate, waiting on `report.decided`, resumes."""
 
 from stepline import ApiRequest, ApiResponse, Context
 
@@ -10,7 +10,7 @@ config = {
     "description": "A reviewer approves the drafted report; the report is generated and emailed",
     "path": "/reports/:id/approve",
     "method": "POST",
-    "emits": ["report.approved"],
+    "emits": ["report.decided"],
     "flows": ["financial-reporting"],
 }
 
@@ -23,6 +23,6 @@ async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     # compare-and-set: of two approvals racing, exactly one goes through
     if not await ctx.state.compare_and_set(report_id, "status", "awaiting_approval", "approved"):
         return {"status": 409, "body": {"error": f"report {report_id} was decided meanwhile"}}
-    await ctx.emit({"topic": "report.approved", "data": {"reportId": report_id}})
+    await ctx.emit({"topic": "report.decided", "data": {"reportId": report_id, "approved": True}})
     ctx.logger.info("report approved", {"reportId": report_id})
     return {"status": 202, "body": {"reportId": report_id, "status": "approved"}}

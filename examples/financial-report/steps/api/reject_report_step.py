@@ -20,7 +20,7 @@ config = {
     "method": "POST",
     # No "bodySchema": with one, Stepline answers 400 to a request without a body, and the body is optional
     # here (`curl -XPOST .../reject` is a rejection without a reason). The handler validates it instead.
-    "emits": ["report.rejected"],
+    "emits": ["report.decided"],
     "flows": ["financial-reporting"],
 }
 
@@ -40,6 +40,7 @@ async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
         return refused
     if not await ctx.state.compare_and_set(report_id, "status", "awaiting_approval", "rejecting"):
         return {"status": 409, "body": {"error": f"report {report_id} was decided meanwhile"}}
-    await ctx.emit({"topic": "report.rejected", "data": {"reportId": report_id, "reason": rejection.reason}})
+    decision = {"reportId": report_id, "approved": False, "reason": rejection.reason}
+    await ctx.emit({"topic": "report.decided", "data": decision})
     ctx.logger.info("report rejected by the reviewer", {"reportId": report_id, "reason": rejection.reason})
     return {"status": 202, "body": {"reportId": report_id, "status": "rejecting"}}
