@@ -388,10 +388,13 @@ class RunContext:
             delay,
             idempotency_key,
         )
-        if self.run is None:
+        run = self.run
+        if run is None:
             await send()
+        elif run.blank:  # nothing recorded yet (a first attempt): just note it
+            run.noted(topic, await send())
         else:  # once per run: an execution after a retry or a resume does not emit again what one before did
-            await self.run.emit(topic, None, send)
+            await run.emit(topic, None, send)
 
 
 _EMIT_KEYS = frozenset({"topic", "data", "messageGroupId", "delay", "idempotencyKey"})

@@ -123,6 +123,12 @@ class Run:
     promise of ctx.step); an emit is noted in memory and written with the next write, or when the run
     suspends or fails, so that a run that completes at its first try writes no journal at all."""
 
+    # One is made for every delivery: slots make that a little cheaper.
+    __slots__ = (
+        "_clock", "_control", "_counts", "_emits", "_entries", "_meta", "_pending", "_queue", "_record", "_used",
+        "_waited", "code", "delivery", "id", "journaled", "limits", "since", "step_name", "suspending",
+    )  # fmt: skip
+
     def __init__(
         self,
         *,
@@ -137,7 +143,7 @@ class Run:
         limits: Limits = Limits(),
     ) -> None:
         self.id = delivery.id
-        self.delivery = delivery
+        self.delivery = delivery  # (its trace records carry the delivery id, as the engine's run records do)
         self.step_name = step
         self.code = code
         self._control = control
@@ -155,6 +161,7 @@ class Run:
         self._used: set[str] = set()
         self._counts: dict[str, int] = {}
         self._pending: list[tuple[str, dict[str, Any]]] = []  # entries to write with the next write
+        self._emits: list[tuple[int, str, Event]] = []  # emits of a run with no journal yet: (ordinal, topic, event)
         self.suspending: Suspended | None = None  # raised, and not yet seen by the engine
 
     # -- reading ------------------------------------------------------------------------------------
@@ -217,6 +224,7 @@ class Run:
         """Write the pending entries, and `entry` under `key` (first write wins: a concurrent execution of
         the same run, after a lease ran out, keeps what was recorded first)."""
         entries = await self.load()
+        self._take_emits()
         batch, self._pending = self._pending, []
         if key is not None and entry is not None:
             batch.append((key, entry))
@@ -255,6 +263,7 @@ class Run:
     async def before_retry(self) -> None:
         """The run failed and runs again: keep what it did (its results, its emits), but not the failure of a
         step that made the handler fail, so that the step is tried again rather than its failure replayed."""
+        self._take_emits()
         self._pending = [(k, e) for k, e in self._pending if "error" not in e]
         if self._pending:
             await self._write()
@@ -367,8 +376,31 @@ class Run:
 
     # -- emits --------------------------------------------------------------------------------------
 
+    def _take_emits(self) -> None:
+        if self._emits:
+            self._pending += [
+                (f"#emit.{n}", {"kind": "emit", "at": event.created_at, "topic": topic, "event": event.id})
+                for n, topic, event in self._emits
+            ]
+            self._emits = []
+
+    @property
+    def blank(self) -> bool:
+        """The journal is known to be empty (a first attempt, nothing recorded yet): an emit has nothing to
+        look up, and is only noted (`noted`), to be written if the run suspends or fails."""
+        return self._entries is not None and not self._entries
+
+    def noted(self, topic: str, event: Event) -> None:
+        """An emit made by a run whose journal is blank (the common case, on every hop of a flow)."""
+        n = self._counts.get("emit", 0)
+        self._counts["emit"] = n + 1
+        self._emits.append((n, topic, event))
+
     async def emit(self, topic: str, name: str | None, publish: Callable[[], Awaitable[Event]]) -> bool:
         """Emit once per run: False when an earlier execution emitted this one already."""
+        if name is None and self.blank:
+            self.noted(topic, await publish())
+            return True
         key = self.key("emit", name)
         entries = self._entries if self._entries is not None else await self.load()
         if key in entries:
@@ -466,7 +498,7 @@ class Run:
                 "run",
                 self.step_name,
                 self._clock.time(),
-                {"op": op, "run_id": self.id, **data},
+                {"op": op, "run_id": self.id, "delivery_id": self.id, **data},
             )
         )
 

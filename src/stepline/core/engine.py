@@ -201,6 +201,7 @@ class Engine:
         self._cancels: dict[str, Any] = {}  # run id -> its cancellation, as last read from the store
         self._cancelling: set[str] = set()  # running deliveries this engine cancelled because a person asked
         self._cancels_read = 0.0
+        self._journal_limits = _journal_limits(project)  # step -> its journal's limits
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -259,6 +260,7 @@ class Engine:
         self._specs = _claim_specs(project)
         self._limits = _backlog_limits(project)
         self._waited = project.waited_topics
+        self._journal_limits = _journal_limits(project)
         self._lease_seconds = {name: spec.lease for name, spec in self._specs.items()}
         self._activity.set()
 
@@ -732,6 +734,11 @@ class Engine:
         if time.monotonic() - self._cancels_read >= 1.0:
             self._cancels_read = time.monotonic()
             self._cancels = await self.control.get_group(CANCEL)
+            for run_id, asked in list(self._cancels.items()):
+                # A mark no engine acted on (its run finished as it was asked) goes after a day.
+                if not isinstance(asked, dict) or float(asked.get("at", 0)) < self.clock.time() - 86400:
+                    del self._cancels[run_id]
+                    await self.control.delete(CANCEL, run_id)
             if self._cancels:
                 for task, delivery_id in list(self._inflight.items()):
                     if delivery_id in self._cancels and delivery_id not in self._cancelling:
@@ -773,11 +780,6 @@ class Engine:
         config = step.config
         event = delivery.event
         info = {"delivery_id": delivery.id, "event_id": event.id, "topic": event.topic, "attempt": delivery.attempt}
-        if event.trace_id in self._stopped and await self._still_stopped(event.trace_id):
-            # Kept, not dropped: `stepline traces resume` and a replay run it after all.
-            await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None)
-            return
-        durable = config.infrastructure.durable
         run = Run(
             delivery=delivery,
             step=step.name,
@@ -785,10 +787,14 @@ class Engine:
             control=self.control,
             queue=self.queue,
             clock=self.clock,
-            record=partial(_in_run, self.record, delivery.id),
+            record=self.record,
             waited=self._waited,
-            limits=Limits(durable.max_entries, durable.max_result_bytes, durable.on_code_change),
+            limits=self._journal_limits.get(step.name) or _limits_of(step),
         )
+        if event.trace_id in self._stopped and await self._still_stopped(event.trace_id):
+            # Kept, not dropped: `stepline traces resume` and a replay run it after all.
+            await self._dead_letter(delivery, "the trace was stopped by a person (stepline traces stop)", None, run)
+            return
         if delivery.id in self._cancels or (delivery.resumed and await self._cancel_asked(delivery.id)):
             await self._cancelled(step, delivery, run, info)
             return
@@ -825,7 +831,7 @@ class Engine:
                     )
                 )
                 log.error("%s; not handled", clip(str(exc)), extra={"trace_id": event.trace_id, "step": step.name})
-                await self._dead_letter(delivery, clip(str(exc)), None)
+                await self._dead_letter(delivery, clip(str(exc)), None, run)
                 return
         try:
             if delivery.attempt != 1 or delivery.resumed:
@@ -1055,6 +1061,17 @@ def _claim_specs(project: Project) -> dict[str, ClaimSpec]:
     if project.waited_topics:
         specs[WAITS_STEP] = ClaimSpec(_WAITS_LEASE)
     return specs
+
+
+def _limits_of(step: Delivered) -> Limits:
+    durable = step.config.infrastructure.durable
+    return Limits(durable.max_entries, durable.max_result_bytes, durable.on_code_change)
+
+
+def _journal_limits(project: Project) -> dict[str, Limits]:
+    """Each delivered step's journal limits, made once per project (a delivery only looks its step's up)."""
+    steps: list[Delivered] = [*project.event_steps, *project.cron_steps]
+    return {step.name: _limits_of(step) for step in steps}
 
 
 def _lease_of(config: EventConfig | CronConfig) -> float:

@@ -45,19 +45,14 @@ class Step(Generic[C]):
     def __post_init__(self) -> None:
         # asked on every call: worked out once
         self.is_async = inspect.iscoroutinefunction(self.handler)
-        self._code_hash: str | None = None
-
-    @property
-    def code_hash(self) -> str:
-        """A hash of the step file's source as loaded: what a suspended run compares on resume."""
-        if self._code_hash is None:
-            try:
-                source = self.file.read_bytes()
-            except OSError:  # a step made in code (tests, Stepline.add): its handler's code stands in
-                code = getattr(self.handler, "__code__", None)
-                source = code.co_code if code is not None else self.name.encode()
-            self._code_hash = hashlib.sha256(source).hexdigest()[:16]
-        return self._code_hash
+        # A hash of the step file's source as loaded (read now: the file may change on disk while this code
+        # runs): what a suspended run compares when it resumes.
+        try:
+            source = self.file.read_bytes()
+        except OSError:  # a step made in code (tests, Stepline.add): its handler's code stands in
+            code = getattr(self.handler, "__code__", None)
+            source = code.co_code if code is not None else self.name.encode()
+        self.code_hash = hashlib.sha256(source).hexdigest()[:16]
 
     def of(self, kind: builtins.type[K]) -> Step[K] | None:
         """This step as a `Step[kind]`, or None when its config is of another type."""
