@@ -303,9 +303,14 @@ async def test_usage_errors_say_the_fix(make_project: ProjectFactory, store: str
                 await ctx.sleep(1)
         """,
             "steps/a_step.py": """
-            config = {"type": "event", "name": "A", "subscribes": ["go"], "infrastructure": {"queue": {"maxRetries": 0},
+            config = {"type": "event", "name": "A", "subscribes": ["go"], "emits": ["noted"],
+                      "infrastructure": {"queue": {"maxRetries": 0},
                       "durable": {"maxResultBytes": 1000, "maxEntries": 5}}}
             async def handler(input, ctx):
+                if input == "emits":  # noted in memory, then too many to write when the run sleeps
+                    for i in range(10):
+                        await ctx.emit("noted", i)
+                    await ctx.sleep(10)
                 if input == "undeclared":
                     await ctx.wait_for("paid")
                 if input == "big":
@@ -331,12 +336,13 @@ async def test_usage_errors_say_the_fix(make_project: ProjectFactory, store: str
         assert response.status_code == 500
         trace = await app.trace(response.headers["x-trace-id"])
         assert any("an API step cannot suspend" in str(r.data.get("error")) for r in trace)
-        for case in ("undeclared", "big", "many", "swallow", "exception"):
+        for case in ("undeclared", "big", "many", "swallow", "exception", "emits"):
             await app.emit("go", case)
         await app.settle()
         errors = {d.event.data: d.error for d in await app.stepline.engine.queue.dead_letters()}
         assert '"waitsFor": ["paid"]' in errors["undeclared"]
         assert "maxResultBytes" in errors["big"] and "2,002 bytes" in errors["big"]
         assert "more than 5 journal entries" in errors["many"]
+        assert "more than 5 journal entries" in errors["emits"]
         assert "caught the suspension" in errors["swallow"]
         assert "exception" not in errors  # it suspended: except Exception did not catch it

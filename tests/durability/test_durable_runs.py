@@ -148,3 +148,39 @@ async def test_ten_thousand_suspended_runs_hold_no_slot_and_all_resume(
         print(f"\n{SUSPENDED} runs suspended in {suspending:.1f} s, all resumed in {resumed:.1f} s")
     finally:
         await app.stop()
+
+
+WAITERS = {
+    "steps/wait_step.py": """
+    config = {"type": "event", "name": "Wait", "subscribes": ["go"], "waitsFor": ["paid"]}
+    async def handler(input, ctx):
+        paid = await ctx.wait_for("paid", {"order": input["n"]})
+        await ctx.state.set("paid", str(input["n"]), paid["amount"])
+""",
+}
+WAITING = 2_000
+
+
+async def test_thousands_of_waits_on_one_topic_each_resumed_by_its_own_event(
+    make_project: ProjectFactory, shared_store: str
+) -> None:
+    # Each event finds its wait by the match's values (one group per shape), not by reading every wait: the
+    # offers stay as quick with 2,000 waits on the topic as with one.
+    root = make_project(WAITERS)
+    app = Stepline(root, store=shared_store, concurrency=16)
+    await app.start()
+    try:
+        for first in range(0, WAITING, 500):
+            await asyncio.gather(*(app.emit("go", {"n": n}) for n in range(first, first + 500)))
+        await app.settle(timeout=300)
+        assert len(await runs(app.engine.control)) == WAITING
+        started = time.monotonic()
+        for first in range(0, WAITING, 500):
+            await asyncio.gather(*(app.emit("paid", {"order": n, "amount": n * 10}) for n in range(first, first + 500)))
+        await app.settle(timeout=300)
+        paid = await app.engine.state.get_group("paid")
+        assert paid == {str(n): n * 10 for n in range(WAITING)}
+        assert await runs(app.engine.control) == []
+        print(f"\n{WAITING} waits on one topic resumed by their events in {time.monotonic() - started:.1f} s")
+    finally:
+        await app.stop()

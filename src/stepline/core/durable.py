@@ -15,8 +15,13 @@ The records are Stepline's own (the store's `control` state), in these groups:
 
     runs                run id -> the run's record: step, trace, status, what it waits for, its code's hash
     journal:<run>       key -> entry: a step's result or failure, a sleep's end, a wait and its outcome, an emit
-    waits:<topic>       "<run> <key>" -> a pending wait_for on the topic (its match, since when, until when)
-    log:<topic>         event id -> {at, data}: the events on a topic some step waits for, kept `lookback` s
+    shapes:<topic>      shape -> its key paths: the shapes of the matches waits on the topic use
+    waits:<topic>:<h>   "<run> <key>" -> a pending wait_for: its match, since when, until when. <h> hashes the
+                        match's shape and values, so that an event finds the waits it may satisfy by looking
+                        up one group per shape (its own values at those paths), not by reading every wait
+    log:<topic>:<hour>  event id -> {at, data}: the events on a topic some step waits for, a group per hour
+                        (a wait reads the hours since its run began), kept `lookback` seconds
+    logs:<topic>        hour -> 1: the hours that have a log group, for pruning
     cancel              run id -> {at, reason}: cancellations asked for, until the run's engine acts on them
 
 The early-event rule: a wait sees every matching event published on its topic *after the event that started
@@ -63,7 +68,11 @@ log = logging.getLogger("stepline.durable")
 RUNS = "runs"
 JOURNAL = "journal:"
 WAITS = "waits:"
+SHAPES = "shapes:"
 LOG = "log:"
+LOGS = "logs:"
+_HOUR = 3600.0
+_ANY = "*"  # the shape of a wait that matches every event (no match), or one that cannot be indexed
 CANCEL = "cancel"
 # The internal step that delivers the events of waited-for topics to their waits (see Engine.emit).
 WAITS_STEP = "stepline:waits"
@@ -116,6 +125,57 @@ def _waiter_key(run_id: str, key: str) -> str:
     return f"{run_id} {key}"
 
 
+def _paths(match: Any, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]] | None:
+    """The leaves of a match as (key path, value); None when it cannot be indexed (an empty dict in it)."""
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in match.items():
+        if isinstance(value, dict):
+            if not value:
+                return None
+            inner = _paths(value, (*prefix, key))
+            if inner is None:
+                return None
+            out += inner
+        else:
+            out.append(((*prefix, key), value))
+    return sorted(out, key=lambda kv: kv[0])
+
+
+def _digest(shape: str, values: list[Any]) -> str:
+    return hashlib.sha1(shape.encode() + b"\x00" + _json.dumps(values), usedforsecurity=False).hexdigest()[:20]
+
+
+def shape_of(match: Any) -> tuple[str, list[list[str]], str]:
+    """(shape id, its key paths, the waits group) of a match: where a wait on it is kept."""
+    paths = _paths(match) if isinstance(match, dict) and match else None
+    if paths is None:
+        return _ANY, [], _ANY
+    keys = [list(path) for path, _ in paths]
+    shape = _json.dumps(keys).decode()
+    return shape, keys, _digest(shape, [value for _, value in paths])
+
+
+def _project(data: Any, keys: list[list[str]]) -> list[Any] | None:
+    """The values of `data` at the key paths, or None when one is missing."""
+    values = []
+    for path in keys:
+        at = data
+        for part in path:
+            if not isinstance(at, dict) or part not in at:
+                return None
+            at = at[part]
+        values.append(at)
+    return values
+
+
+def waits_group(topic: str, match: Any) -> str:
+    return f"{WAITS}{topic}:{shape_of(match)[2]}"
+
+
+def log_group(topic: str, at: float) -> str:
+    return f"{LOG}{topic}:{int(at // _HOUR)}"
+
+
 class Run:
     """The journal of one run, as its handler's `ctx` uses it. Made per execution; the store has the rest.
 
@@ -125,8 +185,8 @@ class Run:
 
     # One is made for every delivery: slots make that a little cheaper.
     __slots__ = (
-        "_clock", "_control", "_counts", "_emits", "_entries", "_meta", "_pending", "_queue", "_record", "_used",
-        "_waited", "code", "delivery", "id", "journaled", "limits", "since", "step_name", "suspending",
+        "_clock", "_control", "_counts", "_emits", "_entries", "_lookback", "_meta", "_pending", "_queue", "_record",
+        "_used", "_waited", "code", "delivery", "id", "journaled", "limits", "since", "step_name", "suspending",
     )  # fmt: skip
 
     def __init__(
@@ -141,8 +201,10 @@ class Run:
         record: Recorder,
         waited: frozenset[str],
         limits: Limits = Limits(),
+        lookback: float = 7 * 86400.0,
     ) -> None:
         self.id = delivery.id
+        self._lookback = lookback
         self.delivery = delivery  # (its trace records carry the delivery id, as the engine's run records do)
         self.step_name = step
         self.code = code
@@ -225,15 +287,16 @@ class Run:
         the same run, after a lease ran out, keeps what was recorded first)."""
         entries = await self.load()
         self._take_emits()
-        batch, self._pending = self._pending, []
-        if key is not None and entry is not None:
-            batch.append((key, entry))
-        if len(entries) + len(batch) > self.limits.max_entries:
+        adding = len(self._pending) + (key is not None and entry is not None)
+        if len(entries) + adding > self.limits.max_entries:
             raise JournalLimitError(
                 f"run {self.id} of step {self.step_name} would record more than {self.limits.max_entries} journal "
                 "entries (steps, sleeps, waits and emits); do big loops in fewer steps (a step may return a list), "
                 "or raise infrastructure.durable.maxEntries in the step's config"
             )
+        batch, self._pending = self._pending, []
+        if key is not None and entry is not None:
+            batch.append((key, entry))
         try:
             if self._meta is None:
                 await self._set_meta("running")
@@ -266,7 +329,10 @@ class Run:
         self._take_emits()
         self._pending = [(k, e) for k, e in self._pending if "error" not in e]
         if self._pending:
-            await self._write()
+            try:
+                await self._write()
+            except JournalLimitError:
+                self._pending = []  # the run fails for it anyway: what does not fit is not kept
         if self._meta is not None:
             await self._set_meta("retrying")
 
@@ -281,7 +347,8 @@ class Run:
         entries = self._entries or await self._control.get_group(JOURNAL + self.id)
         for key, entry in entries.items():
             if isinstance(entry, dict) and entry.get("kind") == "wait" and not key.endswith("="):
-                await self._control.delete(WAITS + str(entry.get("topic")), _waiter_key(self.id, key))
+                group = waits_group(str(entry.get("topic")), entry.get("match"))
+                await self._control.delete(group, _waiter_key(self.id, key))
         await self._control.clear(JOURNAL + self.id)
         await self._control.delete(RUNS, self.id)
         await self._control.delete(CANCEL, self.id)
@@ -470,19 +537,27 @@ class Run:
             "until": until,
             "at": self._clock.time(),
         }
-        await self._control.set(WAITS + topic, _waiter_key(self.id, key), waiter)
-        logged = await self._control.get_group(LOG + topic)
+        shape, keys, digest = shape_of(match)
+        group = f"{WAITS}{topic}:{digest}"
+        await self._control.set(SHAPES + topic, shape, {"keys": keys})
+        await self._control.set(group, _waiter_key(self.id, key), waiter)
+        # The log, an hour's group at a time, from the hour the run began (at most the lookback) to now.
+        now = self._clock.time()
+        logged: dict[str, Any] = {}
+        first = int(max(self.since, now - self._lookback) // _HOUR)
+        for hour in range(first, int(now // _HOUR) + 1):
+            logged |= await self._control.get_group(f"{LOG}{topic}:{hour}")
         used = _consumed(self._entries or {})
         for event_id, item in sorted(logged.items(), key=lambda kv: (kv[1].get("at", 0), kv[0])):
             if item.get("at", 0) >= self.since and event_id not in used and matches(match, item.get("data")):
                 outcome = {"kind": "woke", "event": event_id, "data": item.get("data"), "at": self._clock.time()}
                 stood = await resolve(self._control, self.id, key, outcome)
-                await self._control.delete(WAITS + topic, _waiter_key(self.id, key))
+                await self._control.delete(group, _waiter_key(self.id, key))
                 self._trace("wait", name=key, topic=topic, outcome="event", event_id=stood.get("event"), early=True)
                 return stood
         if until is not None and self._clock.time() >= until:
             stood = await resolve(self._control, self.id, key, {"kind": "woke", "timeout": True, "at": until})
-            await self._control.delete(WAITS + topic, _waiter_key(self.id, key))
+            await self._control.delete(group, _waiter_key(self.id, key))
             return stood
         return None
 
@@ -597,16 +672,34 @@ class Waits:
         self._record = record
         self.lookback = lookback
         self._pruned: dict[str, float] = {}
+        self._hours: set[tuple[str, int]] = set()  # (topic, hour) log groups this process has noted in LOGS
 
     async def offer(self, event: Event) -> int:
         """Log the event, then settle the oldest matching wait of each run waiting on its topic, and wake
         the runs; returns how many it woke."""
         topic = event.topic
-        await self._control.set(LOG + topic, event.id, {"at": event.created_at, "data": event.data})
-        waiters = await self._control.get_group(WAITS + topic)
+        hour = int(event.created_at // _HOUR)
+        if (topic, hour) not in self._hours:
+            await self._control.set(LOGS + topic, str(hour), 1)
+            self._hours.add((topic, hour))
+        await self._control.set(f"{LOG}{topic}:{hour}", event.id, {"at": event.created_at, "data": event.data})
+        # The waits it may satisfy: for each shape of match used on the topic, the group of its own values.
+        waiters: dict[str, tuple[str, Any]] = {}
+        for shape, spec in (await self._control.get_group(SHAPES + topic)).items():
+            if shape == _ANY:
+                digest = _ANY
+            else:
+                keys = spec.get("keys", []) if isinstance(spec, dict) else []
+                values = _project(event.data, keys)
+                if values is None:
+                    continue
+                digest = _digest(shape, values)
+            group = f"{WAITS}{topic}:{digest}"
+            for wkey, waiter in (await self._control.get_group(group)).items():
+                waiters[wkey] = (group, waiter)
         woken = 0
         seen: set[str] = set()
-        for wkey, waiter in sorted(waiters.items(), key=lambda kv: (kv[1].get("at", 0), kv[0])):
+        for wkey, (group, waiter) in sorted(waiters.items(), key=lambda kv: (kv[1][1].get("at", 0), kv[0])):
             run_id = str(waiter.get("run"))
             if run_id in seen or event.created_at < float(waiter.get("since", 0)):
                 continue
@@ -618,7 +711,7 @@ class Waits:
             seen.add(run_id)
             outcome = {"kind": "woke", "event": event.id, "data": event.data, "at": self._clock.time()}
             stood = await resolve(self._control, run_id, str(waiter["key"]), outcome)
-            await self._control.delete(WAITS + topic, wkey)
+            await self._control.delete(group, wkey)
             if stood.get("event") == event.id:
                 await self._queue.wake(run_id)
                 woken += 1
@@ -642,14 +735,17 @@ class Waits:
         return woken
 
     async def _prune(self, topic: str) -> None:
-        """Events older than the lookback leave the topic's log, a topic at a time, at most once a minute."""
+        """Events older than the lookback leave the topic's log, an hour at a time, at most once a minute."""
         now = self._clock.time()
         if now - self._pruned.get(topic, 0.0) < 60.0:
             return
         self._pruned[topic] = now
-        for event_id, item in (await self._control.get_group(LOG + topic)).items():
-            if float(item.get("at", 0)) < now - self.lookback:
-                await self._control.delete(LOG + topic, event_id)
+        oldest = int((now - self.lookback) // _HOUR)  # an hour's group goes whole, once all of it is too old
+        for hour in await self._control.get_group(LOGS + topic):
+            if int(hour) < oldest:
+                await self._control.clear(f"{LOG}{topic}:{hour}")
+                await self._control.delete(LOGS + topic, hour)
+                self._hours.discard((topic, int(hour)))
 
 
 async def cancel_run(control: StateStore, queue: EventQueue, run_id: str, reason: str, clock: Clock) -> bool:

@@ -29,6 +29,7 @@ from stepline._clock import SYSTEM_CLOCK, Clock, SystemClock
 from stepline._errors import (
     BacklogFullError,
     CodeChangedError,
+    JournalLimitError,
     SchemaValidationError,
     StoreError,
     StoreUnavailableError,
@@ -790,6 +791,7 @@ class Engine:
             record=self.record,
             waited=self._waited,
             limits=self._journal_limits.get(step.name) or _limits_of(step),
+            lookback=self._waits.lookback,
         )
         if event.trace_id in self._stopped and await self._still_stopped(event.trace_id):
             # Kept, not dropped: `stepline traces resume` and a replay run it after all.
@@ -899,7 +901,10 @@ class Engine:
             await run.before_suspend(signal.waiting)
             await self.queue.suspend(delivery, signal.until)
 
-        await self._settle(outcome, delivery)
+        try:
+            await self._settle(outcome, delivery)
+        except JournalLimitError as exc:  # its emits since the last write do not fit: it fails, as a step would
+            await self._failed(step, delivery, clip(str(exc)), None, run)
 
     async def _cancel_asked(self, run_id: str) -> bool:
         try:
