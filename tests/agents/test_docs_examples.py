@@ -81,7 +81,9 @@ async def test_the_readme_agent_step_runs_with_its_tools(tmp_path: Path) -> None
             assert r.status_code == 202, r.text
             await app.settle()
             (approval,) = (await app.stepline.engine.control.get_group("approvals")).values()
+            (waiting,) = (await app.stepline.engine.control.get_group("runs")).values()
     assert approval["status"] == "pending" and approval["data"] == "Revenue grew 20% on September."
+    assert waiting["step"] == "Analyze" and waiting["status"] == "suspended"  # it waits for the decision
     tool_results = [m["content"] for m in llm.requests[2]["messages"] if m["role"] == "tool"]
     assert json.loads(tool_results[0]) == {
         "status": 200,
