@@ -346,3 +346,27 @@ async def test_usage_errors_say_the_fix(make_project: ProjectFactory, store: str
         assert "more than 5 journal entries" in errors["emits"]
         assert "caught the suspension" in errors["swallow"]
         assert "exception" not in errors  # it suspended: except Exception did not catch it
+
+
+async def test_a_sync_handler_steps_and_sleeps_too(make_project: ProjectFactory, store: str) -> None:
+    root = make_project(
+        {
+            "steps/a_step.py": """
+            config = {"type": "event", "name": "A", "subscribes": ["go"]}
+            def handler(input, ctx):  # on a thread, with a blocking ctx
+                n = ctx.step("count", lambda: ctx.state.increment("ran", "count"))
+                ctx.sleep(600)
+                ctx.state.set("result", "a", {"n": n, "run": ctx.run_id is not None})
+        """
+        }
+    )
+    clock = FakeClock()
+    async with serve(root, store=store, clock=clock) as app:
+        await app.emit("go", {})
+        await app.settle()
+        [waiting] = await runs(app.stepline.engine.control)
+        assert waiting["waiting"]["kind"] == "sleep"
+        clock.advance(601)
+        await app.settle()
+        assert await app.state("result", "a") == {"n": 1, "run": True}
+        assert await app.state("ran", "count") == 1

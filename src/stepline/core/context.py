@@ -257,7 +257,6 @@ _NO_SUSPEND = (
     "an API step cannot suspend: its caller is waiting for the response. Emit an event instead, and "
     "sleep or wait_for in the event step that subscribes to it (docs/durable.md)"
 )
-T_ = TypeVar("T_")
 
 
 class RunContext:
