@@ -83,3 +83,13 @@ async def test_the_admin_api_lists_shows_and_cancels_runs(make_project: ProjectF
         await running.settle()
         assert (await running.client.get(api)).json() == []
         assert (await running.client.post(f"{api}/{run['id']}/cancel")).status_code == 404
+
+
+def test_emit_local_says_a_run_is_suspended_not_failed(make_project: ProjectFactory) -> None:
+    root = make_project(WAITER)
+    result = runner.invoke(
+        app, ["emit", "--local", "-t", "order.placed", "--data", '{"order": "o-9"}', "--dir", str(root)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "suspended AwaitPayment: waiting for payment.received matching {'order': 'o-9'}" in result.output
+    assert "failed" not in result.output and "stepline runs show" in result.output

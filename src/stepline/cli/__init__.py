@@ -36,7 +36,7 @@ from stepline.cli.options import (
     load_env,
     store_url,
 )
-from stepline.cli.runs import runs_app
+from stepline.cli.runs import runs_app, waiting_text
 from stepline.cli.runtime import dlq_app, traces_app
 from stepline.steps.graph import as_json, mermaid, text_tree, trigger
 from stepline.steps.loader import load_project
@@ -369,9 +369,14 @@ async def _emit_local(root: Path, topic: str, data: Any) -> dict[str, Any]:
             unsubscribe()
     failures: list[dict[str, Any]] = []
     dead: list[dict[str, Any]] = []
+    suspended: dict[str, dict[str, Any]] = {}  # delivery id -> its run, while it waits (durable handlers)
     while not records.empty():
         r = records.get_nowait()
-        if r.kind == "end" and "delivery_id" in r.data and r.data.get("status") != "ok":
+        if r.kind == "end" and r.data.get("status") == "suspended":
+            suspended[r.data["delivery_id"]] = {"step": r.step, "runId": r.data["delivery_id"], **r.data}
+        elif r.kind == "start" and "delivery_id" in r.data:
+            suspended.pop(r.data["delivery_id"], None)  # it ran again (woken, or its time came)
+        elif r.kind == "end" and "delivery_id" in r.data and r.data.get("status") != "ok":
             failures.append(
                 {
                     "step": r.step,
@@ -397,6 +402,9 @@ async def _emit_local(root: Path, topic: str, data: Any) -> dict[str, Any]:
         "subscribers": [s.name for s in stepline.project.subscribers(topic)],
         "failures": failures,
         "deadLetters": dead,
+        "suspended": [
+            {"step": v["step"], "runId": v["runId"], "waiting": v.get("waiting")} for v in suspended.values()
+        ],
     }
 
 
@@ -415,6 +423,9 @@ def _report_local(topic: str, result: dict[str, Any], as_json_: bool) -> None:
                 continue
             attempt = f" (attempt {f['attempt']})" if f.get("attempt") else ""
             console.print(f"  [yellow]failed[/] {f['step']}{attempt}: {escape(str(f['error']))}")
+        for w in result["suspended"]:
+            shown = f"[dim](stepline runs show {w['runId']})[/]"
+            console.print(f"  [yellow]suspended[/] {w['step']}: {escape(waiting_text(w))}  {shown}")
         for d in dead:
             attempts = f"{d['attempts']} attempt{'' if d['attempts'] == 1 else 's'}"
             console.print(

@@ -105,12 +105,23 @@ def runs_show(
 
 
 def _recorded(entry: dict[str, Any]) -> str:
+    """An entry in a few words: a step's result or failure, a sleep's end, a wait and its outcome, an emit."""
+    kind = entry.get("kind")
     if "error" in entry:
-        return f"failed: {entry['error'].get('type')}: {entry['error'].get('message')}"[:120]
-    for field in ("value", "until", "data", "topic"):
-        if field in entry:
-            return f"{field} {entry[field]!r}"[:120]
-    return "timed out" if entry.get("timeout") else ""
+        text = f"failed: {entry['error'].get('type')}: {entry['error'].get('message')}"
+    elif kind == "sleep":
+        text = f"until {when(float(entry['until']))}"
+    elif kind == "wait":
+        until = entry.get("until")
+        match = f" matching {entry['match']}" if entry.get("match") else ""
+        text = f"{entry.get('topic')}{match}" + (f" until {when(float(until))}" if until else "")
+    elif kind == "woke":
+        text = "timed out" if entry.get("timeout") else f"event {entry.get('event')}: {entry.get('data')!r}"
+    elif kind == "emit":
+        text = f"{entry.get('topic')} (event {entry.get('event')})"
+    else:
+        text = f"{entry.get('value')!r}"
+    return text[:120]
 
 
 @runs_app.command("cancel")
