@@ -121,9 +121,9 @@ class Connection:
         self._scripts = {
             name: self.client.register_script(getattr(scripts, name))
             for name in (
-                "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "SUSPEND", "WAKE", "DEAD_LETTER", "REPLAY", "PURGE",
-                "STATS", "HEARTBEAT", "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND", "DROP_TRACES",
-                "CLAIM_TICK",
+                "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "SUSPEND", "WAKE", "RELEASE", "DEAD_LETTER", "REPLAY",
+                "PURGE", "STATS", "HEARTBEAT", "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND",
+                "DROP_TRACES", "CLAIM_TICK",
             )
         }  # fmt: skip
         self._checked = False
@@ -256,6 +256,11 @@ class RedisEventQueue:
         self.owner = new_id()
         self._wakeup = asyncio.Event()
         self._next_due: float | None = None  # the next delayed delivery's due time, as the last claim saw it
+        # The deliveries this queue handed out and has not settled: what it knows it holds. After a claim that
+        # failed (it may have run on the server, its reply lost), leases held beyond these go back (RELEASE),
+        # rather than waiting out their lease, which is the handler's timeout and more.
+        self._held: dict[str, None] = {}
+        self._doubt = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
@@ -295,12 +300,24 @@ class RedisEventQueue:
         for step, spec in specs.items():
             cap = -1 if spec.concurrency is None else spec.concurrency
             args += [step, _num(spec.lease), int(spec.fifo), cap]
-        rows, due = await self._conn.script("CLAIM", *args)  # with no specs, it still moves due delayed ones
+        if self._doubt:
+            released = await self._conn.script("RELEASE", self.owner, *self._held)
+            self._doubt = False
+            if released:
+                log.warning("%d deliveries leased by a claim whose reply was lost went back to the queue", released)
+        try:
+            rows, due = await self._conn.script("CLAIM", *args)  # with no specs, it still moves due delayed ones
+        except StoreError:
+            self._doubt = True
+            raise
         self._next_due = None if due is None else float(due)
-        return [
+        claimed = [
             Delivery(i.decode(), _event(e), s.decode(), int(n), bool(lost), bool(resumed))
             for i, s, n, lost, e, resumed in rows
         ]
+        for delivery in claimed:
+            self._held[delivery.id] = None
+        return claimed
 
     async def renew(self, leases: Sequence[tuple[Delivery, float]]) -> list[Delivery]:
         if not leases:
@@ -308,16 +325,20 @@ class RedisEventQueue:
         args: list[Any] = [_num(self._clock.time())]
         for delivery, seconds in leases:
             args += [delivery.id, delivery.attempt, _num(seconds)]
-        lost = await self._conn.script("RENEW", *args)
-        return [leases[int(i)][0] for i in lost]
+        lost = [leases[int(i)][0] for i in await self._conn.script("RENEW", *args)]
+        for delivery in lost:
+            self._held.pop(delivery.id, None)
+        return lost
 
     async def ack(self, delivery: Delivery) -> None:
         await self._conn.script("ACK", delivery.id, delivery.attempt)
+        self._held.pop(delivery.id, None)
         self._wakeup.set()  # the next message of its FIFO group may now go
 
     async def retry(self, delivery: Delivery, delay: float, error: str, *, counts: bool = True) -> None:
         now = _num(self._clock.time())
         await self._conn.script("RETRY", delivery.id, delivery.attempt, now, _num(delay), int(counts))
+        self._held.pop(delivery.id, None)
         self._wakeup.set()
 
     async def suspend(self, delivery: Delivery, until: float | None) -> None:
@@ -325,6 +346,7 @@ class RedisEventQueue:
         await self._conn.script(
             "SUSPEND", delivery.id, delivery.attempt, now, _num(FOREVER if until is None else until)
         )
+        self._held.pop(delivery.id, None)
         self._wakeup.set()
 
     async def wake(self, delivery_id: str) -> bool:
@@ -336,6 +358,7 @@ class RedisEventQueue:
         now = _num(self._clock.time())
         tb = (1, traceback) if traceback is not None else (0, "")
         await self._conn.script("DEAD_LETTER", delivery.id, delivery.attempt, now, error, *tb)
+        self._held.pop(delivery.id, None)
         self._wakeup.set()
 
     async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:

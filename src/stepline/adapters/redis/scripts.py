@@ -270,6 +270,36 @@ return 1
 """
 )
 
+# A worker whose claim failed (the connection dropped, the reply timed out) cannot tell whether the claim ran:
+# the leases it holds that it never heard of go back to the queue, their attempts given back (they never ran).
+# ARGV: P, owner, then the ids it knows it holds. Returns how many went back.
+RELEASE = (
+    _QUEUE
+    + """
+local owner = ARGV[2]
+local known = {}
+for i = 3, #ARGV do known[ARGV[i]] = true end
+local n = 0
+for _, id in ipairs(redis.call('SMEMBERS', P..':o:'..owner)) do
+  if not known[id] then
+    local key = P..':d:'..id
+    local f = redis.call('HMGET', key, 'n', 'l', 's', 'g', 'o', 'q')
+    if f[2] == '1' and f[5] == owner then
+      redis.call('ZREM', P..':a:'..f[3], id)
+      redis.call('HINCRBY', key, 'n', -1)
+      redis.call('HSET', key, 'l', 0, 'x', 0)
+      redis.call('HDEL', key, 'o')
+      visible(id, f[3], f[6], f[4])
+      n = n + 1
+    end
+    redis.call('SREM', P..':o:'..owner, id)
+  end
+end
+if n > 0 then redis.call('PUBLISH', P..':wake', '') end
+return n
+"""
+)
+
 # ARGV: P, id, now. 0 when there is no such delivery.
 WAKE = (
     _QUEUE
