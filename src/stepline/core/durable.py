@@ -705,6 +705,9 @@ class Waits:
                 continue
             if not matches(waiter.get("match"), event.data):
                 continue
+            if await self._control.get(RUNS, run_id) is None:  # its run is over (a crash kept its wait): drop it
+                await self._control.delete(group, wkey)
+                continue
             entries = await self._control.get_group(JOURNAL + run_id)
             if event.id in _consumed(entries) and entries.get(str(waiter["key"]) + "=", {}).get("event") != event.id:
                 continue  # another wait of this run took this event already
