@@ -33,12 +33,13 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from stepline._errors import ApprovalError, WaitTimeoutError
+from stepline.steps.project import APPROVALS_TOPIC
 
 if TYPE_CHECKING:
     from stepline.core.context import RunContext
 
 GROUP = "approvals"
-TOPIC = "stepline.approvals"  # where `ask` hears of decisions (a topic every project waits for)
+TOPIC = APPROVALS_TOPIC  # where `ask` hears of decisions (a topic every project waits for)
 Status = Literal["pending", "approved", "rejected", "timeout"]
 
 

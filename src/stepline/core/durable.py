@@ -76,8 +76,6 @@ _ANY = "*"  # the shape of a wait that matches every event (no match), or one th
 CANCEL = "cancel"
 # The internal step that delivers the events of waited-for topics to their waits (see Engine.emit).
 WAITS_STEP = "stepline:waits"
-# Where ctx.approvals.ask and tools that need approval hear of a decision.
-APPROVALS_TOPIC = "stepline.approvals"
 OnCodeChange = Literal["continue", "dead_letter"]
 
 

@@ -15,6 +15,9 @@ from typing_extensions import TypeVar
 from stepline._errors import Problem
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig, NoopConfig, StepConfig
 
+# Where ctx.approvals.ask and tools that need approval hear of a decision: a topic every project waits for.
+APPROVALS_TOPIC = "stepline.approvals"
+
 # Covariant: a Step[ApiConfig] is a Step, wherever any step is taken.
 C = TypeVar("C", bound=StepConfig, default=StepConfig, covariant=True)
 K = TypeVar("K", bound=StepConfig)
@@ -78,7 +81,7 @@ class Project:
     @property
     def waited_topics(self) -> frozenset[str]:
         """The topics some step may ctx.wait_for (its `waitsFor`), and the approvals' own."""
-        topics = {"stepline.approvals"}
+        topics = {APPROVALS_TOPIC}
         for step in self.steps.values():
             if isinstance(step.config, EventConfig | CronConfig):
                 topics.update(step.config.waits_for)
