@@ -278,6 +278,46 @@ class RecordFeed(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class StreamChange:
+    """One change of a stream group: an item created, updated or deleted, and the group's sequence number
+    after it. The number is assigned in the same write as the item, so that a reader who took a snapshot at
+    `seq` V and then applies the changes after V misses none and applies none twice."""
+
+    stream: str
+    group: str
+    id: str
+    op: Literal["create", "update", "delete"]
+    data: Any  # the item after the change; None for a delete
+    seq: int
+
+
+class StreamStore(Protocol):
+    """Stream items by (stream, group, id), JSON, each change numbered per group and kept in a change log of
+    the most recent `STREAM_LOG` changes of the group, for subscribers catching up after a reconnect."""
+
+    async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
+        """Create or replace an item; the change says which."""
+
+    async def delete(self, stream: str, group: str, id: str) -> StreamChange | None:
+        """None when there was no such item (nothing changed, no number taken)."""
+
+    async def get(self, stream: str, group: str, id: str) -> Any: ...
+
+    async def snapshot(self, stream: str, group: str) -> tuple[dict[str, Any], int]:
+        """Every item of the group, and the sequence number they are as of (0 for a group never written)."""
+
+    async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
+        """The changes after `since`, oldest first; None when some of them are no longer in the log (the
+        reader then takes a fresh snapshot)."""
+
+    async def close(self) -> None: ...
+
+
+# How many changes of each stream group are kept for catching up (per group, the newest).
+STREAM_LOG = 1000
+
+
 class CronLock(Protocol):
     """Makes a cron tick fire once, however many workers see it."""
 
@@ -309,6 +349,7 @@ class Adapters:
     # StoreError. A store with nothing to check has none.
     check: Callable[[], Awaitable[None]] | None = None
     feed: RecordFeed | None = None  # every process's trace records, live; None: this process's alone
+    streams: StreamStore | None = None  # stream items for live clients (docs/streams.md, to come)
 
     async def verify(self) -> None:
         """Refuse a store that would lose accepted events (StoreError, with the setting to change), before
@@ -319,6 +360,8 @@ class Adapters:
     async def close(self) -> None:
         for part in (self.queue, self.state, self.traces, self.cron, self.control):
             await part.close()
+        if self.streams is not None:
+            await self.streams.close()
 
 
 def summarize(trace_id: str, records: Sequence[TraceRecord]) -> TraceSummary:

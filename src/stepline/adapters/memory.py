@@ -10,10 +10,10 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections import OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from stepline import _json
 from stepline._clock import SYSTEM_CLOCK, Clock, sleep_until_set
@@ -22,6 +22,7 @@ from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
     FOREVER,
+    STREAM_LOG,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -31,6 +32,7 @@ from stepline.adapters.base import (
     StateUpdate,
     StoreOptions,
     StoreURL,
+    StreamChange,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -363,6 +365,69 @@ class MemoryCronLock:
         pass
 
 
+@dataclass
+class _StreamGroup:
+    items: dict[str, bytes]
+    seq: int = 0
+    log: deque[StreamChange] | None = None
+
+
+class MemoryStreamStore:
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, str], _StreamGroup] = {}
+
+    def _group(self, stream: str, group: str) -> _StreamGroup:
+        found = self._groups.get((stream, group))
+        if found is None:
+            found = self._groups[(stream, group)] = _StreamGroup({}, 0, deque(maxlen=STREAM_LOG))
+        return found
+
+    def _change(self, g: _StreamGroup, change: StreamChange) -> StreamChange:
+        assert g.log is not None
+        g.log.append(change)
+        return change
+
+    async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
+        raw = _json.dumps(item, f"stream item {stream}/{group}/{id}")
+        g = self._group(stream, group)
+        op: Literal["create", "update"] = "update" if id in g.items else "create"
+        g.items[id] = raw
+        g.seq += 1
+        return self._change(g, StreamChange(stream, group, id, op, _json.loads(raw), g.seq))
+
+    async def delete(self, stream: str, group: str, id: str) -> StreamChange | None:
+        g = self._groups.get((stream, group))
+        if g is None or id not in g.items:
+            return None
+        del g.items[id]
+        g.seq += 1
+        return self._change(g, StreamChange(stream, group, id, "delete", None, g.seq))
+
+    async def get(self, stream: str, group: str, id: str) -> Any:
+        g = self._groups.get((stream, group))
+        raw = g.items.get(id) if g is not None else None
+        return None if raw is None else _json.loads(raw)
+
+    async def snapshot(self, stream: str, group: str) -> tuple[dict[str, Any], int]:
+        g = self._groups.get((stream, group))
+        if g is None:
+            return {}, 0
+        return {k: _json.loads(v) for k, v in g.items.items()}, g.seq
+
+    async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
+        g = self._groups.get((stream, group))
+        seq = g.seq if g is not None else 0
+        if since >= seq:
+            return []
+        log = list(g.log or []) if g is not None else []
+        if not log or log[0].seq > since + 1:
+            return None  # some of the changes after `since` are gone from the log
+        return [c for c in log if c.seq > since]
+
+    async def close(self) -> None:
+        pass
+
+
 def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
     """`memory://`: the adapters in this process, empty."""
     if url.netloc or url.path.strip("/"):
@@ -380,4 +445,5 @@ def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
         MemoryCronLock(),
         MemoryStateStore(),  # control: Stepline's own records, apart from the user's state
         per_process=True,
+        streams=MemoryStreamStore(),
     )

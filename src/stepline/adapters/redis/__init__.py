@@ -42,6 +42,7 @@ from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
     FOREVER,
+    STREAM_LOG,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -52,6 +53,7 @@ from stepline.adapters.base import (
     StateUpdate,
     StoreOptions,
     StoreURL,
+    StreamChange,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -123,7 +125,7 @@ class Connection:
             for name in (
                 "PUBLISH", "CLAIM", "RENEW", "ACK", "RETRY", "SUSPEND", "WAKE", "RELEASE", "DEAD_LETTER", "REPLAY",
                 "PURGE", "STATS", "HEARTBEAT", "LEAVE", "INCREMENT", "SET", "SWAP", "DELETE", "CLEAR", "APPEND",
-                "DROP_TRACES", "CLAIM_TICK",
+                "DROP_TRACES", "CLAIM_TICK", "STREAM_SET", "STREAM_DELETE", "STREAM_SNAPSHOT", "STREAM_CHANGES",
             )
         }  # fmt: skip
         self._checked = False
@@ -664,6 +666,48 @@ class RedisTraceStore:
         await self._conn.release()
 
 
+class RedisStreamStore:
+    """Stream items in a hash per group; each change takes the group's next number and goes into its change
+    log (a sorted set by number, trimmed to the newest STREAM_LOG), in one script with the item."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn.acquire()
+
+    async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
+        raw = _json.dumps(item, f"stream item {stream}/{group}/{id}")
+        seq, replaced = await self._conn.script("STREAM_SET", stream, group, id, raw, STREAM_LOG)
+        return StreamChange(stream, group, id, "update" if replaced else "create", _json.loads(raw), int(seq))
+
+    async def delete(self, stream: str, group: str, id: str) -> StreamChange | None:
+        seq = await self._conn.script("STREAM_DELETE", stream, group, id, STREAM_LOG)
+        return None if seq is None else StreamChange(stream, group, id, "delete", None, int(seq))
+
+    async def get(self, stream: str, group: str, id: str) -> Any:
+        key = f"{self._conn.prefix}:st:{len(stream)}:{stream}:{group}:i"
+        raw = await self._conn.run(lambda: self._conn.client.hget(key, id))
+        return None if raw is None else _json.loads(raw)
+
+    async def snapshot(self, stream: str, group: str) -> tuple[dict[str, Any], int]:
+        seq, *pairs = await self._conn.script("STREAM_SNAPSHOT", stream, group)
+        items = {pairs[i].decode(): _json.loads(pairs[i + 1]) for i in range(0, len(pairs), 2)}
+        return items, int(seq)
+
+    async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
+        seq, *rows = await self._conn.script("STREAM_CHANGES", stream, group, since)
+        if since >= int(seq):
+            return []
+        changes = []
+        for row in rows:
+            n, id, op, data = _json.loads(row)
+            changes.append(StreamChange(stream, group, id, op, data, int(n)))
+        if not changes or changes[0].seq > since + 1:
+            return None  # some of the changes after `since` are gone from the log
+        return changes
+
+    async def close(self) -> None:
+        await self._conn.release()
+
+
 class RedisCronLock:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn.acquire()
@@ -722,4 +766,5 @@ def open_url(url: StoreURL, options: StoreOptions) -> Adapters:
         health,
         check=conn.verify,
         feed=traces,
+        streams=RedisStreamStore(conn),
     )

@@ -27,6 +27,9 @@ Cluster slot and a script may touch any of them:
     P:tr, P:tl, P:tseq  zsets of traces by first appearance and by last record; the counter behind P:tr
     P:tbytes            the bytes the stored trace records take
     P:wake              a Pub/Sub channel: "work may be ready" (waiting workers poll less often than that)
+    P:st:<n>:<stream>:<group>:i   hash id -> item (JSON): a stream group's items (<n>: the stream name's length)
+    ...:q               counter: the group's sequence number, taken by each change
+    ...:l               zset seq -> change ([seq, id, op, item]): the group's newest changes, for catching up
 
 Times come from the caller's clock (ARGV), not the server's, so that tests can move time, and so that a
 lease means the same on the server as in the worker that holds it. Hosts are expected to keep their clocks
@@ -515,6 +518,60 @@ for i = 2, #ARGV do
 end
 return n
 """
+
+# Streams. ARGV: P, stream, group, then per script below. A change and its number are one script.
+_STREAM = """
+local P, stream, group = ARGV[1], ARGV[2], ARGV[3]
+local base = P..':st:'..string.len(stream)..':'..stream..':'..group
+local function logged(seq, id, op, raw, keep)
+  redis.call('ZADD', base..':l', seq, '['..seq..','..cjson.encode(id)..',"'..op..'",'..raw..']')
+  redis.call('ZREMRANGEBYSCORE', base..':l', '-inf', seq - keep)
+end
+"""
+
+# ARGV: ..., id, item JSON, log size. Returns {seq, 1 if it replaced an item}.
+STREAM_SET = (
+    _STREAM
+    + """
+local id, raw = ARGV[4], ARGV[5]
+local replaced = redis.call('HSET', base..':i', id, raw) == 0
+local seq = redis.call('INCR', base..':q')
+logged(seq, id, replaced and 'update' or 'create', raw, tonumber(ARGV[6]))
+return {seq, replaced and 1 or 0}
+"""
+)
+
+# ARGV: ..., id, log size. Returns the change's number, or false when there was no such item.
+STREAM_DELETE = (
+    _STREAM
+    + """
+local id = ARGV[4]
+if redis.call('HDEL', base..':i', id) == 0 then return false end
+local seq = redis.call('INCR', base..':q')
+logged(seq, id, 'delete', 'null', tonumber(ARGV[5]))
+return seq
+"""
+)
+
+# ARGV: ... . Returns {the group's number, id, item, id, item, ...}, of one moment.
+STREAM_SNAPSHOT = (
+    _STREAM
+    + """
+local out = {tonumber(redis.call('GET', base..':q') or '0')}
+for _, v in ipairs(redis.call('HGETALL', base..':i')) do out[#out + 1] = v end
+return out
+"""
+)
+
+# ARGV: ..., since. Returns {the group's number, change, change, ...} after `since`, oldest first.
+STREAM_CHANGES = (
+    _STREAM
+    + """
+local out = {tonumber(redis.call('GET', base..':q') or '0')}
+for _, v in ipairs(redis.call('ZRANGEBYSCORE', base..':l', '('..ARGV[4], '+inf')) do out[#out + 1] = v end
+return out
+"""
+)
 
 # ARGV: P, step, tick. 1 when this caller is the one that fires the tick.
 CLAIM_TICK = """

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stepline import _json
 from stepline._errors import StoreError
@@ -31,6 +31,7 @@ from stepline._ids import new_id
 from stepline.adapters import updates as _updates
 from stepline.adapters.base import (
     FOREVER,
+    STREAM_LOG,
     Adapters,
     ClaimSpec,
     DeadLetter,
@@ -40,6 +41,7 @@ from stepline.adapters.base import (
     StateUpdate,
     StoreOptions,
     StoreURL,
+    StreamChange,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -571,6 +573,107 @@ def _used_bytes(conn: sqlite3.Connection) -> int:
     return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
 
 
+class SqliteStreamStore:
+    """Stream items in stream_items; each change takes the group's next number (stream_groups) and goes into
+    stream_log, in the same transaction as the item, trimmed to the newest STREAM_LOG per group."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db.acquire()
+
+    @staticmethod
+    def _next(conn: sqlite3.Connection, stream: str, group: str) -> int:
+        row = conn.execute(
+            "INSERT INTO stream_groups (stream, grp, seq) VALUES (?, ?, 1) "
+            "ON CONFLICT (stream, grp) DO UPDATE SET seq = seq + 1 RETURNING seq",
+            (stream, group),
+        ).fetchone()
+        return int(row[0])
+
+    @staticmethod
+    def _log(conn: sqlite3.Connection, change: StreamChange, raw: bytes | None) -> None:
+        conn.execute(
+            "INSERT INTO stream_log (stream, grp, seq, id, op, value) VALUES (?, ?, ?, ?, ?, ?)",
+            (change.stream, change.group, change.seq, change.id, change.op, raw),
+        )
+        if change.seq > STREAM_LOG:
+            conn.execute(
+                "DELETE FROM stream_log WHERE stream = ? AND grp = ? AND seq <= ?",
+                (change.stream, change.group, change.seq - STREAM_LOG),
+            )
+
+    async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
+        raw = _json.dumps(item, f"stream item {stream}/{group}/{id}")
+
+        def write(conn: sqlite3.Connection) -> StreamChange:
+            existed = conn.execute(
+                "SELECT 1 FROM stream_items WHERE stream = ? AND grp = ? AND id = ?", (stream, group, id)
+            ).fetchone()
+            conn.execute(
+                "INSERT OR REPLACE INTO stream_items (stream, grp, id, value) VALUES (?, ?, ?, ?)",
+                (stream, group, id, raw),
+            )
+            op: Literal["create", "update"] = "update" if existed else "create"
+            change = StreamChange(stream, group, id, op, _json.loads(raw), self._next(conn, stream, group))
+            self._log(conn, change, raw)
+            return change
+
+        return await self._db.write(write)
+
+    async def delete(self, stream: str, group: str, id: str) -> StreamChange | None:
+        def write(conn: sqlite3.Connection) -> StreamChange | None:
+            gone = conn.execute(
+                "DELETE FROM stream_items WHERE stream = ? AND grp = ? AND id = ?", (stream, group, id)
+            ).rowcount
+            if not gone:
+                return None
+            change = StreamChange(stream, group, id, "delete", None, self._next(conn, stream, group))
+            self._log(conn, change, None)
+            return change
+
+        return await self._db.write(write)
+
+    async def get(self, stream: str, group: str, id: str) -> Any:
+        def read(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(
+                "SELECT value FROM stream_items WHERE stream = ? AND grp = ? AND id = ?", (stream, group, id)
+            ).fetchone()
+            return None if row is None else _json.loads(row[0])
+
+        return await self._db.read(read)
+
+    async def snapshot(self, stream: str, group: str) -> tuple[dict[str, Any], int]:
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, Any], int]:
+            # (Each job runs in a transaction of its batch: the items and the number are of the same moment.)
+            items = conn.execute(
+                "SELECT id, value FROM stream_items WHERE stream = ? AND grp = ?", (stream, group)
+            ).fetchall()
+            row = conn.execute("SELECT seq FROM stream_groups WHERE stream = ? AND grp = ?", (stream, group)).fetchone()
+            return {i: _json.loads(v) for i, v in items}, int(row[0]) if row else 0
+
+        return await self._db.read(read)
+
+    async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
+        def read(conn: sqlite3.Connection) -> list[StreamChange] | None:
+            row = conn.execute("SELECT seq FROM stream_groups WHERE stream = ? AND grp = ?", (stream, group)).fetchone()
+            seq = int(row[0]) if row else 0
+            rows = conn.execute(
+                "SELECT seq, id, op, value FROM stream_log WHERE stream = ? AND grp = ? AND seq > ? ORDER BY seq",
+                (stream, group, since),
+            ).fetchall()
+            if since >= seq:
+                return []
+            if not rows or rows[0][0] > since + 1:
+                return None  # some of the changes after `since` are gone from the log
+            return [
+                StreamChange(stream, group, i, op, None if v is None else _json.loads(v), n) for n, i, op, v in rows
+            ]
+
+        return await self._db.read(read)
+
+    async def close(self) -> None:
+        await self._db.release()
+
+
 class SqliteCronLock:
     def __init__(self, db: Database) -> None:
         self._db = db.acquire()
@@ -621,6 +724,7 @@ def open_sqlite(
         SqliteCronLock(db),
         SqliteStateStore(db, table="control"),
         db.health,
+        streams=SqliteStreamStore(db),
     )
 
 

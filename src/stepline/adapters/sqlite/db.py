@@ -46,6 +46,21 @@ CHECK_AT_OPEN_BYTES = 128 * 1024 * 1024
 _CHECK_PROBLEMS = 10  # quick_check stops after this many problems: enough to tell, quick on a wrecked file
 _DAMAGE = "database file"  # the health component under which damage found while running is reported
 
+# Stream items, each group's sequence number, and its change log (the newest changes, for catching up).
+_STREAM_TABLES = (
+    """CREATE TABLE IF NOT EXISTS stream_items (
+        stream TEXT NOT NULL, grp TEXT NOT NULL, id TEXT NOT NULL, value BLOB NOT NULL,
+        PRIMARY KEY (stream, grp, id)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_groups (
+        stream TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (stream, grp)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stream_log (
+        stream TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, op TEXT NOT NULL,
+        value BLOB, PRIMARY KEY (stream, grp, seq)
+    ) WITHOUT ROWID""",
+)
+
 # The schema as of SCHEMA_VERSION (PRAGMA user_version), for a new file; an older file is brought up to it
 # by MIGRATIONS, so each change of it is made twice: here, and in a migration step (a test compares the two).
 SCHEMA = [
@@ -120,6 +135,7 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS trace_parts_trace ON trace_parts (trace_id)",
     "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
+    *_STREAM_TABLES,
 ]
 # Release 0.1's tables as it made them (version 0), for _to_v1 to find. Frozen: SCHEMA moves on, these do not.
 _V0_TABLES = (
@@ -209,9 +225,15 @@ def _to_v3(conn: sqlite3.Connection) -> None:
         conn.execute(f"ALTER TABLE deliveries ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
 
 
+def _to_v4(conn: sqlite3.Connection) -> None:
+    """3 to 4: streams. Stream items, a sequence number per group, and a change log per group."""
+    for statement in _STREAM_TABLES:
+        conn.execute(statement)
+
+
 # MIGRATIONS[n] takes a file from version n to n + 1; each step is one function, run in the transaction
 # that opens the file. Append only: a released step never changes, since files out there went through it.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
