@@ -101,30 +101,13 @@ class Approvals:
         """Ask for a decision on (name, key). `topic` gets the decision, or `decision: "timeout"` after
         `timeout` seconds. Asking again while one is pending is an error; after a decision, it starts anew."""
         ctx = self._ctx
-        now = ctx.clock.time()
-        approval = Approval(
-            name,
-            key,
-            topic,
-            "pending",
-            ctx.trace_id,
-            ctx.step_name,
-            now,
-            data=data,
-            message=message,
-            expires_at=now + timeout if timeout else None,
-        )
-        current = await ctx.control.get(GROUP, _id(name, key))
-        if isinstance(current, dict) and current.get("status") == "pending":
-            raise ApprovalError(f"approval {name}/{key} is already pending (since {current['requested_at']:.0f})")
-        if not await ctx.control.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
-            raise ApprovalError(f"approval {name}/{key} was requested at the same moment by another step")
+        approval = await self._record(name, key, topic, data, message, timeout)
         if timeout:
             await ctx.emit(
                 topic,
                 _event(approval, "timeout"),
                 delay=timeout,
-                idempotency_key=f"approval-timeout:{name}/{key}:{now}",
+                idempotency_key=f"approval-timeout:{name}/{key}:{approval.requested_at}",
             )
         ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
         return approval
@@ -154,10 +137,8 @@ class Approvals:
         except WaitTimeoutError:
             current = await self.get(name, key)
             if current is not None and current.pending and current.requested_at == asked["requested_at"]:
-                timed_out = Approval.from_dict(
-                    current.to_dict() | {"status": "timeout", "decided_at": ctx.clock.time()}
-                )
-                if await ctx.control.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
+                timed_out = await self._time_out(current)
+                if timed_out is not None:
                     ctx.logger.info("approval timed out", {"approval": f"{name}/{key}"})
                     return timed_out
         decided = await self.get(name, key)
@@ -166,12 +147,21 @@ class Approvals:
         return decided
 
     async def _ask(self, name: str, key: str, data: Any, message: str | None, timeout: float | None) -> dict[str, Any]:
+        approval = await self._record(name, key, TOPIC, data, message, timeout)
+        self._ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
+        return approval.to_dict()
+
+    async def _record(
+        self, name: str, key: str, topic: str, data: Any, message: str | None, timeout: float | None
+    ) -> Approval:
+        """Store a pending request for (name, key): an error while one is pending, or when another step
+        requested it at the same moment (compare-and-set)."""
         ctx = self._ctx
         now = ctx.clock.time()
         approval = Approval(
             name,
             key,
-            TOPIC,
+            topic,
             "pending",
             ctx.trace_id,
             ctx.step_name,
@@ -185,8 +175,15 @@ class Approvals:
             raise ApprovalError(f"approval {name}/{key} is already pending (since {current['requested_at']:.0f})")
         if not await ctx.control.compare_and_set(GROUP, _id(name, key), current, approval.to_dict()):
             raise ApprovalError(f"approval {name}/{key} was requested at the same moment by another step")
-        ctx.logger.info("approval requested", {"approval": f"{name}/{key}", "timeout": timeout})
-        return approval.to_dict()
+        return approval
+
+    async def _time_out(self, current: Approval) -> Approval | None:
+        """A pending approval's timeout wins, unless a decision (or another timeout) got there first: None."""
+        timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": self._ctx.clock.time()})
+        record = _id(current.name, current.key)
+        if not await self._ctx.control.compare_and_set(GROUP, record, current.to_dict(), timed_out.to_dict()):
+            return None
+        return timed_out
 
     async def decide(
         self, name: str, key: str, *, approved: bool, by: str | None = None, comment: str | None = None
@@ -222,10 +219,7 @@ class Approvals:
             return current if current.status == event["decision"] else None
         if not current.pending:
             return current if current.status == "timeout" else None  # a redelivery, or the decision won
-        timed_out = Approval.from_dict(current.to_dict() | {"status": "timeout", "decided_at": self._ctx.clock.time()})
-        if not await self._ctx.control.compare_and_set(GROUP, _id(name, key), current.to_dict(), timed_out.to_dict()):
-            return None
-        return timed_out
+        return await self._time_out(current)
 
     async def get(self, name: str, key: str) -> Approval | None:
         value = await self._ctx.control.get(GROUP, _id(name, key))
