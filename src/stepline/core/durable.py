@@ -34,7 +34,6 @@ always sees the other (each store's operations are atomic and ordered).
 from __future__ import annotations
 
 import asyncio
-import builtins
 import hashlib
 import importlib
 import inspect
@@ -86,10 +85,6 @@ class Limits:
     max_entries: int = 1000
     max_result_bytes: int = 1024 * 1024
     on_code_change: OnCodeChange = "continue"
-
-
-def code_hash(source: bytes) -> str:
-    return hashlib.sha256(source).hexdigest()[:16]
 
 
 def matches(match: Mapping[str, Any] | None, data: Any) -> bool:
@@ -166,12 +161,14 @@ def _project(data: Any, keys: list[list[str]]) -> list[Any] | None:
     return values
 
 
-def waits_group(topic: str, match: Any) -> str:
-    return f"{WAITS}{topic}:{shape_of(match)[2]}"
+def waits_group(topic: str, digest: str) -> str:
+    """The group of the waits on `topic` whose match has this shape and these values (see shape_of)."""
+    return f"{WAITS}{topic}:{digest}"
 
 
-def log_group(topic: str, at: float) -> str:
-    return f"{LOG}{topic}:{int(at // _HOUR)}"
+def log_group(topic: str, hour: int) -> str:
+    """The group of the events on `topic` published in this hour (a Unix time // 3600)."""
+    return f"{LOG}{topic}:{hour}"
 
 
 class Run:
@@ -345,7 +342,7 @@ class Run:
         entries = self._entries or await self._control.get_group(JOURNAL + self.id)
         for key, entry in entries.items():
             if isinstance(entry, dict) and entry.get("kind") == "wait" and not key.endswith("="):
-                group = waits_group(str(entry.get("topic")), entry.get("match"))
+                group = waits_group(str(entry.get("topic")), shape_of(entry.get("match"))[2])
                 await self._control.delete(group, _waiter_key(self.id, key))
         await self._control.clear(JOURNAL + self.id)
         await self._control.delete(RUNS, self.id)
@@ -536,7 +533,7 @@ class Run:
             "at": self._clock.time(),
         }
         shape, keys, digest = shape_of(match)
-        group = f"{WAITS}{topic}:{digest}"
+        group = waits_group(topic, digest)
         await self._control.set(SHAPES + topic, shape, {"keys": keys})
         await self._control.set(group, _waiter_key(self.id, key), waiter)
         # The log, an hour's group at a time, from the hour the run began (at most the lookback) to now.
@@ -544,7 +541,7 @@ class Run:
         logged: dict[str, Any] = {}
         first = int(max(self.since, now - self._lookback) // _HOUR)
         for hour in range(first, int(now // _HOUR) + 1):
-            logged |= await self._control.get_group(f"{LOG}{topic}:{hour}")
+            logged |= await self._control.get_group(log_group(topic, hour))
         used = _consumed(self._entries or {})
         for event_id, item in sorted(logged.items(), key=lambda kv: (kv[1].get("at", 0), kv[0])):
             if item.get("at", 0) >= self.since and event_id not in used and matches(match, item.get("data")):
@@ -680,7 +677,7 @@ class Waits:
         if (topic, hour) not in self._hours:
             await self._control.set(LOGS + topic, str(hour), 1)
             self._hours.add((topic, hour))
-        await self._control.set(f"{LOG}{topic}:{hour}", event.id, {"at": event.created_at, "data": event.data})
+        await self._control.set(log_group(topic, hour), event.id, {"at": event.created_at, "data": event.data})
         # The waits it may satisfy: for each shape of match used on the topic, the group of its own values.
         waiters: dict[str, tuple[str, Any]] = {}
         for shape, spec in (await self._control.get_group(SHAPES + topic)).items():
@@ -692,7 +689,7 @@ class Waits:
                 if values is None:
                     continue
                 digest = _digest(shape, values)
-            group = f"{WAITS}{topic}:{digest}"
+            group = waits_group(topic, digest)
             for wkey, waiter in (await self._control.get_group(group)).items():
                 waiters[wkey] = (group, waiter)
         woken = 0
@@ -744,7 +741,7 @@ class Waits:
         oldest = int((now - self.lookback) // _HOUR)  # an hour's group goes whole, once all of it is too old
         for hour in await self._control.get_group(LOGS + topic):
             if int(hour) < oldest:
-                await self._control.clear(f"{LOG}{topic}:{hour}")
+                await self._control.clear(log_group(topic, int(hour)))
                 await self._control.delete(LOGS + topic, hour)
                 self._hours.discard((topic, int(hour)))
 
@@ -779,6 +776,6 @@ def until_of(when: float | datetime) -> float:
         from datetime import UTC
 
         return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
-    if isinstance(when, builtins.bool) or not isinstance(when, int | float):
+    if isinstance(when, bool) or not isinstance(when, int | float):
         raise DurableError(f"sleep_until takes a datetime or a Unix time, not {type(when).__name__}")
     return float(when)

@@ -282,24 +282,21 @@ RELEASE = (
 local owner = ARGV[2]
 local known = {}
 for i = 3, #ARGV do known[ARGV[i]] = true end
-local n = 0
+local count = 0
 for _, id in ipairs(redis.call('SMEMBERS', P..':o:'..owner)) do
   if not known[id] then
-    local key = P..':d:'..id
-    local f = redis.call('HMGET', key, 'n', 'l', 's', 'g', 'o', 'q')
-    if f[2] == '1' and f[5] == owner then
-      redis.call('ZREM', P..':a:'..f[3], id)
-      redis.call('HINCRBY', key, 'n', -1)
-      redis.call('HSET', key, 'l', 0, 'x', 0)
-      redis.call('HDEL', key, 'o')
+    local mine = redis.call('HMGET', P..':d:'..id, 'n', 'o')
+    local f = mine[2] == owner and release(id, mine[1])
+    if f then
+      redis.call('HINCRBY', P..':d:'..id, 'n', -1)
       visible(id, f[3], f[6], f[4])
-      n = n + 1
+      count = count + 1
     end
     redis.call('SREM', P..':o:'..owner, id)
   end
 end
-if n > 0 then redis.call('PUBLISH', P..':wake', '') end
-return n
+if count > 0 then redis.call('PUBLISH', P..':wake', '') end
+return count
 """
 )
 
