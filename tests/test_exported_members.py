@@ -21,7 +21,10 @@ PUBLIC = {
         # durable handlers
         "CodeChangedError", "DurableError", "DurableSettings", "JournalLimitError", "RecordedStepError",
         "StepNameError", "Suspended", "WaitTimeoutError",
+        # streams
+        "StreamAuthError", "StreamAuthRequest", "StreamDef", "StreamHandle", "Streams", "Subscription",
     ],
+    "stepline.client": ["Message", "StreamClient", "StreamRefusedError", "Watch"],
     "stepline.testing": ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"],
     "stepline.adapters": [
         "Adapters", "ClaimSpec", "CronLock", "DEFAULT_STORE", "DeadLetter", "Delivery", "Event", "EventQueue",

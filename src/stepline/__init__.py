@@ -40,6 +40,8 @@ from stepline.agents.tools import Tool
 from stepline.app import Stepline
 from stepline.context import Context
 from stepline.core.context import RunContext, State, StepLogger
+from stepline.core.streams import StreamHandle, Streams
+from stepline.http.streams import StreamAuthError, StreamAuthRequest
 from stepline.steps.config import (
     ApiConfig,
     Backoff,
@@ -58,6 +60,7 @@ from stepline.steps.loader import load_project
 from stepline.steps.project import Project, Step
 from stepline.steps.request import ApiRequest, ApiResponse
 from stepline.steps.settings import LLMSettings, Price
+from stepline.steps.streams import StreamDef, Subscription
 
 __all__ = [
     "LLM",
@@ -109,7 +112,13 @@ __all__ = [
     "StoreError",
     "StoreURLError",
     "StoreUnavailableError",
+    "StreamAuthError",
+    "StreamAuthRequest",
+    "StreamDef",
+    "StreamHandle",
+    "Streams",
     "StructuredOutputError",
+    "Subscription",
     "Suspended",
     "Tool",
     "ToolArgumentsError",

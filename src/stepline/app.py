@@ -20,7 +20,9 @@ from stepline.agents.mcp import close_sessions as close_mcp_sessions
 from stepline.context import Context
 from stepline.core.engine import Engine, replay_all
 from stepline.core.scheduler import CronScheduler
+from stepline.core.streams import Hub
 from stepline.http.app import BODY_TIMEOUT, MAX_BODY, HttpApp
+from stepline.http.streams import Authenticate, StreamEndpoints
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project
 from stepline.steps.settings import LLMSettings, load_settings
@@ -68,6 +70,7 @@ class Stepline:
         engine: str | None = None,
         database: str | Path | None = None,
         synchronous: str | None = None,
+        stream_auth: Authenticate | None = None,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"role is one of {', '.join(ROLES)}, not {role!r}")
@@ -123,6 +126,12 @@ class Stepline:
         )
         self.llm = LLMClient(self.settings.llm)  # one per app: connections stay warm across steps
         self.scheduler = CronScheduler(self.engine, self.adapters.cron)
+        self.streams: Hub | None = (
+            Hub(self.adapters.streams, self.project.streams) if self.adapters.streams is not None else None
+        )
+        self._stream_auth = stream_auth
+        self._authenticator: Authenticate | None = None
+        self._authenticator_loaded = False
         self.asgi = HttpApp(
             self.engine,
             dev=dev,
@@ -133,6 +142,7 @@ class Stepline:
             body_timeout=body_timeout,
             allowed_hosts=allowed_hosts,
             routes=role != "worker",
+            streams=StreamEndpoints(lambda: self.streams, self._authenticate),
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -157,13 +167,24 @@ class Stepline:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self.engine.stop(grace)
+        if self.streams is not None:
+            await self.streams.close()
         await self.llm.close()
         await close_mcp_sessions()  # the servers mcp_tools started, with the handlers that used them done
         await self.adapters.close()
 
     def _context(self, **parts: Any) -> Context:
         """The engine's context factory: its RunContext, with the agent features (ctx.llm and the rest)."""
-        return Context(**parts, client=self.llm, caller=self.engine)
+        return Context(**parts, client=self.llm, caller=self.engine, streams=self.streams)
+
+    def _authenticate(self) -> Authenticate | None:
+        """The stream clients' authenticate hook: Stepline(stream_auth=...), else stepline.toml's."""
+        if self._stream_auth is not None:
+            return self._stream_auth
+        if not self._authenticator_loaded:  # imported on first use: the hook lives in the project's code
+            self._authenticator = self.settings.streams.authenticator()
+            self._authenticator_loaded = True
+        return self._authenticator
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
@@ -181,10 +202,15 @@ class Stepline:
             settings = load_settings(self.root)
         except ProjectLoadError as exc:
             return exc.problems
-        if self._llm_override is None and settings.llm != self.settings.llm:
+        if self._llm_override is not None:
+            settings.llm = self._llm_override
+        elif settings.llm != self.settings.llm:
             self.llm = LLMClient(settings.llm)  # calls under way finish on the old client
-            self.settings = settings
+        self._authenticator_loaded = False  # the hook's module may have changed: imported again on use
+        self.settings = settings
         self.project = project
+        if self.streams is not None:
+            self.streams.set_streams(project.streams)
         self.engine.replace_project(project)
         self.asgi.set_project(project)
         self.scheduler.project_changed()

@@ -23,6 +23,7 @@ from stepline.agents.sandbox import CodeResult, run_code
 from stepline.agents.tools import Tool
 from stepline.core.context import Blocking, Emitter, Recorder, RunContext, State, StepCaller, StepLogger, SyncRunContext
 from stepline.core.durable import Run
+from stepline.core.streams import Hub, Streams
 from stepline.steps.settings import LLMSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -46,6 +47,7 @@ class Context(RunContext):
         client: LLMClient | None = None,
         caller: StepCaller | None = None,
         run: Run | None = None,
+        streams: Hub | None = None,
     ) -> None:
         super().__init__(
             step=step,
@@ -62,6 +64,12 @@ class Context(RunContext):
         self._client = client
         self._caller = caller
         self._llm: LLM | None = None
+        self._hub = streams
+
+    @property
+    def streams(self) -> Streams:
+        """The project's streams: `await ctx.streams.progress.set(group_id, id, item)` (docs/streams.md)."""
+        return Streams(self._hub)
 
     @property
     def approvals(self) -> Approvals:

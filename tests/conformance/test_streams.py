@@ -4,8 +4,14 @@ a snapshot with the number it is as of, and the change log a subscriber catches 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from stepline.adapters.base import STREAM_LOG, StreamStore
+import pytest
+
+from stepline import adapters as stores
+from stepline.adapters.base import STREAM_LOG, StoreOptions, StreamChange, StreamEvent, StreamStore
+from tests.stores import SHARED_STORES, StoreKind
 
 from .conftest import Adapters
 
@@ -64,6 +70,8 @@ async def test_a_snapshot_and_the_changes_after_it_miss_nothing_under_concurrent
     final, seq = await s.snapshot("live", "g")
     assert items == final and seq == (changes[-1].seq if changes else at)
     assert await s.changes("live", "g", seq) == []
+    assert await s.changes("live", "g", seq + 1) is None  # a number not reached: the store was reset
+    assert await s.changes("never", "g", 0) == [] and await s.changes("never", "g", 3) is None
 
 
 async def test_changes_past_the_log_ask_for_a_fresh_snapshot(adapters: Adapters) -> None:
@@ -73,3 +81,47 @@ async def test_changes_past_the_log_ask_for_a_fresh_snapshot(adapters: Adapters)
     assert await s.changes("big", "g", 2) is None  # its next changes are gone from the log
     kept = await s.changes("big", "g", 5)
     assert kept is not None and len(kept) == STREAM_LOG and kept[0].seq == 6
+
+
+async def _next_batch(listening: AsyncIterator[list[StreamChange | StreamEvent]]) -> list[StreamChange | StreamEvent]:
+    async with asyncio.timeout(5):
+        while True:
+            batch = await anext(listening)
+            if batch:
+                return batch
+
+
+@pytest.mark.parametrize("kind", SHARED_STORES, ids=str)
+async def test_what_one_process_writes_every_other_hears(kind: StoreKind, tmp_path: Path) -> None:
+    """Two stores on one backend stand for two processes: each hears the other's changes and events, in
+    order, and not its own."""
+    url = kind.url(tmp_path)
+    one, two = (stores.open_store(url, StoreOptions(root=tmp_path)) for _ in range(2))
+    try:
+        a, b = one.streams, two.streams
+        assert a is not None and b is not None
+        heard = b.listen()
+        assert await anext(heard) == []  # listening from here on
+        own = a.listen()
+        assert await anext(own) == []
+        await a.set("s", "g", "x", {"v": 1})
+        await a.set("s", "g", "x", {"v": 2})
+        await a.delete("s", "g", "x")
+        await a.send(StreamEvent("s", "g", None, {"type": "ping", "data": 1}))
+        got: list[StreamChange | StreamEvent] = []
+        while len(got) < 4:
+            got += await _next_batch(heard)
+        assert got == [
+            StreamChange("s", "g", "x", "create", {"v": 1}, 1),
+            StreamChange("s", "g", "x", "update", {"v": 2}, 2),
+            StreamChange("s", "g", "x", "delete", None, 3),
+            StreamEvent("s", "g", None, {"type": "ping", "data": 1}),
+        ]
+        await b.set("s", "g", "y", {"v": 3})  # the writer hears the other's, never its own
+        assert await _next_batch(own) == [StreamChange("s", "g", "y", "create", {"v": 3}, 4)]
+        await heard.aclose()
+        await own.aclose()
+    finally:
+        await one.close()
+        await two.close()
+        kind.cleanup(url)

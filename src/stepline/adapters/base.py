@@ -308,10 +308,31 @@ class StreamStore(Protocol):
         """Every item of the group, and the sequence number they are as of (0 for a group never written)."""
 
     async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
-        """The changes after `since`, oldest first; None when some of them are no longer in the log (the
-        reader then takes a fresh snapshot)."""
+        """The changes after `since`, oldest first; None when some of them are no longer in the log, or
+        when `since` is past the group's number (the store was reset): the reader then takes a snapshot."""
+
+    async def send(self, event: StreamEvent) -> None:
+        """Hand an ephemeral event to the other processes sharing the store (it is not kept)."""
+
+    def listen(self) -> AsyncIterator[list[StreamChange | StreamEvent]]:
+        """The changes and events the other processes sharing the store make from now on, in batches, until
+        the iterator is closed. The first batch is empty, once listening; another empty batch says it
+        listens again after losing touch, and may have missed some. Best effort: a change it misses shows
+        as a gap in its group's numbers, which the reader fills from `changes`; an event it misses is gone
+        (events are not kept)."""
+        ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """An ephemeral event for the watchers of a group (or of one item of it, `id`): sent, never stored."""
+
+    stream: str
+    group: str
+    id: str | None
+    event: Any  # {"type": ..., "data": ...}
 
 
 # How many changes of each stream group are kept for catching up (per group, the newest).

@@ -11,7 +11,7 @@ import contextlib
 import heapq
 import itertools
 from collections import OrderedDict, defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from stepline.adapters.base import (
     StoreOptions,
     StoreURL,
     StreamChange,
+    StreamEvent,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -417,12 +418,21 @@ class MemoryStreamStore:
     async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
         g = self._groups.get((stream, group))
         seq = g.seq if g is not None else 0
-        if since >= seq:
+        if since > seq:
+            return None  # a number this group has not reached: the store was reset since
+        if since == seq:
             return []
         log = list(g.log or []) if g is not None else []
         if not log or log[0].seq > since + 1:
             return None  # some of the changes after `since` are gone from the log
         return [c for c in log if c.seq > since]
+
+    async def send(self, event: StreamEvent) -> None:
+        """No other process shares a memory store: there is no one to hand the event to."""
+
+    async def listen(self) -> AsyncIterator[list[StreamChange | StreamEvent]]:
+        yield []  # listening from now on
+        await asyncio.get_running_loop().create_future()  # nothing else writes here: wait until closed
 
     async def close(self) -> None:
         pass

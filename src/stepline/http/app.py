@@ -36,6 +36,7 @@ from stepline.core.engine import Engine, clip
 from stepline.http.admin import WorkbenchApi, json_response
 from stepline.http.body import read_body
 from stepline.http.openapi import openapi
+from stepline.http.streams import SOCKET_PATHS, StreamEndpoints
 from stepline.steps.config import ApiConfig
 from stepline.steps.loader import RESERVED_PREFIXES
 from stepline.steps.project import Project, Step
@@ -51,8 +52,9 @@ BODY_TIMEOUT = 30.0  # seconds for the whole body to arrive once the headers hav
 _OFF_LOOP = 64 * 1024  # bodies larger than this are parsed and validated on a thread
 _HEALTH_TIMEOUT = 2.0
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Built-in routes a load balancer or a monitor calls with whatever Host it likes.
-_OPEN = ("/__stepline/health", "/__stepline/live", "/openapi.json")
+# Built-in routes a load balancer or a monitor calls with whatever Host it likes; and the streams, which
+# pages elsewhere watch (their own authenticate hook and access checks guard them, not the Host).
+_OPEN = ("/__stepline/health", "/__stepline/live", "/openapi.json", "/__stepline/streams")
 
 
 class HttpApp:
@@ -73,6 +75,7 @@ class HttpApp:
         body_timeout: float = BODY_TIMEOUT,
         allowed_hosts: list[str] | None = None,
         routes: bool = True,
+        streams: StreamEndpoints | None = None,
     ) -> None:
         self.engine = engine
         self.dev = dev
@@ -85,6 +88,7 @@ class HttpApp:
         self.body_timeout = body_timeout
         # Host names the built-in routes answer to without a token, besides localhost and IP addresses.
         self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
+        self.streams = streams if routes else None
         self._builtin = self._build_builtin()
         self._router = self._build(engine.project)
 
@@ -94,6 +98,12 @@ class HttpApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            if self.streams is not None and _route_path(scope) in SOCKET_PATHS:
+                await self.streams.websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here; streams: /"})
             return
         # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
         # need not walk past two dozen built-in routes first.
@@ -167,8 +177,21 @@ class HttpApp:
         if not self.routes:
             return Router(health)
         workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token, read_body=self.read_body)
+        streams: list[BaseRoute] = []
+        if self.streams is not None:
+            streams = [
+                Route("/__stepline/streams/client.js", self.streams.client_js, methods=["GET"]),
+                Route("/__stepline/streams/{stream}/{group}", self.streams.sse, methods=["GET"]),
+                Route("/__stepline/streams/{stream}/{group}/{id}", self.streams.sse, methods=["GET"]),
+            ]
         return Router(
-            [Route("/openapi.json", self._openapi, methods=["GET"]), *health, *workbench.routes(), workbench.page()]
+            [
+                Route("/openapi.json", self._openapi, methods=["GET"]),
+                *health,
+                *streams,
+                *workbench.routes(),
+                workbench.page(),
+            ]
         )
 
     def _build(self, project: Project) -> Router:

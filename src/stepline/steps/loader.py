@@ -11,7 +11,7 @@ import inspect
 import re
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from stepline._errors import Problem, ProjectLoadError
 from stepline.steps.config import _BY_TYPE, ApiConfig, CronConfig, EventConfig, _problems, parse_config
 from stepline.steps.project import Project, Step
+from stepline.steps.streams import StreamDef, is_stream_file, parse_stream
 
 STEPS_DIR = "steps"
 # Where step files are looked for, as Motia does: steps/ and src/ (its templates use src/), both if present.
@@ -34,15 +35,15 @@ def is_step_file(path: Path) -> bool:
     return path.name.endswith(("_step.py", ".step.py"))
 
 
-def discover(root: Path) -> list[Path]:
-    """Every step file under the project's steps/ and src/ folders."""
+def discover(root: Path, kind: Callable[[Path], bool] = is_step_file) -> list[Path]:
+    """Every step file (or, with `kind=is_stream_file`, stream file) under the project's steps/ and src/."""
     found: list[Path] = []
     for base in (root / d for d in STEP_DIRS):
         if base.is_dir():
             found += [
                 p
                 for p in base.rglob("*.py")
-                if is_step_file(p) and not any(part.startswith((".", "__")) for part in p.relative_to(base).parts)
+                if kind(p) and not any(part.startswith((".", "__")) for part in p.relative_to(base).parts)
             ]
     return sorted(found)
 
@@ -84,12 +85,24 @@ def load_project(root: Path | str) -> Project:
         problems.extend(file_problems)
         if step is not None:
             steps.append(step)
+    streams: dict[str, StreamDef] = {}
+    for file in discover(root, is_stream_file):
+        rel = file.relative_to(root).as_posix()
+        stream, stream_problems = _load_stream(root, file, rel, _module_name(root, file))
+        problems.extend(stream_problems)
+        if stream is None:
+            continue
+        first = streams.setdefault(stream.name, stream)
+        if first is not stream:
+            fix = "give each stream a unique name"
+            problems.append(Problem(rel, "name", f"stream {stream.name!r} is also defined in {first.rel}", fix))
     problems.extend(_check_names(steps))
     problems.extend(_check_routes(steps))
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ProjectLoadError(root, errors)
-    return Project(root, {s.name: s for s in steps}, warnings=_topic_warnings(steps) + _lease_warnings(steps))
+    warnings = _topic_warnings(steps) + _lease_warnings(steps) + [p for p in problems if p.severity == "warning"]
+    return Project(root, {s.name: s for s in steps}, warnings=warnings, streams=streams)
 
 
 def _prepare_imports(root: Path) -> None:
@@ -184,6 +197,16 @@ def _load_step(root: Path, file: Path, rel: str, name: str) -> tuple[Step | None
     if config is None or problems:
         return None, problems
     return Step(config=config, file=file, rel=rel, handler=handler if shape else None), []
+
+
+def _load_stream(root: Path, file: Path, rel: str, name: str) -> tuple[StreamDef | None, list[Problem]]:
+    try:
+        module = _import(file, name)
+    except SyntaxError as exc:
+        return None, [_syntax_problem(root, rel, exc)]
+    except Exception as exc:
+        return None, [_import_problem(rel, file, exc)]
+    return parse_stream(module, file, rel, _config_line(file))
 
 
 def _in(rel: str, problem: Problem, line: int | None) -> Problem:

@@ -14,6 +14,7 @@ from typing_extensions import TypeVar
 
 from stepline._errors import Problem
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig, NoopConfig, StepConfig
+from stepline.steps.streams import StreamDef
 
 # Where ctx.approvals.ask and tools that need approval hear of a decision: a topic every project waits for.
 APPROVALS_TOPIC = "stepline.approvals"
@@ -67,6 +68,7 @@ class Project:
     root: Path
     steps: dict[str, Step]
     warnings: list[Problem] = field(default_factory=list)
+    streams: dict[str, StreamDef] = field(default_factory=dict)  # by name, from the *_stream.py files
 
     def __post_init__(self) -> None:
         self._subscribers: dict[str, list[Step]] = {}

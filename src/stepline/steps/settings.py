@@ -17,6 +17,9 @@ what `stepline mcp` serves.
     steps = ["GetWeather"]                   # API steps, by name ("*": every API step)
     topics = ["weather.alert"]               # topics to emit to ("*": every topic with subscribers)
 
+    [streams]
+    authenticate = "auth:authenticate"       # who stream clients are (docs/streams.md); default: anyone
+
 The environment wins over the file, so a deployment can point the same project at another provider.
 """
 
@@ -97,10 +100,32 @@ class McpSettings(BaseModel):
         return not self.steps and not self.topics
 
 
+class StreamSettings(BaseModel):
+    """How stream clients are let in (docs/streams.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # "module:function" in the project: (StreamAuthRequest) -> auth, or raise to refuse the client
+    authenticate: str | None = None
+
+    def authenticator(self) -> Callable[..., Any] | None:
+        if self.authenticate is None:
+            return None
+        module, _, name = self.authenticate.partition(":")
+        function = getattr(importlib.import_module(module), name, None) if name else None
+        if not callable(function):
+            raise TypeError(
+                f"streams.authenticate names {self.authenticate!r}, which is not a function: give "
+                '"module:function", a module of the project (like "auth:authenticate" for auth.py)'
+            )
+        return function  # type: ignore[no-any-return]
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     llm: LLMSettings = Field(default_factory=LLMSettings)
     mcp: McpSettings = Field(default_factory=McpSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
 
 
 _ENV = {"STEPLINE_LLM_BASE_URL": "base_url", "STEPLINE_LLM_MODEL": "model", "STEPLINE_LLM_API_KEY": "api_key"}

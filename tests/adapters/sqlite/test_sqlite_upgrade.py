@@ -138,7 +138,7 @@ async def test_a_version_1_file_has_steplines_records_moved_from_state_to_contro
 
 
 def test_each_migration_is_one_function_and_the_version_counts_them() -> None:
-    assert SCHEMA_VERSION == len(MIGRATIONS) == 4
+    assert SCHEMA_VERSION == len(MIGRATIONS) == 5
     for n, migrate in enumerate(MIGRATIONS):
         assert inspect.isfunction(migrate) and migrate.__name__ == f"_to_v{n + 1}", migrate
         assert migrate.__doc__, f"{migrate.__name__} says what it changes and why"

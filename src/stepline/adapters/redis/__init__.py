@@ -54,6 +54,7 @@ from stepline.adapters.base import (
     StoreOptions,
     StoreURL,
     StreamChange,
+    StreamEvent,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -672,14 +673,15 @@ class RedisStreamStore:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn.acquire()
+        self._origin = new_id()  # this process, in what it publishes: its listener skips its own
 
     async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
         raw = _json.dumps(item, f"stream item {stream}/{group}/{id}")
-        seq, replaced = await self._conn.script("STREAM_SET", stream, group, id, raw, STREAM_LOG)
+        seq, replaced = await self._conn.script("STREAM_SET", stream, group, id, raw, STREAM_LOG, self._origin)
         return StreamChange(stream, group, id, "update" if replaced else "create", _json.loads(raw), int(seq))
 
     async def delete(self, stream: str, group: str, id: str) -> StreamChange | None:
-        seq = await self._conn.script("STREAM_DELETE", stream, group, id, STREAM_LOG)
+        seq = await self._conn.script("STREAM_DELETE", stream, group, id, STREAM_LOG, self._origin)
         return None if seq is None else StreamChange(stream, group, id, "delete", None, int(seq))
 
     async def get(self, stream: str, group: str, id: str) -> Any:
@@ -694,7 +696,9 @@ class RedisStreamStore:
 
     async def changes(self, stream: str, group: str, since: int) -> list[StreamChange] | None:
         seq, *rows = await self._conn.script("STREAM_CHANGES", stream, group, since)
-        if since >= int(seq):
+        if since > int(seq):
+            return None  # a number this group has not reached: the store was reset since
+        if since == int(seq):
             return []
         changes = []
         for row in rows:
@@ -703,6 +707,40 @@ class RedisStreamStore:
         if not changes or changes[0].seq > since + 1:
             return None  # some of the changes after `since` are gone from the log
         return changes
+
+    async def send(self, event: StreamEvent) -> None:
+        message = _json.dumps([self._origin, event.stream, event.group, None, event.id, "event", event.event])
+        await self._conn.run(lambda: self._conn.client.publish(f"{self._conn.prefix}:st:bus", message))
+
+    async def listen(self) -> AsyncIterator[list[StreamChange | StreamEvent]]:
+        """Subscribes to P:st:bus; a lost connection is taken up again (what passed meanwhile shows as gaps)."""
+        while True:
+            pubsub = self._conn.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(f"{self._conn.prefix}:st:bus")
+                yield []  # listening (again): what was published before this may have been missed
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():  # swallowed by the client: see Connection.run
+                        raise asyncio.CancelledError
+                    batch: list[StreamChange | StreamEvent] = []
+                    while message is not None:
+                        origin, stream, group, seq, id, op, data = _json.loads(message["data"])
+                        if origin != self._origin:
+                            if seq is None:
+                                batch.append(StreamEvent(stream, group, id, data))
+                            else:
+                                batch.append(StreamChange(stream, group, id, op, None if op == "delete" else data, seq))
+                        message = await pubsub.get_message(timeout=0.0)  # what else has arrived: one batch
+                    if batch:
+                        yield batch
+            except (rexc.RedisError, OSError, StoreError) as exc:
+                log.warning("listening for other processes' stream changes failed (%s); reconnecting", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def close(self) -> None:
         await self._conn.release()

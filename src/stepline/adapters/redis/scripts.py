@@ -30,6 +30,8 @@ Cluster slot and a script may touch any of them:
     P:st:<n>:<stream>:<group>:i   hash id -> item (JSON): a stream group's items (<n>: the stream name's length)
     ...:q               counter: the group's sequence number, taken by each change
     ...:l               zset seq -> change ([seq, id, op, item]): the group's newest changes, for catching up
+    P:st:bus            a Pub/Sub channel: every stream change ([origin, stream, group, seq, id, op, item]) and
+                        ephemeral event ([origin, stream, group, null, id, "event", event]), for every process
 
 Times come from the caller's clock (ARGV), not the server's, so that tests can move time, and so that a
 lease means the same on the server as in the worker that holds it. Hosts are expected to keep their clocks
@@ -520,32 +522,37 @@ return n
 _STREAM = """
 local P, stream, group = ARGV[1], ARGV[2], ARGV[3]
 local base = P..':st:'..string.len(stream)..':'..stream..':'..group
-local function logged(seq, id, op, raw, keep)
-  redis.call('ZADD', base..':l', seq, '['..seq..','..cjson.encode(id)..',"'..op..'",'..raw..']')
+-- The change goes into the group's log and, in the same script, out on P:st:bus to every process that
+-- listens, as [origin, stream, group, seq, id, op, item]: no change is logged without being published.
+local function logged(seq, id, op, raw, keep, origin)
+  local change = '['..seq..','..cjson.encode(id)..',"'..op..'",'..raw..']'
+  redis.call('ZADD', base..':l', seq, change)
   redis.call('ZREMRANGEBYSCORE', base..':l', '-inf', seq - keep)
+  redis.call('PUBLISH', P..':st:bus', '['..cjson.encode(origin)..','..cjson.encode(stream)..','..
+    cjson.encode(group)..','..string.sub(change, 2))
 end
 """
 
-# ARGV: ..., id, item JSON, log size. Returns {seq, 1 if it replaced an item}.
+# ARGV: ..., id, item JSON, log size, origin. Returns {seq, 1 if it replaced an item}.
 STREAM_SET = (
     _STREAM
     + """
 local id, raw = ARGV[4], ARGV[5]
 local replaced = redis.call('HSET', base..':i', id, raw) == 0
 local seq = redis.call('INCR', base..':q')
-logged(seq, id, replaced and 'update' or 'create', raw, tonumber(ARGV[6]))
+logged(seq, id, replaced and 'update' or 'create', raw, tonumber(ARGV[6]), ARGV[7])
 return {seq, replaced and 1 or 0}
 """
 )
 
-# ARGV: ..., id, log size. Returns the change's number, or false when there was no such item.
+# ARGV: ..., id, log size, origin. Returns the change's number, or false when there was no such item.
 STREAM_DELETE = (
     _STREAM
     + """
 local id = ARGV[4]
 if redis.call('HDEL', base..':i', id) == 0 then return false end
 local seq = redis.call('INCR', base..':q')
-logged(seq, id, 'delete', 'null', tonumber(ARGV[5]))
+logged(seq, id, 'delete', 'null', tonumber(ARGV[5]), ARGV[6])
 return seq
 """
 )

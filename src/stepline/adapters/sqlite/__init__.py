@@ -19,7 +19,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +42,7 @@ from stepline.adapters.base import (
     StoreOptions,
     StoreURL,
     StreamChange,
+    StreamEvent,
     TraceRecord,
     TraceSummary,
     UpdateResult,
@@ -63,6 +64,11 @@ _CAP_ROWS = 100  # trace parts whose traces go per transaction when the size cap
 # (p99 8 ms; bench/idempotency.py). 500 a second still expires 43 million keys a day; an expired key that
 # waits its turn is only disk space, since `publish` takes a key past its window as new.
 _EXPIRE_KEYS = 500
+# The stream bus: how often a process looks for other processes' stream changes while anyone watches (the
+# latency a change made in another process adds), and how many of the newest rows are kept. A reader more
+# than STREAM_BUS rows behind misses some: changes it then reads from the change log, events are gone.
+BUS_POLL = 0.02
+STREAM_BUS = 10_000
 
 # The tables a SqliteStateStore may keep its values in (the same shape): the user's, and Stepline's own.
 _STATE_TABLES = ("state", "control")
@@ -579,6 +585,7 @@ class SqliteStreamStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db.acquire()
+        self._origin = new_id()  # this process, in the bus rows it writes: its listener skips them
 
     @staticmethod
     def _next(conn: sqlite3.Connection, stream: str, group: str) -> int:
@@ -601,6 +608,17 @@ class SqliteStreamStore:
                 (change.stream, change.group, change.seq - STREAM_LOG),
             )
 
+    def _bus(
+        self, conn: sqlite3.Connection, stream: str, group: str, id: str | None, op: str, seq: int | None, raw: Any
+    ) -> None:
+        pos = conn.execute(
+            "INSERT INTO stream_bus (origin, stream, grp, id, op, seq, value) VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING pos",
+            (self._origin, stream, group, id, op, seq, raw),
+        ).fetchone()[0]
+        if pos % 256 == 0:  # trimmed now and then, not on every write
+            conn.execute("DELETE FROM stream_bus WHERE pos <= ?", (pos - STREAM_BUS,))
+
     async def set(self, stream: str, group: str, id: str, item: Any) -> StreamChange:
         raw = _json.dumps(item, f"stream item {stream}/{group}/{id}")
 
@@ -615,6 +633,7 @@ class SqliteStreamStore:
             op: Literal["create", "update"] = "update" if existed else "create"
             change = StreamChange(stream, group, id, op, _json.loads(raw), self._next(conn, stream, group))
             self._log(conn, change, raw)
+            self._bus(conn, stream, group, id, op, change.seq, raw)
             return change
 
         return await self._db.write(write)
@@ -628,6 +647,7 @@ class SqliteStreamStore:
                 return None
             change = StreamChange(stream, group, id, "delete", None, self._next(conn, stream, group))
             self._log(conn, change, None)
+            self._bus(conn, stream, group, id, "delete", change.seq, None)
             return change
 
         return await self._db.write(write)
@@ -660,7 +680,9 @@ class SqliteStreamStore:
                 "SELECT seq, id, op, value FROM stream_log WHERE stream = ? AND grp = ? AND seq > ? ORDER BY seq",
                 (stream, group, since),
             ).fetchall()
-            if since >= seq:
+            if since > seq:
+                return None  # a number this group has not reached: the store was reset since
+            if since == seq:
                 return []
             if not rows or rows[0][0] > since + 1:
                 return None  # some of the changes after `since` are gone from the log
@@ -669,6 +691,45 @@ class SqliteStreamStore:
             ]
 
         return await self._db.read(read)
+
+    async def send(self, event: StreamEvent) -> None:
+        raw = _json.dumps(event.event, f"an event for stream {event.stream}/{event.group}")
+        await self._db.write(lambda conn: self._bus(conn, event.stream, event.group, event.id, "event", None, raw))
+
+    async def listen(self) -> AsyncIterator[list[StreamChange | StreamEvent]]:
+        """Polls the bus (SQLite has no notifications): every BUS_POLL seconds while listened to."""
+
+        def newest(conn: sqlite3.Connection) -> int:
+            return int(conn.execute("SELECT coalesce(max(pos), 0) FROM stream_bus").fetchone()[0])
+
+        def after(pos: int) -> Callable[[sqlite3.Connection], list[tuple[Any, ...]]]:
+            return lambda conn: conn.execute(
+                "SELECT pos, stream, grp, id, op, seq, value FROM stream_bus WHERE pos > ? AND origin != ? "
+                "ORDER BY pos LIMIT 1000",
+                (pos, self._origin),
+            ).fetchall()
+
+        last = await self._db.read(newest)
+        yield []  # listening from here on
+        while True:
+            try:
+                rows = await self._db.read(after(last))
+            except StoreError as exc:  # not fatal: the hub fills the gaps from the change log afterwards
+                log.warning("reading other processes' stream changes failed (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if not rows:
+                await asyncio.sleep(BUS_POLL)
+                continue
+            last = rows[-1][0]
+            batch: list[StreamChange | StreamEvent] = []
+            for _, stream, group, id, op, seq, raw in rows:
+                data = None if raw is None else _json.loads(raw)
+                if seq is None:
+                    batch.append(StreamEvent(stream, group, id, data))
+                else:
+                    batch.append(StreamChange(stream, group, id, op, data, int(seq)))
+            yield batch
 
     async def close(self) -> None:
         await self._db.release()

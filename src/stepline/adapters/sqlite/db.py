@@ -60,6 +60,12 @@ _STREAM_TABLES = (
         value BLOB, PRIMARY KEY (stream, grp, seq)
     ) WITHOUT ROWID""",
 )
+# Every process's stream changes and events in the order written, for the other processes to read (SQLite
+# has no notifications): the newest STREAM_BUS rows, a row per change (seq set) or event (seq NULL).
+_STREAM_BUS = """CREATE TABLE IF NOT EXISTS stream_bus (
+    pos INTEGER PRIMARY KEY, origin TEXT NOT NULL, stream TEXT NOT NULL, grp TEXT NOT NULL, id TEXT,
+    op TEXT NOT NULL, seq INTEGER, value BLOB
+)"""
 
 # The schema as of SCHEMA_VERSION (PRAGMA user_version), for a new file; an older file is brought up to it
 # by MIGRATIONS, so each change of it is made twice: here, and in a migration step (a test compares the two).
@@ -136,6 +142,7 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS cron_ticks (step TEXT PRIMARY KEY, tick REAL NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS workers (owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, heartbeat_at REAL NOT NULL)",
     *_STREAM_TABLES,
+    _STREAM_BUS,
 ]
 # Release 0.1's tables as it made them (version 0), for _to_v1 to find. Frozen: SCHEMA moves on, these do not.
 _V0_TABLES = (
@@ -231,9 +238,14 @@ def _to_v4(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _to_v5(conn: sqlite3.Connection) -> None:
+    """4 to 5: the stream bus, for changes and events to reach every process."""
+    conn.execute(_STREAM_BUS)
+
+
 # MIGRATIONS[n] takes a file from version n to n + 1; each step is one function, run in the transaction
 # that opens the file. Append only: a released step never changes, since files out there went through it.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_to_v1, _to_v2, _to_v3, _to_v4, _to_v5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
