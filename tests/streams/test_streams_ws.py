@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from stepline import _errors
 from stepline.adapters.base import STREAM_LOG
 from stepline.client import StreamClient, StreamRefusedError, Watch
 from stepline.core.streams import OUTBOX_MESSAGES
-from stepline.testing import serve
+from stepline.testing import Answer, ScriptedLLM, serve
 
 from ..conftest import ProjectFactory
 
@@ -443,3 +444,35 @@ async def test_a_slow_client_is_closed_without_slowing_the_step_or_growing_memor
         await eventually(lambda: hub.watchers == 1, 5)
         slow.sock.close()
         await fast.close()
+
+
+LLM_PROJECT = {
+    "steps/answers_stream.py": """
+        config = {"name": "answers", "schema": {"type": "object", "properties": {"text": {"type": "string"},
+                  "done": {"type": "boolean"}, "q": {"type": "string"}}, "required": ["text", "done"]}}
+    """,
+    "steps/ask_step.py": """
+        config = {"type": "event", "name": "Ask", "subscribes": ["ask"]}
+        async def handler(input, ctx):  # an event step: its only way to a browser is a stream
+            target = ctx.streams.answers.item("chats", input["id"], extra={"q": input["q"]})
+            await ctx.llm.stream(input["q"], to=target).collect()
+    """,
+}
+
+
+async def test_an_llm_stream_writes_its_tokens_to_a_stream_item_as_they_come(make_project: ProjectFactory) -> None:
+    with ScriptedLLM() as llm:
+        llm.add(Answer(text="one two three four five six", pace=0.06))
+        root = make_project(LLM_PROJECT)
+        async with serve(root, store="memory://", llm=llm.settings()) as app, StreamClient(app.url) as client:
+            watch = await client.item("answers", "chats", "c1")
+            await app.stepline.emit("ask", {"id": "c1", "q": "count"})
+            texts = []
+            while True:
+                message = await watch.next(5)
+                texts.append(message.data["text"])
+                if message.data["done"]:
+                    break
+            assert texts[-1] == "one two three four five six" and watch.state["q"] == "count"
+            assert len(texts) >= 4, "the text arrives as it grows, not once at the end"
+            assert all(b.startswith(a) for a, b in itertools.pairwise(texts))

@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -234,12 +234,15 @@ class LLM:
         system: str | None = None,
         model: str | None = None,
         memory: Memory | None = None,
+        to: StreamTarget | None = None,
         **options: Any,
     ) -> LLMStream:
         """`async for token in ctx.llm.stream(...)`: text as it arrives; `.text` and `.usage` once done.
-        With `memory`, the prompt and the whole reply are remembered once the stream has been read to its end."""
+        With `memory`, the prompt and the whole reply are remembered once the stream has been read to its end.
+        With `to` (a stream item: `ctx.streams.answers.item(group_id, id)`), the text so far is written to it
+        as it grows, for browsers watching it; `await ctx.llm.stream(..., to=...).collect()` needs no loop."""
         _check_options("stream", options)
-        return LLMStream(self, prompt, system, self._model(model), options, memory)
+        return LLMStream(self, prompt, system, self._model(model), options, memory, to)
 
     async def run(
         self,
@@ -582,6 +585,17 @@ def _load_tool(value: dict[str, Any]) -> ToolRun:
     return ToolRun(value["id"], value["name"], value.get("arguments") or {}, value.get("result"), value.get("error"))
 
 
+class StreamTarget(Protocol):
+    """Where ctx.llm.stream(..., to=) writes the text as it grows: a stream item (core.streams.StreamItem)."""
+
+    async def write(self, text: str, done: bool) -> None: ...
+
+
+# How often a growing reply is written to its stream item, at most (seconds): 20 writes a second looks live
+# and keeps a fast model from making a stored change per token.
+STREAM_EVERY = 0.05
+
+
 class LLMStream:
     """An async iterator of text pieces; records the call in the trace when the stream ends."""
 
@@ -593,6 +607,7 @@ class LLMStream:
         model: str,
         options: dict[str, Any],
         memory: Memory | None = None,
+        to: StreamTarget | None = None,
     ) -> None:
         self._llm = llm
         self._prompt = prompt
@@ -600,8 +615,15 @@ class LLMStream:
         self.model = model
         self._options = options
         self._memory = memory
+        self._to = to
         self.text = ""
         self.usage = Usage()
+
+    async def collect(self) -> str:
+        """Read the whole stream (writing it to `to` as it comes); the text."""
+        async for _ in self:
+            pass
+        return self.text
 
     async def __aiter__(self) -> AsyncIterator[str]:
         llm = self._llm
@@ -615,6 +637,7 @@ class LLMStream:
             raise
         pieces: list[str] = []
         error: str | None = None
+        written = 0.0  # when the text so far last went to `to`
         try:
             async for chunk in stream:
                 if chunk.usage is not None:
@@ -623,6 +646,11 @@ class LLMStream:
                     piece = choice.delta.content
                     if piece:
                         pieces.append(piece)
+                        # Each write is a stored change: at most one per STREAM_EVERY seconds while it grows
+                        # (the last piece always goes, with done=True, below).
+                        if self._to is not None and time.monotonic() - written >= STREAM_EVERY:
+                            written = time.monotonic()
+                            await self._to.write("".join(pieces), False)
                         yield piece
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -632,6 +660,8 @@ class LLMStream:
             llm._trace(
                 "stream", self.model, messages, started, retries=retries, usage=self.usage, reply=self.text, error=error
             )
+        if self._to is not None:
+            await self._to.write(self.text, True)
         # Only a stream read to its end is remembered: a reader that stopped early never saw the whole reply.
         if self._memory is not None:
             await self._memory.append(*fresh, {"role": "assistant", "content": self.text})

@@ -593,7 +593,12 @@ class StreamHandle:
     async def get_group(self, group_id: str) -> list[dict[str, Any]]:
         return await self._hub.get_group(self.name, group_id)
 
-    getGroup = get_group
+    getGroup = get_group  # Motia's spelling
+
+    def item(self, group_id: str, id: str, *, key: str = "text", extra: dict[str, Any] | None = None) -> StreamItem:
+        """One item as a target for text that grows: `ctx.llm.stream(prompt, to=ctx.streams.chat.item(g, i))`
+        writes `{**extra, key: text so far, "done": False}` as it comes, then `"done": True`."""
+        return StreamItem(self, group_id, id, key, extra or {})
 
     async def send(self, channel: dict[str, Any], event: dict[str, Any]) -> None:
         """An ephemeral event (`{"type", "data"}`) to the watchers of a group (`{"groupId": g}`) or of one
@@ -603,6 +608,20 @@ class StreamHandle:
         group = channel.get("groupId", channel.get("group_id"))
         _check_key(group, "groupId")
         await self._hub.send(self.name, str(group), channel.get("id"), event)
+
+
+@dataclass
+class StreamItem:
+    """An item that text is written into as it grows (ctx.llm.stream's `to`)."""
+
+    handle: StreamHandle
+    group_id: str
+    id: str
+    key: str = "text"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    async def write(self, text: str, done: bool) -> None:
+        await self.handle.set(self.group_id, self.id, {**self.extra, self.key: text, "done": done})
 
 
 class Streams:

@@ -45,6 +45,7 @@ class Answer:
     retry_after: float | None = None
     usage: tuple[int, int] | None = None  # (input, output) tokens; counted from words when None
     delay: float = 0.0  # seconds before answering
+    pace: float = 0.0  # seconds between streamed pieces, as a model generating them
 
     @classmethod
     def tool_call(cls, name: str, arguments: dict[str, Any] | str, **kw: Any) -> Answer:
@@ -179,7 +180,7 @@ class ScriptedLLM:
         yield chunk({"role": "assistant", "content": ""})
         for piece in _pieces(answer.text or ""):
             yield chunk({"content": piece})
-            await asyncio.sleep(0)
+            await asyncio.sleep(answer.pace)
         for index, call in enumerate(answer.tool_calls):
             head = {"index": index, "id": f"call_{next(self._ids)}", "type": "function"}
             yield chunk({"tool_calls": [head | {"function": {"name": call["name"], "arguments": ""}}]})
