@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from stepline import LLMSettings, load_project
+from stepline.client import StreamClient
 from stepline.core.durable import runs
 from stepline.testing import Answer, FakeClock, RunningApp, ScriptedLLM, serve
 
@@ -294,7 +295,32 @@ def test_the_project_loads_without_warnings() -> None:
     # Every topic is both emitted and heard (report.decided by the gate's wait_for): nothing to warn about.
     project = load_project(ROOT)
     assert project.warnings == []
-    assert len(project.steps) == 13
+    assert len(project.steps) == 14
+    assert list(project.streams) == ["reportProgress"]
     assert project.waited_topics >= {"report.decided"}
     assert project.flows == ["financial-reporting"]
     assert all(s.config.description for s in project.steps.values())
+
+
+# -- progress, live ----------------------------------------------------------------------------------
+
+
+async def test_a_client_watching_a_report_sees_each_turn_as_it_happens(app: RunningApp) -> None:
+    """The reportProgress stream: what the live page (GET /reports/{id}/live) shows, as any client sees it."""
+    response = await app.client.post("/reports", json={"month": "2026-10", "requestedBy": REQUESTER})
+    report_id = response.json()["reportId"]
+    async with StreamClient(app.url) as client:
+        watch = await client.item("reportProgress", "reports", report_id)
+        seen = [watch.state["status"]] if watch.state else []
+        await app.settle()
+        await app.client.post(f"/reports/{report_id}/approve")
+        await app.settle()
+        while seen[-1:] != ["sent"]:
+            message = await watch.next(10)
+            seen.append(message.data["status"])
+    # Each turn in order (one may be missed only if it was replaced before it was sent, never reordered).
+    order = ["fetching", "analyzing", "awaiting_approval", "approved", "generated", "sent"]
+    assert seen == sorted(set(seen), key=order.index) and seen[-1] == "sent"
+    assert {"awaiting_approval", "sent"} <= set(seen)
+    page = await app.client.get(f"/reports/{report_id}/live")
+    assert page.status_code == 200 and "/__stepline/streams/client.js" in page.text

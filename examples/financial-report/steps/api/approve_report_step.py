@@ -1,5 +1,7 @@
 """POST /reports/{id}/approve: the human's yes. The approval gate, waiting on `report.decided`, resumes."""
 
+from finance.progress import progress
+
 from stepline import ApiRequest, ApiResponse, Context
 
 from .decision import awaiting_decision
@@ -24,5 +26,6 @@ async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     if not await ctx.state.compare_and_set(report_id, "status", "awaiting_approval", "approved"):
         return {"status": 409, "body": {"error": f"report {report_id} was decided meanwhile"}}
     await ctx.emit({"topic": "report.decided", "data": {"reportId": report_id, "approved": True}})
+    await progress(ctx, report_id, "approved")
     ctx.logger.info("report approved", {"reportId": report_id})
     return {"status": 202, "body": {"reportId": report_id, "status": "approved"}}

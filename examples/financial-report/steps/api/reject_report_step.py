@@ -1,5 +1,6 @@
 """POST /reports/{id}/reject: the human's no, with an optional reason."""
 
+from finance.progress import progress
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from stepline import ApiRequest, ApiResponse, Context
@@ -42,5 +43,6 @@ async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
         return {"status": 409, "body": {"error": f"report {report_id} was decided meanwhile"}}
     decision = {"reportId": report_id, "approved": False, "reason": rejection.reason}
     await ctx.emit({"topic": "report.decided", "data": decision})
+    await progress(ctx, report_id, "rejecting", rejection.reason)
     ctx.logger.info("report rejected by the reviewer", {"reportId": report_id, "reason": rejection.reason})
     return {"status": 202, "body": {"reportId": report_id, "status": "rejecting"}}

@@ -3,6 +3,7 @@
 import re
 import uuid
 
+from finance.progress import progress
 from pydantic import BaseModel, Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -58,6 +59,7 @@ async def handler(req: ApiRequest, ctx: Context) -> ApiResponse:
     report_id = f"rpt-{uuid.uuid4().hex[:10]}"
     await ctx.state.set(report_id, "request", req.body)
     await ctx.state.set(report_id, "status", "fetching")
+    await progress(ctx, report_id, "fetching")
     await ctx.emit({"topic": "report.requested", "data": {"reportId": report_id, **req.body}})
     ctx.logger.info("report requested", {"reportId": report_id, **req.body})
     return {"status": 202, "body": {"reportId": report_id, "traceId": ctx.trace_id}}

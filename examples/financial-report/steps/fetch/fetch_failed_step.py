@@ -3,6 +3,7 @@
 from typing import Any
 
 from finance.events import DataFetchFailed
+from finance.progress import progress
 
 from stepline import Context
 
@@ -22,4 +23,5 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     # Both sources may fail, at the same moment: merge is atomic, so neither reason overwrites the other.
     errors = await ctx.state.merge(report_id, "errors", {input["source"]: input["error"]})
     await ctx.state.set(report_id, "status", "failed")
+    await progress(ctx, report_id, "failed")
     ctx.logger.warn("report failed", {"reportId": report_id, "source": input["source"], "errors": len(errors)})

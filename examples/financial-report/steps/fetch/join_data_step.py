@@ -3,6 +3,7 @@
 from typing import Any
 
 from finance.events import SOURCES, DataFetched
+from finance.progress import progress
 
 from stepline import Context, EventConfig
 
@@ -34,5 +35,6 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
         ctx.logger.info("the other delivery already continued", {"reportId": report_id})
         return
     await ctx.state.set(report_id, "status", "analyzing")
+    await progress(ctx, report_id, "analyzing")
     ctx.logger.info("both sources in; analysis starts", {"reportId": report_id, "wokenBy": input["source"]})
     await ctx.emit({"topic": "report.data.ready", "data": {"reportId": report_id}})

@@ -5,6 +5,7 @@ from typing import Any
 from finance.analyst import write_draft
 from finance.events import ReportRef
 from finance.figures import figures
+from finance.progress import progress
 
 from stepline import Context
 
@@ -34,6 +35,7 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     if not await ctx.state.compare_and_set(report_id, "status", "analyzing", "awaiting_approval"):
         ctx.logger.info("draft refreshed; the report has moved on", {"reportId": report_id})
         return
+    await progress(ctx, report_id, "awaiting_approval", report["title"])
     ctx.logger.info(
         "draft ready for approval",
         {"reportId": report_id, "revenue": numbers["revenue"], "netIncome": numbers["netIncome"]},

@@ -5,6 +5,7 @@ only record the decision and announce it."""
 from typing import Any
 
 from finance.events import ReportRef
+from finance.progress import progress
 
 from stepline import Context, WaitTimeoutError
 
@@ -30,6 +31,7 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     except WaitTimeoutError:
         if await ctx.state.compare_and_set(report_id, "status", "awaiting_approval", "expired"):
             ctx.logger.warn("no reviewer decided in time", {"reportId": report_id, "days": REVIEW_DAYS})
+            await progress(ctx, report_id, "expired")
         return
     if decision["approved"]:
         await ctx.emit({"topic": "report.approved", "data": {"reportId": report_id}})

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from finance.events import ReportGenerated
+from finance.progress import progress
 from finance.render import email, outbox_dir
 
 from stepline import Context
@@ -30,4 +31,5 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     path.write_bytes(bytes(message))  # one file per report: a retry overwrites it, it does not send twice
     await ctx.state.set(report_id, "emailPath", str(path))
     await ctx.state.set(report_id, "status", "sent")
+    await progress(ctx, report_id, "sent")
     ctx.logger.info("report emailed", {"reportId": report_id, "to": request["requestedBy"], "path": str(path)})

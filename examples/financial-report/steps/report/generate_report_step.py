@@ -3,6 +3,7 @@
 from typing import Any
 
 from finance.events import ReportRef
+from finance.progress import progress
 from finance.render import output_dir, report_html
 
 from stepline import Context
@@ -29,5 +30,6 @@ async def handler(input: dict[str, Any], ctx: Context) -> None:
     path = folder / f"{report_id}.html"
     path.write_text(page, encoding="utf-8")  # the same content on a retry: writing twice is harmless
     await ctx.state.set(report_id, "reportPath", str(path))
+    await progress(ctx, report_id, "generated")
     ctx.logger.info("report written", {"reportId": report_id, "path": str(path), "bytes": len(page)})
     await ctx.emit({"topic": "report.generated", "data": {"reportId": report_id, "path": str(path)}})

@@ -3,6 +3,7 @@
 from typing import Any
 
 from finance.events import ReportRejected
+from finance.progress import progress
 
 from stepline import Context
 
@@ -20,4 +21,5 @@ config = {
 async def handler(input: dict[str, Any], ctx: Context) -> None:
     await ctx.state.set(input["reportId"], "rejection", input["reason"])
     await ctx.state.set(input["reportId"], "status", "rejected")
+    await progress(ctx, input["reportId"], "rejected", input["reason"])
     ctx.logger.info("report rejected", {"reportId": input["reportId"], "reason": input["reason"]})
