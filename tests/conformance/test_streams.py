@@ -125,3 +125,14 @@ async def test_what_one_process_writes_every_other_hears(kind: StoreKind, tmp_pa
         await one.close()
         await two.close()
         kind.cleanup(url)
+
+
+async def test_groups_lists_each_group_with_its_items_and_number(adapters: Adapters) -> None:
+    s = streams(adapters)
+    await s.set("st", "b", "x", {"n": 1})
+    await s.set("st", "b", "y", {"n": 2})
+    await s.set("st", "a", "x", {"n": 3})
+    await s.delete("st", "a", "x")
+    await s.set("other", "c", "x", {})
+    assert await s.groups("st") == [("a", 0, 2), ("b", 2, 2)]
+    assert await s.groups("never") == []

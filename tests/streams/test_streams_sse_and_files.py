@@ -154,3 +154,26 @@ def test_a_motia_stream_file_loads_as_it_is(make_project: ProjectFactory) -> Non
     stream = project.streams["openai"]
     assert stream.can_access is not None and stream.schema is not None
     assert stream.validate({"message": "hi"}, "an item") == {"message": "hi"}
+
+
+async def test_the_workbench_api_lists_streams_groups_and_items(make_project: ProjectFactory) -> None:
+    root = make_project(PROJECT)
+    async with serve(root, store="memory://") as app:
+        hub = app.stepline.streams
+        assert hub is not None
+        await hub.set("progress", "g", "a", {"pct": 1})
+        await hub.set("progress", "g", "b", {"pct": 2})
+        await hub.delete("progress", "g", "b")
+        async with app.client.stream("GET", "/__stepline/streams/progress/g") as watching:
+            await next_event(sse_events(watching))
+            listed = (await app.client.get("/__stepline/api/streams")).json()
+        by_name = {s["name"]: s for s in listed}
+        assert set(by_name) == {"progress", "private"}
+        progress = by_name["progress"]
+        assert progress["file"] == "steps/progress_stream.py" and progress["access"] == "open"
+        assert progress["schema"]["properties"]["pct"]["type"] == "integer"
+        assert progress["groups"] == [{"group": "g", "items": 1, "seq": 3, "watchers": 1}]
+        assert by_name["private"]["access"] == "checked"
+        group = (await app.client.get("/__stepline/api/streams/progress/g")).json()
+        assert group == {"stream": "progress", "group": "g", "seq": 3, "items": [{"pct": 1, "note": "", "id": "a"}]}
+        assert (await app.client.get("/__stepline/api/streams/nosuch/g")).status_code == 404

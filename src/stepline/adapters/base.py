@@ -311,6 +311,9 @@ class StreamStore(Protocol):
         """The changes after `since`, oldest first; None when some of them are no longer in the log, or
         when `since` is past the group's number (the store was reset): the reader then takes a snapshot."""
 
+    async def groups(self, stream: str) -> list[tuple[str, int, int]]:
+        """(group, items, seq) of every group of the stream ever written, by group name."""
+
     async def send(self, event: StreamEvent) -> None:
         """Hand an ephemeral event to the other processes sharing the store (it is not kept)."""
 

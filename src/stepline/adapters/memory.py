@@ -427,6 +427,9 @@ class MemoryStreamStore:
             return None  # some of the changes after `since` are gone from the log
         return [c for c in log if c.seq > since]
 
+    async def groups(self, stream: str) -> list[tuple[str, int, int]]:
+        return sorted((group, len(g.items), g.seq) for (s, group), g in self._groups.items() if s == stream)
+
     async def send(self, event: StreamEvent) -> None:
         """No other process shares a memory store: there is no one to hand the event to."""
 

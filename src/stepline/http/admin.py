@@ -26,6 +26,7 @@ from stepline._errors import BacklogFullError, HttpError, SchemaValidationError,
 from stepline.adapters.base import TraceRecord
 from stepline.core import durable
 from stepline.core.engine import replay_all, resume_trace, stop_trace, stopped
+from stepline.core.streams import Hub
 from stepline.core.trace import record_json, summary_json
 from stepline.http.access import refusal
 from stepline.steps.config import ApiConfig, CronConfig, EventConfig
@@ -58,8 +59,17 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 class WorkbenchApi:
-    def __init__(self, engine: Engine, *, dev: bool, token: str | None, read_body: BodyReader) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        dev: bool,
+        token: str | None,
+        read_body: BodyReader,
+        streams: Callable[[], Hub | None] = lambda: None,
+    ) -> None:
         self.engine = engine
+        self.hub = streams
         self.dev = dev
         self.token = token
         self.read_body = read_body
@@ -77,6 +87,8 @@ class WorkbenchApi:
             ("/state/{group}", self.state_group, "GET"),
             ("/state/{group}/{key}", self.state_put, "PUT"),
             ("/state/{group}/{key}", self.state_delete, "DELETE"),
+            ("/streams", self.streams, "GET"),
+            ("/streams/{stream}/{group}", self.stream_group, "GET"),
             ("/runs", self.runs, "GET"),
             ("/runs/{run_id}", self.run, "GET"),
             ("/runs/{run_id}/cancel", self.cancel_run, "POST"),
@@ -257,6 +269,38 @@ class WorkbenchApi:
 
     async def state_group(self, request: Request) -> Response:
         return json_response(await self.engine.state.get_group(request.path_params["group"]))
+
+    async def streams(self, request: Request) -> Response:
+        """Every stream: its schema, its groups (items, number) and who watches them in this process."""
+        hub = self.hub()
+        if hub is None:
+            return json_response([])
+        watched: dict[tuple[str, str], int] = {(s, g): n for s, g, n in hub.watched()}
+        out = []
+        for name, stream in sorted(hub.streams.items()):
+            groups = await hub.store.groups(name)
+            out.append(
+                {
+                    "name": name,
+                    "file": stream.rel,
+                    "description": stream.description,
+                    "schema": stream.schema.json_schema() if stream.schema is not None else None,
+                    "access": "checked" if stream.can_access is not None else "open",
+                    "groups": [
+                        {"group": g, "items": n, "seq": seq, "watchers": watched.get((name, g), 0)}
+                        for g, n, seq in groups
+                    ],
+                }
+            )
+        return json_response(out)
+
+    async def stream_group(self, request: Request) -> Response:
+        hub = self.hub()
+        name, group = request.path_params["stream"], request.path_params["group"]
+        if hub is None or name not in hub.streams:
+            return json_response({"error": f"there is no stream {name!r}"}, 404)
+        items, seq = await hub.store.snapshot(name, group)
+        return json_response({"stream": name, "group": group, "seq": seq, "items": list(items.values())})
 
     async def dead_letters(self, request: Request) -> Response:
         dead = await self.engine.queue.dead_letters(_int(request, "limit", 200))

@@ -176,7 +176,10 @@ class HttpApp:
         ]
         if not self.routes:
             return Router(health)
-        workbench = WorkbenchApi(self.engine, dev=self.dev, token=self.admin_token, read_body=self.read_body)
+        hub = self.streams.hub if self.streams is not None else (lambda: None)
+        workbench = WorkbenchApi(
+            self.engine, dev=self.dev, token=self.admin_token, read_body=self.read_body, streams=hub
+        )
         streams: list[BaseRoute] = []
         if self.streams is not None:
             streams = [

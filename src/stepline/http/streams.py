@@ -86,6 +86,9 @@ class StreamEndpoints:
         self._hub = hub
         self._authenticate = authenticate
 
+    def hub(self) -> Hub | None:
+        return self._hub()
+
     # -- authentication ----------------------------------------------------------------------------
 
     async def _auth(self, scope: Scope, extra_token: str | None) -> Any:

@@ -708,6 +708,21 @@ class RedisStreamStore:
             return None  # some of the changes after `since` are gone from the log
         return changes
 
+    async def groups(self, stream: str) -> list[tuple[str, int, int]]:
+        base = f"{self._conn.prefix}:st:{len(stream)}:{stream}"
+        client = self._conn.client
+
+        async def read() -> list[tuple[str, int, int]]:
+            names = sorted(g.decode() for g in await client.smembers(f"{base}:groups"))
+            async with client.pipeline(transaction=False) as pipe:
+                for group in names:
+                    pipe.hlen(f"{base}:{group}:i")
+                    pipe.get(f"{base}:{group}:q")
+                got = await pipe.execute()
+            return [(g, int(got[2 * i]), int(got[2 * i + 1] or 0)) for i, g in enumerate(names)]
+
+        return await self._conn.run(read)
+
     async def send(self, event: StreamEvent) -> None:
         message = _json.dumps([self._origin, event.stream, event.group, None, event.id, "event", event.event])
         await self._conn.run(lambda: self._conn.client.publish(f"{self._conn.prefix}:st:bus", message))

@@ -30,6 +30,7 @@ Cluster slot and a script may touch any of them:
     P:st:<n>:<stream>:<group>:i   hash id -> item (JSON): a stream group's items (<n>: the stream name's length)
     ...:q               counter: the group's sequence number, taken by each change
     ...:l               zset seq -> change ([seq, id, op, item]): the group's newest changes, for catching up
+    P:st:<n>:<stream>:groups  set: the stream's groups (for the Workbench)
     P:st:bus            a Pub/Sub channel: every stream change ([origin, stream, group, seq, id, op, item]) and
                         ephemeral event ([origin, stream, group, null, id, "event", event]), for every process
 
@@ -526,6 +527,7 @@ local base = P..':st:'..string.len(stream)..':'..stream..':'..group
 -- listens, as [origin, stream, group, seq, id, op, item]: no change is logged without being published.
 local function logged(seq, id, op, raw, keep, origin)
   local change = '['..seq..','..cjson.encode(id)..',"'..op..'",'..raw..']'
+  redis.call('SADD', P..':st:'..string.len(stream)..':'..stream..':groups', group)
   redis.call('ZADD', base..':l', seq, change)
   redis.call('ZREMRANGEBYSCORE', base..':l', '-inf', seq - keep)
   redis.call('PUBLISH', P..':st:bus', '['..cjson.encode(origin)..','..cjson.encode(stream)..','..

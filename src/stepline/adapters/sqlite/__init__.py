@@ -692,6 +692,17 @@ class SqliteStreamStore:
 
         return await self._db.read(read)
 
+    async def groups(self, stream: str) -> list[tuple[str, int, int]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, int, int]]:
+            rows = conn.execute(
+                "SELECT g.grp, (SELECT count(*) FROM stream_items i WHERE i.stream = g.stream AND i.grp = g.grp), "
+                "g.seq FROM stream_groups g WHERE g.stream = ? ORDER BY g.grp",
+                (stream,),
+            ).fetchall()
+            return [(str(g), int(n), int(q)) for g, n, q in rows]
+
+        return await self._db.read(read)
+
     async def send(self, event: StreamEvent) -> None:
         raw = _json.dumps(event.event, f"an event for stream {event.stream}/{event.group}")
         await self._db.write(lambda conn: self._bus(conn, event.stream, event.group, event.id, "event", None, raw))
