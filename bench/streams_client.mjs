@@ -28,6 +28,9 @@ const require = createRequire(path.join(options.modules, 'package.json'))
 const WebSocket = require('ws')
 
 const CREATE = Buffer.from('"type":"create"')
+// Motia 0.17 on Redis sends every set twice: the create, and an ephemeral event wrapping it
+// ({"event": {"type": "event", "event": {"type": "create", ...}}}). Those are counted apart, as `extra`.
+const EVENT = Buffer.from('"type":"event"')
 const T = Buffer.from('"t":')
 const now = () => performance.timeOrigin + performance.now() // wall clock, ms, sub-ms resolution
 
@@ -80,7 +83,8 @@ function onCreate(index, frame, at) {
 function onMessage(index, socket, frame) {
   const at = now()
   if (socket.synced && frame.indexOf(CREATE) >= 0) {
-    onCreate(index, frame, at)
+    if (frame.indexOf(EVENT) < 0) onCreate(index, frame, at)
+    else if (phase !== null) phase.extra++
     return
   }
   // Not a create on a live subscription: parse it (the sync, an error, anything unexpected).
@@ -146,6 +150,7 @@ function finish() {
     phase: p.name,
     expect: p.expect,
     received: p.received,
+    extra: p.extra, // other frames that came with the creates (Motia's duplicates)
     // Messages per second delivered: from the first set (its `t`) to the last receipt, over every subscriber.
     msgs_per_s: span ? p.received / span : null,
     span_s: span,
@@ -175,6 +180,7 @@ function arm(command) {
     expect,
     perSocketExpect: sets,
     received: 0,
+    extra: 0,
     latencies: new Float64Array(expect),
     perSocket: new Int32Array(options.subscribers),
     firstSet: Infinity,

@@ -87,3 +87,22 @@ export function live(onRecords: (records: TraceRecord[]) => void): () => void {
 export function when(ts: number): string {
   return new Date(ts * 1000).toLocaleTimeString();
 }
+
+/** A stream, as GET /streams lists it: its groups with their item count, number (seq) and watchers here. */
+export type StreamGroup = { group: string; items: number; seq: number; watchers: number };
+export type Stream = {
+  name: string;
+  file: string;
+  description: string | null;
+  schema: Record<string, any> | null;
+  access: "open" | "checked";
+  groups: StreamGroup[];
+};
+/** An item of a stream: its fields and its id. */
+export type StreamItem = Record<string, unknown> & { id: string };
+export type StreamSnapshot = { stream: string; group: string; seq: number | null; items: StreamItem[] };
+
+/** Where the app's stream WebSocket is: on this page's host (docs/streams.md). */
+export function streamSocketUrl(): string {
+  return `${window.location.protocol === "https:" ? "wss" : "ws"}://${window.location.host}/__stepline/streams`;
+}
