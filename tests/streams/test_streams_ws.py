@@ -18,6 +18,7 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+import stepline.core.streams as streams_module
 from stepline import _errors
 from stepline.adapters.base import STREAM_LOG
 from stepline.client import StreamClient, StreamRefusedError, Watch
@@ -476,3 +477,22 @@ async def test_an_llm_stream_writes_its_tokens_to_a_stream_item_as_they_come(mak
             assert texts[-1] == "one two three four five six" and watch.state["q"] == "count"
             assert len(texts) >= 4, "the text arrives as it grows, not once at the end"
             assert all(b.startswith(a) for a, b in itertools.pairwise(texts))
+
+
+async def test_a_process_stops_listening_when_no_one_watches_and_starts_again(
+    make_project: ProjectFactory, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(streams_module, "IDLE_STOP", 0.1)
+    root = make_project(PROJECT)
+    async with serve(root, store=f"sqlite:///{tmp_path}/s.db") as app:
+        hub = app.stepline.streams
+        assert hub is not None
+        async with StreamClient(app.url) as client:
+            watch = await client.group("progress", "g")
+            assert hub._listener is not None
+            await watch.leave()
+            await eventually(lambda: hub._listener is None, 5)  # SQLite's poller no longer runs
+            again = await client.group("progress", "g")
+            assert hub._listener is not None
+            await hub.set("progress", "g", "a", {"pct": 1})
+            assert (await again.next(5)).type == "create"

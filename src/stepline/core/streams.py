@@ -48,6 +48,7 @@ SLOW_REASON = "slow consumer"
 ACCESS_DENIED = "STREAM_ACCESS_DENIED"
 NOT_FOUND = "STREAM_NOT_FOUND"
 _FILL_TRIES = 50
+IDLE_STOP = 30.0  # seconds without a watcher after which a process stops hearing other processes' changes
 
 
 class StreamAccessError(Exception):
@@ -380,6 +381,7 @@ class Hub:
         self._watches: dict[Outbox, dict[str, tuple[str, str, str | None]]] = {}
         self._listener: asyncio.Task[None] | None = None
         self._listening: asyncio.Future[None] | None = None
+        self._joining = 0  # joins under way: the listener is not stopped under them
 
     def set_streams(self, streams: dict[str, StreamDef]) -> None:
         self.streams = streams
@@ -462,6 +464,13 @@ class Hub:
 
     async def join(self, outbox: Outbox, sub_id: str, subscription: Subscription, since: int | None = None) -> None:
         """Start sending `outbox` the subscription's sync (or what it missed after `since`), then its changes."""
+        self._joining += 1
+        try:
+            await self._join(outbox, sub_id, subscription, since)
+        finally:
+            self._joining -= 1
+
+    async def _join(self, outbox: Outbox, sub_id: str, subscription: Subscription, since: int | None) -> None:
         await self._listen()
         watches = self._watches.setdefault(outbox, {})
         if sub_id in watches:  # a client re-joining under the same id: the old watch goes
@@ -501,6 +510,16 @@ class Hub:
     def _forget(self, channel: Channel) -> None:
         if not channel.members and self._channels.get((channel.stream, channel.group)) is channel:
             del self._channels[(channel.stream, channel.group)]
+            if not self._channels and self._listener is not None:
+                asyncio.get_running_loop().call_later(IDLE_STOP, self._stop_if_idle)
+
+    def _stop_if_idle(self) -> None:
+        """No one has watched anything for a while: stop listening (SQLite's listener polls its table)."""
+        if self._channels or self._joining or self._listener is None:
+            return
+        self._listener.cancel()
+        self._listener = None
+        self._listening = None  # the next join starts it again, and waits until it listens
 
     @property
     def watchers(self) -> int:
