@@ -23,7 +23,7 @@ from stepline.agents.sandbox import CodeResult, run_code
 from stepline.agents.tools import Tool
 from stepline.core.context import Blocking, Emitter, Recorder, RunContext, State, StepCaller, StepLogger, SyncRunContext
 from stepline.core.durable import Run
-from stepline.core.streams import Hub, Streams
+from stepline.core.streams import Hub, StreamHandle, Streams
 from stepline.steps.settings import LLMSettings
 
 M = TypeVar("M", bound=BaseModel)
@@ -224,6 +224,47 @@ class SyncApprovals(Blocking):
         return self._run(self._approvals.pending(name))
 
 
+class SyncStream(Blocking):
+    """`ctx.streams.<name>` in a sync handler, blocking."""
+
+    def __init__(self, handle: StreamHandle, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self._handle = handle
+
+    def set(self, group_id: str, id: str, data: Any) -> dict[str, Any]:
+        return self._run(self._handle.set(group_id, id, data))
+
+    def get(self, group_id: str, id: str) -> dict[str, Any] | None:
+        return self._run(self._handle.get(group_id, id))
+
+    def delete(self, group_id: str, id: str) -> dict[str, Any] | None:
+        return self._run(self._handle.delete(group_id, id))
+
+    def get_group(self, group_id: str) -> list[dict[str, Any]]:
+        return self._run(self._handle.get_group(group_id))
+
+    getGroup = get_group
+
+    def send(self, channel: dict[str, Any], event: dict[str, Any]) -> None:
+        self._run(self._handle.send(channel, event))
+
+
+class SyncStreams:
+    """`ctx.streams` in a sync handler: each stream's calls, blocking."""
+
+    def __init__(self, streams: Streams, loop: asyncio.AbstractEventLoop) -> None:
+        self._streams = streams
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> SyncStream:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return SyncStream(self._streams[name], self._loop)
+
+    def __getitem__(self, name: str) -> SyncStream:
+        return SyncStream(self._streams[name], self._loop)
+
+
 class SyncContext(SyncRunContext):
     """`ctx` in a sync handler: the same API, blocking."""
 
@@ -241,3 +282,7 @@ class SyncContext(SyncRunContext):
     @property
     def llm(self) -> SyncLLM:
         return SyncLLM(self._agent_ctx.llm, self._loop)
+
+    @property
+    def streams(self) -> SyncStreams:
+        return SyncStreams(self._agent_ctx.streams, self._loop)

@@ -50,6 +50,12 @@ PROJECT = {
             item = await ctx.streams.progress.set(req.path_params["group"], req.path_params["id"], req.body)
             return {"status": 200, "body": item}
     """,
+    "steps/sync_step.py": """
+        config = {"type": "api", "name": "SyncSet", "path": "/sync-set/{id}", "method": "POST"}
+        def handler(req, ctx):  # a sync handler: the same calls, blocking
+            item = ctx.streams.progress.set("g", req.path_params["id"], req.body)
+            return {"status": 200, "body": {"set": item, "group": ctx.streams["progress"].get_group("g")}}
+    """,
     "steps/event_step.py": """
         config = {"type": "event", "name": "Notify", "subscribes": ["notify"]}
         async def handler(input, ctx):
@@ -251,6 +257,9 @@ async def test_items_are_validated_against_the_schema(make_project: ProjectFacto
         assert bad.value.errors[0].path == "pct" and "progress" in str(bad.value)
         with pytest.raises(_errors.SchemaValidationError, match="a stream item is a JSON object"):
             await hub.set("progress", "g", "a", [1, 2])
+        synced = await app.client.post("/sync-set/s", json={"pct": 3})
+        assert synced.json() == {"set": {"pct": 3, "note": "", "id": "s"}, "group": [{"pct": 3, "note": "", "id": "s"}]}
+        await hub.delete("progress", "g", "s")
         response = await app.client.post("/set/g/a", json={"note": "no pct"})
         assert response.status_code == 500 and "pct" in response.json()["detail"]
         assert await hub.get("progress", "g", "a") is None  # nothing was stored
