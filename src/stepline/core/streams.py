@@ -321,19 +321,26 @@ class Channel:
             raise
 
     async def _join_first(self, member: _Member, id: str | None, since: int | None) -> None:
-        # Registered before reading: whatever is committed from here on arrives in the member's buffer,
-        # and what was committed before is in the snapshot (or the replay), both read after.
-        replay = await self.hub.store.changes(self.stream, self.group, since) if since is not None else None
+        # Registered before reading: whatever is passed on from here on arrives in the member's buffer,
+        # and what was committed before is in the snapshot (or the replay), both read after. One case
+        # more: another connection's join, reading later, may have started the channel at a number past
+        # this read, and the changes between were never passed on: then read again (a read made now is
+        # at least as new as the channel's number).
+        while True:
+            replay = await self.hub.store.changes(self.stream, self.group, since) if since is not None else None
+            if replay is not None:
+                assert since is not None
+                seq = replay[-1].seq if replay else since
+            else:
+                items, seq = await self.hub.store.snapshot(self.stream, self.group)
+            if self.cursor is None or seq >= self.cursor:
+                break
+        self._start(seq)
         if replay is not None:
-            assert since is not None
-            seq = replay[-1].seq if replay else since
-            self._start(seq)
             for change in replay:
                 if member.wants(change.id):
                     member.outbox.push(self._change_out(change), self._key(change))
         else:
-            items, seq = await self.hub.store.snapshot(self.stream, self.group)
-            self._start(seq)
             if member.groups:
                 member.outbox.push(self._sync_out(items, seq, None))
             for item_id in member.items:
