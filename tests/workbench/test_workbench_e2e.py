@@ -197,6 +197,90 @@ async def test_a_state_value_is_edited(page: Page, app: RunningApp) -> None:
     assert await app.state(report["reportId"], "status") == "on_hold"
 
 
+async def test_the_streams_tab_shows_a_group_s_items_live(page: Page, app: RunningApp) -> None:
+    report = (await app.client.post("/reports", json={"month": "2026-10", "requestedBy": "ana@example.com"})).json()
+    await app.settle()
+    await page.get_by_test_id("tab-streams").click()
+    stream = page.get_by_test_id("stream-reportProgress")
+    await expect(stream).to_contain_text("Where each report stands, live")
+    await expect(stream).to_contain_text("progress_stream.py")
+    await expect(stream).to_contain_text("open")
+    group = page.get_by_test_id("stream-group-reportProgress-reports")
+    await expect(group).to_contain_text("reports")
+    await group.click()
+    items = page.get_by_test_id("stream-items")
+    await expect(items.get_by_test_id("stream-live")).to_have_text("live")
+    row = items.locator(f'[data-testid="stream-item"][data-id="{report["reportId"]}"]')
+    status = row.locator('[data-field="status"]')
+    await expect(status).to_have_text("awaiting_approval")
+    await expect(row.locator('[data-field="message"]')).to_have_text("The draft waits for a person's approval")
+    # the approval runs the flow on: the row follows it over the WebSocket, without a reload
+    approved = await app.client.post(f"/reports/{report['reportId']}/approve")
+    assert approved.status_code == 202
+    await app.settle()
+    await expect(status).to_have_text("sent", timeout=10_000)
+    await expect(items.get_by_test_id("stream-live")).to_have_text("live")
+    await expect(items.get_by_test_id("stream-note")).to_have_count(0)
+    await expect(group.locator('[data-field="watchers"]')).to_have_text("1")  # the page itself
+    await shot(page, "streams")
+
+
+async def test_a_refused_stream_is_polled_and_an_open_one_shows_its_events(browser: Browser, tmp_path: Path) -> None:
+    root = tmp_path / "streams"
+    (root / "steps").mkdir(parents=True)
+    (root / "steps" / "board_stream.py").write_text(
+        'config = {"name": "board", "description": "Open to all", "schema": {"type": "object"}}\n'
+    )
+    (root / "steps" / "secret_stream.py").write_text(
+        'config = {"name": "secret", "description": "Nobody may watch", "schema": {"type": "object"}}\n'
+        "def can_access(subscription, auth):\n    return False\n"
+    )
+    (root / "steps" / "poke_step.py").write_text(
+        'config = {"type": "api", "name": "Poke", "path": "/poke/:n", "method": "POST"}\n'
+        "async def handler(req, ctx):\n"
+        '    n = int(req.path_params["n"])\n'
+        '    await ctx.streams.secret.set("g", "a", {"n": n})\n'
+        '    await ctx.streams.board.set("g", "a", {"n": n, "tags": ["x", n]})\n'
+        '    await ctx.streams.board.send({"groupId": "g"}, {"type": "ping", "data": {"n": n}})\n'
+        '    return {"status": 200, "body": {"n": n}}\n'
+    )
+    async with serve(root, store=f"sqlite:///{tmp_path}/stepline.db") as app:
+        assert (await app.client.post("/poke/1")).status_code == 200
+        page = await browser.new_page(viewport={"width": 1500, "height": 950})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(f"{app.url}/__workbench/")
+        await page.get_by_test_id("tab-streams").click()
+        await expect(page.get_by_test_id("stream-secret")).to_contain_text("access checked")
+        await page.get_by_test_id("stream-group-secret-g").click()
+        items = page.get_by_test_id("stream-items")
+        await expect(items.get_by_test_id("stream-live")).to_have_attribute("data-mode", "polling")
+        await expect(items.get_by_test_id("stream-note")).to_have_text(
+            "live updates refused: access to secret/g denied; refreshing every 2 s"
+        )
+        cell = items.locator('[data-testid="stream-item"][data-id="a"] [data-field="n"]')
+        await expect(cell).to_have_text("1")
+        assert (await app.client.post("/poke/2")).status_code == 200
+        await expect(cell).to_have_text("2", timeout=6_000)  # re-read, not pushed
+        await shot(page, "streams-refused")
+        # an open stream: live, nested values as JSON, and the group's ephemeral events
+        await page.get_by_test_id("stream-group-board-g").click()
+        await expect(items).to_have_attribute("data-stream", "board")
+        await expect(items.get_by_test_id("stream-live")).to_have_text("live")
+        assert (await app.client.post("/poke/3")).status_code == 200
+        row = items.locator('[data-testid="stream-item"][data-id="a"]')
+        await expect(row.locator('[data-field="tags"]')).to_have_text('["x",3]')
+        await expect(items.get_by_test_id("stream-event")).to_have_count(1)
+        await expect(items.get_by_test_id("stream-event")).to_contain_text('ping{"n":3}')
+        await expect(items.get_by_test_id("stream-note")).to_have_count(0)
+        board = page.get_by_test_id("stream-group-board-g")
+        await expect(board.locator('[data-field="seq"]')).to_have_text("3")  # the list's counts follow
+        await expect(board.locator('[data-field="watchers"]')).to_have_text("1")
+        await shot(page, "streams-events")
+        await page.close()
+        assert errors == [], errors
+
+
 async def test_a_graph_of_60_steps_is_laid_out_without_overlaps(browser: Browser, tmp_path: Path) -> None:
     root = tmp_path / "big"
     (root / "steps").mkdir(parents=True)

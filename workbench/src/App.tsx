@@ -1,15 +1,17 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { FlowGraph } from "./FlowGraph";
 import { StepPanel } from "./StepPanel";
+import { StreamsTab } from "./StreamsTab";
 import { TraceView } from "./TraceView";
 import { call, DeadLetter, Graph, live, post, Run, TraceRecord, TraceSummary, waitingText, when } from "./api";
 
-type Tab = "flows" | "traces" | "logs" | "state" | "runs" | "dead" | "endpoints";
+type Tab = "flows" | "traces" | "logs" | "state" | "streams" | "runs" | "dead" | "endpoints";
 const TABS: [Tab, string][] = [
   ["flows", "Flows"],
   ["traces", "Traces"],
   ["logs", "Logs"],
   ["state", "State"],
+  ["streams", "Streams"],
   ["runs", "Runs"],
   ["dead", "Dead letters"],
   ["endpoints", "Endpoints & events"],
@@ -68,6 +70,7 @@ export function App() {
         )}
         {tab === "logs" && <LogsTab live={liveLogs} graph={graph} initialTrace={traceId} openTrace={openTrace} />}
         {tab === "state" && <StateTab tick={tick} />}
+        {tab === "streams" && <StreamsTab tick={tick} />}
         {tab === "runs" && <RunsTab tick={tick} openTrace={openTrace} />}
         {tab === "dead" && <DeadTab tick={tick} openTrace={openTrace} />}
         {tab === "endpoints" && graph && <EndpointsTab graph={graph} openTrace={openTrace} />}
