@@ -352,3 +352,13 @@ def test_keep_traces_reaches_every_worker(make_project: ProjectFactory, tmp_path
             assert "worker" in command, command
             assert command[command.index("--keep-traces") + 1] == "0.5", command
     assert "sqlite:///.stepline/stepline.db" in (tmp_path / "start.log").read_text()  # the banner names the store
+
+
+def test_the_banner_names_the_streams_and_where_to_watch_them(make_project: ProjectFactory, tmp_path: Path) -> None:
+    root = make_project(
+        {**HELLO, "steps/progress_stream.py": 'config = {"name": "progress", "schema": {"type": "object"}}'}
+    )
+    port = free_port()
+    with running("start", "--dir", str(root), "--port", str(port), cwd=root, port=port, log=tmp_path / "s.log"):
+        pass
+    assert f"streams: progress · ws://127.0.0.1:{port}/__stepline/streams" in (tmp_path / "s.log").read_text()

@@ -57,6 +57,9 @@ async def serve(
             f"[bold green]Stepline {mode}[/] · {app.root.name} · {len(app.project.steps)} steps · "
             f"{escape(app.adapters.url or 'store')} · [bold]http://{shown_host}:{actual_port}[/]"
         )
+        if app.project.streams:
+            names = ", ".join(sorted(app.project.streams))
+            console.print(f"  streams: {escape(names)} · ws://{shown_host}:{actual_port}/__stepline/streams")
         if app.project.warnings:
             print_problems(app.project.warnings)
     # uvicorn re-raises the signal that stopped it once it has shut down; with these no-op handlers in
