@@ -505,3 +505,43 @@ async def test_a_process_stops_listening_when_no_one_watches_and_starts_again(
             assert hub._listener is not None
             await hub.set("progress", "g", "a", {"pct": 1})
             assert (await again.next(5)).type == "create"
+
+
+async def test_a_thousand_watchers_leave_room_for_requests_and_each_kind_has_its_own_bound(
+    make_project: ProjectFactory,
+) -> None:
+    root = make_project(
+        {
+            **PROJECT,
+            "steps/slow_step.py": """
+                import asyncio
+                config = {"type": "api", "name": "Slow", "path": "/slow", "method": "GET"}
+                async def handler(req, ctx):
+                    await asyncio.sleep(1)
+                    return {"status": 200, "body": {}}
+            """,
+        }
+    )
+    async with serve(root, store="memory://") as app:
+        sockets = [await websockets.connect(ws_url(app.url)) for _ in range(1100)]
+        try:
+            assert (await app.client.get("/__stepline/health")).status_code == 200  # not uvicorn's 503
+            assert (await app.client.post("/set/g/a", json={"pct": 1})).status_code == 200
+            streams = app.stepline.asgi.streams
+            assert streams is not None and streams.sockets == 1100
+            streams.max_sockets = 1100
+            with pytest.raises(InvalidStatus) as refused:
+                await websockets.connect(ws_url(app.url))
+            assert refused.value.response.status_code == 503
+            assert json.loads(refused.value.response.body)["code"] == "STREAM_UNAVAILABLE"
+            over = await app.client.get("/__stepline/streams/progress/g")
+            assert over.status_code == 503 and over.json()["code"] == "STREAM_UNAVAILABLE"
+        finally:
+            for ws in sockets:
+                await ws.close()
+        app.stepline.asgi.max_requests = 2
+        slow = [asyncio.create_task(app.client.get("/slow")) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        busy = await app.client.get("/slow")
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1" and "in flight" in busy.json()["error"]
+        assert [r.status_code for r in await asyncio.gather(*slow)] == [200, 200]

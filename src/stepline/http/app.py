@@ -35,6 +35,7 @@ from stepline.core import trace as tr
 from stepline.core.engine import Engine, clip
 from stepline.http.admin import WorkbenchApi, json_response
 from stepline.http.body import read_body
+from stepline.http.connections import MAX_REQUESTS
 from stepline.http.openapi import openapi
 from stepline.http.streams import SOCKET_PATHS, StreamEndpoints
 from stepline.steps.config import ApiConfig
@@ -54,7 +55,8 @@ _HEALTH_TIMEOUT = 2.0
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Built-in routes a load balancer or a monitor calls with whatever Host it likes; and the streams, which
 # pages elsewhere watch (their own authenticate hook and access checks guard them, not the Host).
-_OPEN = ("/__stepline/health", "/__stepline/live", "/openapi.json", "/__stepline/streams")
+_STREAMS = "/__stepline/streams"
+_OPEN = ("/__stepline/health", "/__stepline/live", "/openapi.json", _STREAMS)
 
 
 class HttpApp:
@@ -89,6 +91,8 @@ class HttpApp:
         # Host names the built-in routes answer to without a token, besides localhost and IP addresses.
         self.allowed_hosts = {h.lower() for h in allowed_hosts or []}
         self.streams = streams if routes else None
+        self.max_requests = MAX_REQUESTS
+        self._in_flight = 0
         self._builtin = self._build_builtin()
         self._router = self._build(engine.project)
 
@@ -105,6 +109,23 @@ class HttpApp:
             else:
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here; streams: /"})
             return
+        if _route_path(scope).startswith(_STREAMS):  # SSE watchers are stream connections, counted as those
+            await self._http(scope, receive, send)
+            return
+        if self._in_flight >= self.max_requests:
+            await json_response(
+                {"error": f"Service Unavailable: {self.max_requests:,} requests are in flight here; try again"},
+                503,
+                {"retry-after": "1"},
+            )(scope, receive, send)
+            return
+        self._in_flight += 1
+        try:
+            await self._http(scope, receive, send)
+        finally:
+            self._in_flight -= 1
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
         # need not walk past two dozen built-in routes first.
         path = _route_path(scope)

@@ -17,7 +17,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 HEAD_TIMEOUT = 10.0
 MAX_HEAD = 64 * 1024
 KEEP_ALIVE = 5  # seconds an idle connection is kept between requests (uvicorn's timeout_keep_alive)
-MAX_CONNECTIONS = 1000  # per process: past it, new requests get 503 (uvicorn's limit_concurrency)
+# Per process. Requests in flight past MAX_REQUESTS are answered 503 by the app (HttpApp); stream sockets
+# past MAX_STREAM_SOCKETS are refused 503 before the upgrade (http/streams.py). uvicorn's own cap
+# (limit_concurrency) counts both, open WebSockets among its connections and tasks, so it is only the
+# backstop above the two: with it at 1,000, a thousand watchers made every request a 503.
+MAX_REQUESTS = 1000
+MAX_STREAM_SOCKETS = 10_000
+MAX_CONNECTIONS = MAX_REQUESTS + MAX_STREAM_SOCKETS + 100
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):

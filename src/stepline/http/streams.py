@@ -47,6 +47,7 @@ from stepline.core.streams import (
     StreamAccessError,
 )
 from stepline.http.admin import json_response
+from stepline.http.connections import MAX_STREAM_SOCKETS
 from stepline.steps.streams import Subscription
 
 log = logging.getLogger("stepline.streams")
@@ -85,6 +86,8 @@ class StreamEndpoints:
     def __init__(self, hub: Callable[[], Hub | None], authenticate: Callable[[], Authenticate | None]) -> None:
         self._hub = hub
         self._authenticate = authenticate
+        self.max_sockets = MAX_STREAM_SOCKETS
+        self.sockets = 0  # open stream connections (WebSocket and SSE)
 
     def hub(self) -> Hub | None:
         return self._hub()
@@ -121,6 +124,9 @@ class StreamEndpoints:
         if hub is None:
             await self._refuse(ws, 503, UNAVAILABLE, "this app's store keeps no streams")
             return
+        if self.sockets >= self.max_sockets:
+            await self._refuse(ws, 503, UNAVAILABLE, f"this process has {self.max_sockets:,} stream connections open")
+            return
         try:
             auth = await self._auth(scope, token)
         except Exception as exc:
@@ -128,6 +134,7 @@ class StreamEndpoints:
             await self._refuse(ws, 401, UNAUTHORIZED, reason)
             return
         await ws.accept(subprotocol="Authorization" if "Authorization" in offered else None)
+        self.sockets += 1
         outbox = Outbox()
         sender = asyncio.create_task(self._send_loop(ws, outbox), name="stepline-stream-send")
         try:
@@ -138,6 +145,7 @@ class StreamEndpoints:
                     break  # gone (KeyError: a binary frame, which this protocol has none of)
                 await self._on_message(hub, outbox, auth, text)
         finally:
+            self.sockets -= 1
             hub.drop(outbox)
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -198,6 +206,9 @@ class StreamEndpoints:
         hub = self._hub()
         if hub is None:
             return json_response({"error": "this app's store keeps no streams", "code": UNAVAILABLE}, 503)
+        if self.sockets >= self.max_sockets:
+            reason = f"this process has {self.max_sockets:,} stream connections open"
+            return json_response({"error": reason, "code": UNAVAILABLE}, 503, {"retry-after": "1"})
         try:
             auth = await self._auth(request.scope, None)
         except Exception as exc:
@@ -219,29 +230,31 @@ class StreamEndpoints:
             hub.drop(outbox)
             log.warning("an SSE join of %s failed: %s", subscription.stream, exc)
             return json_response({"error": "the stream cannot be read now", "code": UNAVAILABLE}, 503)
-        return StreamingResponse(_sse_events(hub, outbox), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(self._sse_events(hub, outbox), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    async def _sse_events(self, hub: Hub, outbox: Outbox) -> AsyncIterator[str]:
+        self.sockets += 1
+        try:
+            yield "retry: 2000\n\n"
+            while True:
+                try:
+                    out = await asyncio.wait_for(outbox.get(), _SSE_PING)
+                except TimeoutError:
+                    yield ": ping\n\n"
+                    continue
+                except SlowConsumer:
+                    closed = _json.dumps({"code": SLOW_CODE, "reason": SLOW_REASON}).decode()
+                    yield f"event: close\ndata: {closed}\n\n"
+                    return  # the EventSource reconnects, with Last-Event-ID
+                head = f"id: {out.seq}\n" if out.seq is not None else ""
+                yield f"{head}event: {out.type}\ndata: {out.text}\n\n"
+        finally:
+            self.sockets -= 1
+            hub.drop(outbox)
 
     async def client_js(self, request: Request) -> Response:
         source = resources.files("stepline.http").joinpath("stream_client.js").read_bytes()
         return Response(source, headers={"content-type": "text/javascript; charset=utf-8", "cache-control": "no-cache"})
-
-
-async def _sse_events(hub: Hub, outbox: Outbox) -> AsyncIterator[str]:
-    try:
-        yield "retry: 2000\n\n"
-        while True:
-            try:
-                out = await asyncio.wait_for(outbox.get(), _SSE_PING)
-            except TimeoutError:
-                yield ": ping\n\n"
-                continue
-            except SlowConsumer:
-                yield f"event: close\ndata: {_json.dumps({'code': SLOW_CODE, 'reason': SLOW_REASON}).decode()}\n\n"
-                return  # the EventSource reconnects, with Last-Event-ID
-            head = f"id: {out.seq}\n" if out.seq is not None else ""
-            yield f"{head}event: {out.type}\ndata: {out.text}\n\n"
-    finally:
-        hub.drop(outbox)
 
 
 def _invalid(data: dict[str, Any]) -> str | None:
