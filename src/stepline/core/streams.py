@@ -111,6 +111,23 @@ class Outbox:
             self._bytes = 0
         self._ready.set()
 
+    def pop(self) -> Out | None:
+        """The next message if one waits (no coroutine per message: the sender drains the outbox in a loop,
+        and waits with `ready` only once it is empty); SlowConsumer once the outbox overflowed."""
+        if self.overflowed:
+            raise SlowConsumer
+        if not self._queue:
+            return None
+        _, out = self._queue.popitem(last=False)
+        self._bytes -= len(out.text)
+        return out
+
+    async def ready(self) -> None:
+        """Until a message waits (or the outbox overflowed, or closed)."""
+        while not self._queue and not self.overflowed and not self.closed:
+            self._ready.clear()
+            await self._ready.wait()
+
     async def get(self) -> Out:
         """The next message; SlowConsumer once the outbox overflowed."""
         while not self._queue:
