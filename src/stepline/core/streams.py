@@ -28,6 +28,7 @@ import inspect
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,9 @@ class Outbox:
         self._serial = 0
         self.overflowed = False
         self.closed = False
+        # Set by a transport that can send a message at once, without a task switch: called with the message
+        # when nothing waits before it; True when it took the message.
+        self.direct: Callable[[Out], bool] | None = None
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -96,6 +100,8 @@ class Outbox:
         the older did, and the queue stays in order of the group's numbers."""
         if self.closed or self.overflowed:
             return
+        if not self._queue and self.direct is not None and self.direct(out):
+            return  # sent, in order: nothing was waiting before it
         if key is None:
             self._serial += 1
             key = self._serial
