@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,7 +77,7 @@ async def test_sse_sends_the_snapshot_then_changes_and_resumes_from_last_event_i
             assert sync["data"]["id"] == "a" and sync["data"]["event"]["data"]["pct"] == 12
 
 
-async def test_sse_refusals_are_4xx_with_a_code(make_project: ProjectFactory) -> None:
+async def test_sse_refusals_are_4xx_with_a_code(make_project: ProjectFactory, caplog: pytest.LogCaptureFixture) -> None:
     root = make_project(PROJECT)
     async with serve(root, store="memory://") as app:
         forged = await app.client.get("/__stepline/streams/private/alice", headers={"authorization": "Bearer forged"})
@@ -86,6 +87,11 @@ async def test_sse_refusals_are_4xx_with_a_code(make_project: ProjectFactory) ->
         assert denied.status_code == 403 and denied.json()["code"] == "STREAM_ACCESS_DENIED"
         missing = await app.client.get("/__stepline/streams/nosuch/g")
         assert missing.status_code == 404 and missing.json()["code"] == "STREAM_NOT_FOUND"
+        # A bug in the hook itself: the client is told only that it failed; the log names the error.
+        with caplog.at_level(logging.ERROR, logger="stepline.streams"):
+            broken = await app.client.get("/__stepline/streams/private/alice?authToken=crash")
+        assert broken.status_code == 401 and broken.json()["error"] == "authentication failed"
+        assert "the streams authenticate hook raised ZeroDivisionError" in caplog.text
         async with app.client.stream(
             "GET", "/__stepline/streams/private/alice", headers={"authorization": "Bearer user-alice"}
         ) as allowed:

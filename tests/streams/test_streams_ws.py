@@ -68,6 +68,8 @@ PROJECT = {
         def authenticate(request):
             if request.token is None:
                 return None  # anonymous
+            if request.token == "crash":
+                return 1 / 0  # a bug in the hook
             if not request.token.startswith("user-"):
                 raise StreamAuthError("the token is not one of ours")
             return {"user": request.token.removeprefix("user-")}

@@ -109,8 +109,9 @@ class HttpApp:
             else:
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here; streams: /"})
             return
-        if _route_path(scope).startswith(_STREAMS):  # SSE watchers are stream connections, counted as those
-            await self._http(scope, receive, send)
+        path = _route_path(scope)
+        if path.startswith(_STREAMS):  # SSE watchers are stream connections, counted as those
+            await self._http(scope, receive, send, path)
             return
         if self._in_flight >= self.max_requests:
             await json_response(
@@ -121,14 +122,13 @@ class HttpApp:
             return
         self._in_flight += 1
         try:
-            await self._http(scope, receive, send)
+            await self._http(scope, receive, send, path)
         finally:
             self._in_flight -= 1
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
         # need not walk past two dozen built-in routes first.
-        path = _route_path(scope)
         if path.startswith(RESERVED_PREFIXES):
             refused = self._cross_site(scope) if not path.startswith(_OPEN) else None
             if refused is not None:

@@ -130,8 +130,7 @@ class StreamEndpoints:
         try:
             auth = await self._auth(scope, token)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, StreamAuthError) else "authentication failed"
-            await self._refuse(ws, 401, UNAUTHORIZED, reason)
+            await self._refuse(ws, 401, UNAUTHORIZED, _refusal(exc))
             return
         await ws.accept(subprotocol="Authorization" if "Authorization" in offered else None)
         self.sockets += 1
@@ -224,8 +223,7 @@ class StreamEndpoints:
         try:
             auth = await self._auth(request.scope, None)
         except Exception as exc:
-            reason = str(exc) if isinstance(exc, StreamAuthError) else "authentication failed"
-            return json_response({"error": reason, "code": UNAUTHORIZED}, 401, {"www-authenticate": "Bearer"})
+            return json_response({"error": _refusal(exc), "code": UNAUTHORIZED}, 401, {"www-authenticate": "Bearer"})
         params = request.path_params
         subscription = Subscription(params["stream"], params["group"], params.get("id"))
         raw_since = request.headers.get("last-event-id") or request.query_params.get("since")
@@ -329,6 +327,15 @@ async def _finish(step: Coroutine[Any, Any, None], waiting_on: Any) -> None:
             waiting_on = step.send(None)
         except StopIteration:
             return
+
+
+def _refusal(exc: Exception) -> str:
+    """What a refused client is told: the hook's own reason, or (a bug in the hook) that it failed, which the
+    log says more of, for the project's developer and not for the client."""
+    if isinstance(exc, StreamAuthError):
+        return str(exc)
+    log.error("the streams authenticate hook raised %s: %s", type(exc).__name__, exc, exc_info=exc)
+    return "authentication failed"
 
 
 def _invalid(data: dict[str, Any]) -> str | None:
