@@ -110,33 +110,28 @@ class HttpApp:
                 await send({"type": "websocket.close", "code": 1008, "reason": "no WebSocket here; streams: /"})
             return
         path = _route_path(scope)
-        if path.startswith(_STREAMS):  # SSE watchers are stream connections, counted as those
-            await self._http(scope, receive, send, path)
-            return
-        if self._in_flight >= self.max_requests:
-            await json_response(
-                {"error": f"Service Unavailable: {self.max_requests:,} requests are in flight here; try again"},
-                503,
-                {"retry-after": "1"},
-            )(scope, receive, send)
-            return
-        self._in_flight += 1
-        try:
-            await self._http(scope, receive, send, path)
-        finally:
-            self._in_flight -= 1
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
-        # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
-        # need not walk past two dozen built-in routes first.
-        if path.startswith(RESERVED_PREFIXES):
-            refused = self._cross_site(scope) if not path.startswith(_OPEN) else None
-            if refused is not None:
-                await json_response({"error": refused}, 403)(scope, receive, send)
+        # Requests in flight are bounded here; SSE watchers are stream connections, bounded as those.
+        counted = not path.startswith(_STREAMS)
+        if counted:
+            if self._in_flight >= self.max_requests:
+                busy = f"Service Unavailable: {self.max_requests:,} requests are in flight here; try again"
+                await json_response({"error": busy}, 503, {"retry-after": "1"})(scope, receive, send)
                 return
-            await self._builtin(scope, receive, send)
-            return
-        await self._router(scope, receive, send)
+            self._in_flight += 1
+        try:
+            # Steps cannot use the built-in routes' prefixes (the loader refuses them), so a step's request
+            # need not walk past two dozen built-in routes first.
+            if path.startswith(RESERVED_PREFIXES):
+                refused = self._cross_site(scope) if not path.startswith(_OPEN) else None
+                if refused is not None:
+                    await json_response({"error": refused}, 403)(scope, receive, send)
+                    return
+                await self._builtin(scope, receive, send)
+                return
+            await self._router(scope, receive, send)
+        finally:
+            if counted:
+                self._in_flight -= 1
 
     def _cross_site(self, scope: Scope) -> str | None:
         """Why a request to the admin API or the Workbench is refused as coming from another site, if it is.
