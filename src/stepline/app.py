@@ -132,6 +132,9 @@ class Stepline:
         self._stream_auth = stream_auth
         self._authenticator: Authenticate | None = None
         self._authenticator_loaded = False
+        problem = self._check_authenticator()
+        if problem is not None:
+            raise ProjectLoadError(self.root, [problem])
         self.asgi = HttpApp(
             self.engine,
             dev=dev,
@@ -177,6 +180,24 @@ class Stepline:
         """The engine's context factory: its RunContext, with the agent features (ctx.llm and the rest)."""
         return Context(**parts, client=self.llm, caller=self.engine, streams=self.streams)
 
+    def _check_authenticator(self) -> Problem | None:
+        """stepline.toml's `[streams] authenticate`, imported now: a wrong name is found at start, not by the
+        first client (who would only be told that authentication failed)."""
+        if self._stream_auth is not None or self.settings.streams.authenticate is None:
+            return None
+        self._authenticator_loaded = False
+        try:
+            self._authenticate()
+        except Exception as exc:
+            return Problem(
+                "stepline.toml",
+                "streams.authenticate",
+                f"{self.settings.streams.authenticate!r} cannot be used: {type(exc).__name__}: {exc}",
+                'name a function of the project as "module:function": "auth:authenticate" for '
+                "`def authenticate(request)` in auth.py at the project root",
+            )
+        return None
+
     def _authenticate(self) -> Authenticate | None:
         """The stream clients' authenticate hook: Stepline(stream_auth=...), else stepline.toml's."""
         if self._stream_auth is not None:
@@ -202,12 +223,17 @@ class Stepline:
             settings = load_settings(self.root)
         except ProjectLoadError as exc:
             return exc.problems
+        previous = self.settings
+        self.settings = settings
+        problem = self._check_authenticator()  # the hook's module may have changed: imported again
+        if problem is not None:
+            self.settings = previous
+            self._check_authenticator()  # the last good hook again
+            return [problem]
         if self._llm_override is not None:
             settings.llm = self._llm_override
-        elif settings.llm != self.settings.llm:
+        elif settings.llm != previous.llm:
             self.llm = LLMClient(settings.llm)  # calls under way finish on the old client
-        self._authenticator_loaded = False  # the hook's module may have changed: imported again on use
-        self.settings = settings
         self.project = project
         if self.streams is not None:
             self.streams.set_streams(project.streams)

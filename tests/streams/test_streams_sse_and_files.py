@@ -12,7 +12,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from stepline import ProjectLoadError, load_project
+from stepline import ProjectLoadError, Stepline, load_project
 from stepline.testing import serve
 
 from ..conftest import ProjectFactory
@@ -183,3 +183,18 @@ async def test_the_workbench_api_lists_streams_groups_and_items(make_project: Pr
         group = (await app.client.get("/__stepline/api/streams/progress/g")).json()
         assert group == {"stream": "progress", "group": "g", "seq": 3, "items": [{"pct": 1, "note": "", "id": "a"}]}
         assert (await app.client.get("/__stepline/api/streams/nosuch/g")).status_code == 404
+
+
+def test_an_authenticate_hook_that_cannot_be_imported_stops_the_start(make_project: ProjectFactory) -> None:
+    root = make_project({**PROJECT, "stepline.toml": '[streams]\nauthenticate = "auht:authenticate"\n'})
+    with pytest.raises(ProjectLoadError) as failed:
+        Stepline(root, store="memory://")
+    [problem] = failed.value.problems
+    assert (problem.file, problem.field) == ("stepline.toml", "streams.authenticate")
+    assert "No module named 'auht'" in problem.message and '"auth:authenticate"' in problem.fix
+    (root / "stepline.toml").write_text('[streams]\nauthenticate = "auth:authenticate"\n')
+    app = Stepline(root, store="memory://")
+    (root / "stepline.toml").write_text('[streams]\nauthenticate = "auth:nothing"\n')
+    [again] = app.reload()  # a reload keeps the last good hook running, and says why
+    assert again.field == "streams.authenticate" and "not a function" in again.message
+    assert app._authenticate() is not None and app._authenticate().__name__ == "authenticate"  # type: ignore[union-attr]
