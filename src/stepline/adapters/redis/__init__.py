@@ -747,7 +747,8 @@ class RedisStreamStore:
                                 batch.append(StreamEvent(stream, group, id, data))
                             else:
                                 batch.append(StreamChange(stream, group, id, op, None if op == "delete" else data, seq))
-                        message = await pubsub.get_message(timeout=0.0)  # what else has arrived: one batch
+                        # What else has arrived goes in the same batch, up to a bound (a busy bus never ends)
+                        message = await pubsub.get_message(timeout=0.0) if len(batch) < 1000 else None
                     if batch:
                         yield batch
             except (rexc.RedisError, OSError, StoreError) as exc:
