@@ -1,13 +1,18 @@
 from __future__ import annotations
 
+import shutil
 import socket
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.stores import SHARED_STORES, STORES, StoreKind
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 ProjectFactory = Callable[[dict[str, str]], Path]
 
@@ -53,3 +58,22 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a fresh store that several processes can share, once for each such kind."""
     yield from _fresh(request.param, tmp_path)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright (which cannot download browsers here)."""
+    from playwright.async_api import async_playwright  # only for the tests that ask for a browser
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Chromium is missing: `make browser` installs Debian's chromium")
+    async with async_playwright() as p:
+        launched = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        yield launched
+        await launched.close()

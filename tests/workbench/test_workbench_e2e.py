@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from stepline import LLMSettings, load_project
 from stepline.http.admin import STATIC
@@ -17,7 +16,6 @@ from tests.stores import drop_redis_prefix, redis_url
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "financial-report"
 ARTIFACTS = ROOT / "test-artifacts" / "workbench"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = [
     pytest.mark.skipif(not (STATIC / "index.html").exists(), reason="the Workbench is not built: make install"),
@@ -39,19 +37,6 @@ async def app(
     finally:
         if request.param == "redis":
             drop_redis_prefix(store)
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: `make browser` installs Debian's chromium")
-    async with async_playwright() as p:
-        launched = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-        )
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture
