@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from stepline.context import Context
 from stepline.core.engine import Engine, replay_all
 from stepline.core.scheduler import CronScheduler
 from stepline.core.streams import Hub
-from stepline.http.app import BODY_TIMEOUT, MAX_BODY, HttpApp
+from stepline.http.app import HttpApp
 from stepline.http.streams import Authenticate, StreamEndpoints
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project
@@ -56,32 +57,35 @@ class Stepline:
         *,
         dev: bool = False,
         admin_token: str | None = None,
-        concurrency: int = 64,
+        concurrency: int | None = None,
         store: str | Adapters | None = None,
-        trace_retention: float = 7 * DAY,
-        trace_max_bytes: int | None = 1024 * MB,
-        idempotency_window: float = DAY,
+        trace_retention: float | None = None,
+        trace_max_bytes: int | Literal["default"] | None = "default",
+        idempotency_window: float | None = None,
         llm: LLMSettings | None = None,
-        max_body: int = MAX_BODY,
-        body_timeout: float = BODY_TIMEOUT,
+        max_body: int | None = None,
+        body_timeout: float | None = None,
         allowed_hosts: list[str] | None = None,
+        cors_origins: list[str] | None = None,
         clock: Clock | None = None,
-        role: Role = "all",
+        role: Role | None = None,
         engine: str | None = None,
         database: str | Path | None = None,
         synchronous: str | None = None,
         stream_auth: Authenticate | None = None,
     ) -> None:
-        if role not in ROLES:
-            raise ValueError(f"role is one of {', '.join(ROLES)}, not {role!r}")
+        # An option not given here is read from stepline.toml (docs/configuration.md), else its default.
         self.root = Path(root).resolve()
         self.dev = dev
-        self.role = role
         self.project: Project = load_project(self.root)
         self._llm_override = llm
         self.settings = load_settings(self.root)
         if llm is not None:
             self.settings.llm = llm
+        role = role if role is not None else self.settings.server.role
+        if role not in ROLES:
+            raise ValueError(f"role is one of {', '.join(ROLES)}, not {role!r}")
+        self.role: Role = role
         legacy = legacy_store_url(engine, database, synchronous)
         if legacy is not None:
             if store is not None:
@@ -93,6 +97,8 @@ class Stepline:
                 stacklevel=2,
             )
             store = legacy
+        if store is None and not os.environ.get(STORE_ENV, "").strip():
+            store = self.settings.store.url  # the file's store; the environment's wins over it
         if isinstance(store, Adapters):
             if clock is not None and clock is not store.clock:
                 raise TypeError("the store was opened on another clock: open it with StoreOptions(clock=...)")
@@ -108,16 +114,24 @@ class Stepline:
                 f"role='api' publishes events for worker processes to run, but {self.adapters.url} lives in this "
                 "process alone: give a store the workers share (the default file, or redis://)"
             )
-        self.trace_retention = trace_retention
+        traces = self.settings.traces
+        self.trace_retention = trace_retention if trace_retention is not None else traces.keep_days * DAY
+        if trace_max_bytes == "default":
+            trace_max_bytes = int(traces.max_mb * MB) or None
         self.trace_max_bytes = trace_max_bytes
+        http = self.settings.http
+        engine_settings = self.settings.engine
+        self.cors_origins = cors_origins if cors_origins is not None else http.cors_origins
         self.engine = Engine(
             self.project,
             queue=self.adapters.queue,
             state=self.adapters.state,
             traces=self.adapters.traces,
             control=self.adapters.control,
-            concurrency=concurrency,
-            idempotency_window=idempotency_window,
+            concurrency=concurrency if concurrency is not None else engine_settings.concurrency,
+            idempotency_window=idempotency_window
+            if idempotency_window is not None
+            else engine_settings.idempotency_window,
             health=self.health,
             context_factory=self._context,
             clock=self.clock,
@@ -141,9 +155,10 @@ class Stepline:
             admin_token=admin_token,
             on_startup=self.start,
             on_shutdown=self.stop,
-            max_body=max_body,
-            body_timeout=body_timeout,
-            allowed_hosts=allowed_hosts,
+            max_body=max_body if max_body is not None else http.max_body,
+            body_timeout=body_timeout if body_timeout is not None else http.body_timeout,
+            # allowances add up: the file's hosts, and those given here (the CLI's and $STEPLINE_ALLOWED_HOSTS)
+            allowed_hosts=[*http.allowed_hosts, *(allowed_hosts or [])],
             routes=role != "worker",
             streams=StreamEndpoints(lambda: self.streams, self._authenticate),
         )
@@ -224,6 +239,12 @@ class Stepline:
         except ProjectLoadError as exc:
             return exc.problems
         previous = self.settings
+        if settings.restart_only() != previous.restart_only():
+            changed = [t for t, v in settings.restart_only().items() if v != previous.restart_only()[t]]
+            log.warning(
+                "stepline.toml's %s changed: read at start, it takes effect when the server restarts",
+                ", ".join(f"[{t}]" for t in changed),
+            )
         self.settings = settings
         problem = self._check_authenticator()  # the hook's module may have changed: imported again
         if problem is not None:

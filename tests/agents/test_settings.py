@@ -129,4 +129,4 @@ def test_the_mcp_table_lists_what_stepline_mcp_serves_and_names_mistakes(tmp_pat
     assert set(found) == {"mcp.steps", "mcp.tools", "mpc"}
     assert 'steps = ["GetWeather"]' in found["mcp.steps"].fix
     assert "steps = [...] and topics = [...]" in found["mcp.tools"].fix
-    assert "[llm] and [mcp]" in found["mpc"].fix
+    assert "[llm], [mcp]" in found["mpc"].fix

@@ -18,7 +18,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from stepline._errors import Problem, ProjectLoadError, StoreError, StoreUnavailableError
-from stepline.adapters import store_url_from_env
 from stepline.adapters.base import Adapters, TraceRecord
 from stepline.agents.evals import load_evals, previous, save
 from stepline.app import ROLES, Stepline
@@ -34,6 +33,7 @@ from stepline.cli.options import (
     StoreOption,
     SyncOption,
     load_env,
+    project_store_url,
     store_url,
 )
 from stepline.cli.runs import runs_app, waiting_text
@@ -41,7 +41,8 @@ from stepline.cli.runtime import dlq_app, traces_app
 from stepline.steps.graph import as_json, mermaid, text_tree, trigger
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project
-from stepline.steps.settings import load_settings
+from stepline.steps.settings import Settings, load_settings
+from stepline.steps.settings import parse_size as size_of
 
 app = typer.Typer(
     name="stepline",
@@ -51,8 +52,6 @@ app = typer.Typer(
     help="APIs, background jobs, cron jobs and agents as steps of one event-driven backend.",
 )
 
-HostOption = Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0: every interface, as in a container).")]
-PortOption = Annotated[int, typer.Option(help="Port to listen on.")]
 DEFAULT_PORT = 3000
 
 
@@ -121,13 +120,25 @@ def create(
     )
 
 
-KeepOption = Annotated[float, typer.Option("--keep-traces", min=0.01, help="Days to keep traces.")]
+KeepOption = Annotated[
+    float | None, typer.Option("--keep-traces", min=0.01, help="Days to keep traces. [default: 7]", show_default=False)
+]
 TraceCapOption = Annotated[
-    float,
-    typer.Option("--max-traces-mb", min=0, help="Past this many MB of traces in the store, the oldest go; 0: no cap."),
+    float | None,
+    typer.Option(
+        "--max-traces-mb",
+        min=0,
+        help="Past this many MB of traces in the store, the oldest go; 0: no cap. [default: 1024]",
+        show_default=False,
+    ),
 ]
 MaxBodyOption = Annotated[
-    str, typer.Option("--max-body", help="Largest request body taken, like 1MB or 512KB; larger ones get 413.")
+    str | None,
+    typer.Option(
+        "--max-body",
+        help="Largest request body taken, like 1MB or 512KB; larger ones get 413. [default: 1MB]",
+        show_default=False,
+    ),
 ]
 HostsOption = Annotated[
     list[str] | None,
@@ -137,6 +148,27 @@ HostsOption = Annotated[
         "a token; repeat it for more. Also STEPLINE_ALLOWED_HOSTS, comma-separated.",
     ),
 ]
+HostOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Interface to listen on (0.0.0.0: every interface, as in a container). [default: 127.0.0.1]",
+        show_default=False,
+    ),
+]
+PortOption = Annotated[int | None, typer.Option(help="Port to listen on. [default: 3000]", show_default=False)]
+GraceOption = Annotated[
+    float | None,
+    typer.Option(help="Seconds running handlers get to finish on SIGTERM. [default: 30]", show_default=False),
+]
+
+
+def _settings(root: Path) -> Settings:
+    """stepline.toml: every option a command is not given comes from it (docs/configuration.md)."""
+    try:
+        return load_settings(root)
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
 
 
 def _role(role: str) -> str:
@@ -158,72 +190,87 @@ async def _verify_and_close(adapters: Adapters) -> None:
         await adapters.close()
 
 
-def _store_options(store: str | None, keep_traces: float = 7.0, max_traces_mb: float = 1024) -> dict[str, Any]:
-    return {
-        "store": store,
-        "trace_retention": keep_traces * 86400,
-        "trace_max_bytes": int(max_traces_mb * 1024 * 1024) or None,
-    }
+def _store_options(
+    store: str | None, keep_traces: float | None = None, max_traces_mb: float | None = None
+) -> dict[str, Any]:
+    """Stepline's options for what was given on the command line; what was not, Stepline reads from the file."""
+    options: dict[str, Any] = {"store": store}
+    if keep_traces is not None:
+        options["trace_retention"] = keep_traces * 86400
+    if max_traces_mb is not None:
+        options["trace_max_bytes"] = int(max_traces_mb * 1024 * 1024) or None
+    return options
 
 
-def _http_options(max_body: str, allowed_hosts: list[str] | None) -> dict[str, Any]:
+def _http_options(max_body: str | None, allowed_hosts: list[str] | None) -> dict[str, Any]:
     hosts = [*(allowed_hosts or []), *os.environ.get("STEPLINE_ALLOWED_HOSTS", "").split(",")]
-    return {"max_body": parse_size(max_body, "--max-body"), "allowed_hosts": [h.strip() for h in hosts if h.strip()]}
+    options: dict[str, Any] = {"allowed_hosts": [h.strip() for h in hosts if h.strip()]}
+    if max_body is not None:
+        options["max_body"] = parse_size(max_body, "--max-body")
+    return options
 
 
 def parse_size(text: str, flag: str) -> int:
     """`1MB`, `512KB`, `2GB` or a number of bytes (K, M and G are powers of 1024)."""
-    units = {"": 1, "B": 1, "K": 1024, "KB": 1024, "M": 1024**2, "MB": 1024**2, "G": 1024**3, "GB": 1024**3}
-    number = text.strip().upper()
-    unit = number.lstrip("0123456789.")
     try:
-        size = int(float(number[: len(number) - len(unit)]) * units[unit.strip()])
-    except (ValueError, KeyError):
-        console.print(f"[red]{flag} {text!r} is not a size;[/] write it like 1MB, 512KB or 1048576")
+        return size_of(text)
+    except ValueError as exc:
+        console.print(f"[red]{flag} {text!r}:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
-    if size <= 0:
-        console.print(f"[red]{flag} must be above 0[/]")
-        raise typer.Exit(2)
-    return size
 
 
 @app.command()
 def dev(
     root: DirOption = Path("."),
-    host: HostOption = "127.0.0.1",
-    port: PortOption = DEFAULT_PORT,
+    host: HostOption = None,
+    port: PortOption = None,
     store: StoreOption = None,
-    keep_traces: KeepOption = 7.0,
-    max_traces_mb: TraceCapOption = 1024,
-    max_body: MaxBodyOption = "1MB",
+    keep_traces: KeepOption = None,
+    max_traces_mb: TraceCapOption = None,
+    max_body: MaxBodyOption = None,
     allowed_host: HostsOption = None,
     engine: EngineOption = None,
     db: DbOption = None,
     sync: SyncOption = None,
 ) -> None:
-    """Run the project in one process with hot reload, the admin API on."""
+    """Run the project in one process with hot reload, the admin API on.
+
+    An option not given here is read from stepline.toml ([server], [http], [store], [traces]), else its
+    default."""
     from stepline.cli.serve import serve
 
     setup_logging()
     url = store_url(store, engine, db, sync)
     options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
     with _in_project(root) as project_root:
+        server = _settings(project_root).server
         stepline = _app(project_root, dev=True, **options)
-        asyncio.run(serve(stepline, host, port, reload=True))
+        asyncio.run(
+            serve(
+                stepline,
+                host if host is not None else server.host,
+                port if port is not None else server.port,
+                reload=True,
+                grace=server.grace,
+            )
+        )
 
 
 @app.command()
 def start(
     root: DirOption = Path("."),
-    host: HostOption = "127.0.0.1",
-    port: PortOption = DEFAULT_PORT,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps.")] = 1,
+    host: HostOption = None,
+    port: PortOption = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Worker processes; each serves HTTP and runs steps. [default: 1]", show_default=False),
+    ] = None,
     store: StoreOption = None,
-    role: RoleOption = "all",
-    grace: Annotated[float, typer.Option(help="Seconds running handlers get to finish on SIGTERM.")] = 30.0,
-    keep_traces: KeepOption = 7.0,
-    max_traces_mb: TraceCapOption = 1024,
-    max_body: MaxBodyOption = "1MB",
+    role: RoleOption = None,
+    grace: GraceOption = None,
+    keep_traces: KeepOption = None,
+    max_traces_mb: TraceCapOption = None,
+    max_body: MaxBodyOption = None,
     allowed_host: HostsOption = None,
     engine: EngineOption = None,
     db: DbOption = None,
@@ -232,12 +279,19 @@ def start(
     """Run the project for production: no reload; the admin API only with STEPLINE_ADMIN_TOKEN set.
 
     Listens on 127.0.0.1 unless --host says otherwise (--host 0.0.0.0 in a container). SIGTERM drains: no
-    new work is taken, running handlers get --grace seconds, then the process exits.
+    new work is taken, running handlers get --grace seconds, then the process exits. An option not given
+    here is read from stepline.toml ([server], [http], [store], [traces]), else its default.
     """
     url = store_url(store, engine, db, sync)
     options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
-    options["role"] = _role(role)
+    if role is not None:
+        options["role"] = _role(role)
     with _in_project(root) as project_root:
+        server = _settings(project_root).server
+        host = host if host is not None else server.host
+        port = port if port is not None else server.port
+        workers = workers if workers is not None else server.workers
+        grace = grace if grace is not None else server.grace
         if workers > 1:
             from stepline.cli.workers import supervise
 
@@ -251,13 +305,21 @@ def start(
                     "process. Use the default store (a file), or another --store the workers can share"
                 )
                 raise typer.Exit(2)
-            # Every option a worker runs with, on its command line; the store's URL goes in its environment
-            # (a password in it stays out of `ps`). Relative paths in the URL are relative to the project.
-            forwarded = ["--keep-traces", str(keep_traces), "--max-traces-mb", str(max_traces_mb), "--role", role]
-            forwarded += ["--max-body", str(options["max_body"])]
+            # The options given here, on every worker's command line (what was not given, each worker reads
+            # from stepline.toml as this process did); the store's URL goes in their environment (a password
+            # in it stays out of `ps`). Relative paths in the URL are relative to the project.
+            forwarded: list[str] = []
+            if keep_traces is not None:
+                forwarded += ["--keep-traces", str(keep_traces)]
+            if max_traces_mb is not None:
+                forwarded += ["--max-traces-mb", str(max_traces_mb)]
+            if role is not None:
+                forwarded += ["--role", role]
+            if "max_body" in options:
+                forwarded += ["--max-body", str(options["max_body"])]
             for name in options["allowed_hosts"]:
                 forwarded += ["--allowed-host", name]
-            store_text = url or store_url_from_env()
+            store_text = project_store_url(project_root, url)
             code = supervise(
                 project_root, host, port, workers, forwarded, store=store_text, shown=adapters.url, grace=grace
             )
@@ -281,18 +343,19 @@ def worker(
     root: DirOption = Path("."),
     store: StoreOption = None,
     grace: float = 30.0,
-    keep_traces: KeepOption = 7.0,
-    max_traces_mb: TraceCapOption = 1024,
-    max_body: MaxBodyOption = "1MB",
+    keep_traces: KeepOption = None,
+    max_traces_mb: TraceCapOption = None,
+    max_body: MaxBodyOption = None,
     allowed_host: HostsOption = None,
-    role: RoleOption = "all",
+    role: RoleOption = None,
 ) -> None:
     """One worker process of `stepline start --workers N` (started by it, not by hand)."""
     from stepline.cli.workers import die_with_parent
 
     die_with_parent()
     options = _store_options(store, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
-    options["role"] = _role(role)
+    if role is not None:
+        options["role"] = _role(role)
     with _in_project(root) as project_root:
         _serve_start(project_root, "", 0, options, grace, fd=fd)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -9,18 +10,20 @@ import typer
 from dotenv import load_dotenv
 from rich.markup import escape
 
-from stepline._errors import StoreURLError
-from stepline.adapters import STORE_ENV, legacy_store_url
-from stepline.cli.console import console
+from stepline._errors import ProjectLoadError, StoreURLError
+from stepline.adapters import STORE_ENV, legacy_store_url, store_url_from_env
+from stepline.cli.console import console, print_problems
+from stepline.steps.settings import load_settings
 
 DirOption = Annotated[Path, typer.Option("--dir", "-d", help="The project root (holds steps/ or src/).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 RoleOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         help="What this process does: all; api (API steps only: their events go to the store for workers); "
-        "or worker (event and cron steps only; it answers health checks, nothing else).",
+        "or worker (event and cron steps only; it answers health checks, nothing else). [default: all]",
         metavar="all|api|worker",
+        show_default=False,
     ),
 ]
 StoreOption = Annotated[
@@ -29,7 +32,7 @@ StoreOption = Annotated[
         "--store",
         help="Where queues, state and traces live, as a URL: sqlite:///.stepline/stepline.db (the default; "
         f"relative to the project), sqlite:////abs/path.db?sync=full, redis://host:6379/0 (shared by many hosts), "
-        f"memory://. Also ${STORE_ENV}.",
+        f"memory://. Also ${STORE_ENV}, or [store] url in stepline.toml.",
     ),
 ]
 # The spellings --store replaces; hidden from --help, they still work, with a warning.
@@ -63,3 +66,18 @@ def load_env(root: Path) -> None:
     """Load the project's .env, if it has one (it may set STEPLINE_STORE); a variable already set in the
     environment wins (the deployment decides, not the file)."""
     load_dotenv(root / ".env", override=False)
+
+
+def project_store_url(root: Path, given: str | None) -> str:
+    """The store a project runs on: the one given (--store), else $STEPLINE_STORE, else `[store] url` in
+    its stepline.toml, else the default file. A broken stepline.toml is listed, and exit 1."""
+    if given:
+        return given
+    if os.environ.get(STORE_ENV, "").strip():
+        return store_url_from_env()
+    try:
+        url = load_settings(root).store.url
+    except ProjectLoadError as exc:
+        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+        raise typer.Exit(1) from None
+    return url or store_url_from_env()

@@ -21,7 +21,7 @@ from stepline._errors import StoreError
 from stepline.adapters import open_store
 from stepline.adapters.base import Adapters, StoreOptions, TraceRecord
 from stepline.cli.console import console, out, print_json
-from stepline.cli.options import DbOption, DirOption, JsonOption, StoreOption, load_env, store_url
+from stepline.cli.options import DbOption, DirOption, JsonOption, StoreOption, load_env, project_store_url, store_url
 from stepline.core.engine import replay_all as replay_every
 from stepline.core.trace import record_json, summary_json
 
@@ -37,6 +37,7 @@ def with_store(root: Path, store: str | None, db: Path | None, work: Callable[[A
     is one line on stderr, what happened and what to do, and exit status 1."""
     url = store_url(store, db=db)
     load_env(root)
+    url = project_store_url(root.resolve(), url)  # the server's: --store, $STEPLINE_STORE, stepline.toml
     options = StoreOptions(root=root.resolve(), must_exist=True)
 
     async def run() -> T:
