@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from stepline.testing import serve
+from stepline.testing import Answer, ScriptedLLM, serve
 
 from .conftest import ProjectFactory
 
@@ -150,6 +152,59 @@ async def test_starlette_response_passes_through(make_project: ProjectFactory) -
     async with serve(make_project(ORDERS)) as app:
         r = await app.client.get("/page")
         assert r.text == "<h1>hi</h1>" and r.headers["content-type"].startswith("text/html")
+
+
+STREAMING = {
+    "steps/tokens_step.py": """
+        import asyncio
+        from starlette.responses import StreamingResponse
+        config = {"type": "api", "name": "Tokens", "path": "/tokens", "method": "GET"}
+        async def handler(req, ctx):
+            async def events():
+                yield "data: first\\n\\n"
+                await asyncio.sleep(1.0)  # a slow model: the first token must not wait for this
+                yield "data: second\\n\\n"
+                yield "event: done\\ndata: {}\\n\\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+    """,
+    "steps/chat_step.py": """
+        from starlette.responses import StreamingResponse
+        config = {"type": "api", "name": "Chat", "path": "/chat", "method": "GET"}
+        async def handler(req, ctx):
+            stream = ctx.llm.stream(req.query_params["q"])
+            async def events():
+                async for piece in stream:
+                    yield f"data: {piece}\\n\\n"
+                yield f"event: usage\\ndata: {stream.usage.output_tokens}\\n\\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+    """,
+}
+
+
+async def test_a_streaming_response_sends_each_piece_as_it_is_made(make_project: ProjectFactory) -> None:
+    async with serve(make_project(STREAMING)) as app, app.client.stream("GET", "/tokens") as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert len(r.headers["x-trace-id"]) == 36
+        started = time.perf_counter()
+        pieces: list[tuple[float, str]] = []
+        async for chunk in r.aiter_text():
+            pieces.append((time.perf_counter() - started, chunk))
+    text = "".join(chunk for _, chunk in pieces)
+    assert text == "data: first\n\ndata: second\n\nevent: done\ndata: {}\n\n"
+    assert pieces[0][1].startswith("data: first") and pieces[0][0] < 0.5  # before the slow part, not after
+
+
+async def test_a_model_reply_streams_to_the_client_as_server_sent_events(make_project: ProjectFactory) -> None:
+    with ScriptedLLM(Answer("Queues hold the work", pace=0.01)) as llm:
+        async with serve(make_project(STREAMING), llm=llm.settings(model="scripted")) as app:
+            r = await app.client.get("/chat", params={"q": "a haiku about queues"})
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert "".join(e.removeprefix("data: ") for e in events[:-1]) == "Queues hold the work"
+    assert len(events) > 2  # piece by piece, not one block
+    assert events[-1] == "event: usage\ndata: 4"
+    assert llm.requests[0]["stream"] is True
 
 
 async def test_middleware_runs_in_order_and_can_short_circuit(make_project: ProjectFactory) -> None:

@@ -23,6 +23,8 @@ PUBLIC = {
         "StepNameError", "Suspended", "WaitTimeoutError",
         # streams
         "StreamAuthError", "StreamAuthRequest", "StreamDef", "StreamHandle", "Streams", "Subscription",
+        # uploads
+        "UploadedFile",
     ],
     "stepline.client": ["Message", "StreamClient", "StreamRefusedError", "Watch"],
     "stepline.testing": ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"],

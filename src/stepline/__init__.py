@@ -58,7 +58,7 @@ from stepline.steps.config import (
 )
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project, Step
-from stepline.steps.request import ApiRequest, ApiResponse
+from stepline.steps.request import ApiRequest, ApiResponse, UploadedFile
 from stepline.steps.settings import LLMSettings, Price
 from stepline.steps.streams import StreamDef, Subscription
 
@@ -125,6 +125,7 @@ __all__ = [
     "ToolError",
     "TurnLimitError",
     "UndeclaredEmitError",
+    "UploadedFile",
     "Usage",
     "WaitTimeoutError",
     "__version__",

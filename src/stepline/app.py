@@ -23,6 +23,7 @@ from stepline.core.engine import Engine, replay_all
 from stepline.core.scheduler import CronScheduler
 from stepline.core.streams import Hub
 from stepline.http.app import HttpApp
+from stepline.http.cors import CorsOptions
 from stepline.http.streams import Authenticate, StreamEndpoints
 from stepline.steps.loader import load_project
 from stepline.steps.project import Project
@@ -161,6 +162,7 @@ class Stepline:
             allowed_hosts=[*http.allowed_hosts, *(allowed_hosts or [])],
             routes=role != "worker",
             streams=StreamEndpoints(lambda: self.streams, self._authenticate),
+            cors=CorsOptions(list(self.cors_origins)) if self.cors_origins else None,
         )
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -2,9 +2,12 @@
 
 What a request may cost is bounded here: a body larger than `max_body` is refused with 413 before it
 is read whole, one that trickles in slower than `body_timeout` with 408, a body schema takes JSON only
-(415 otherwise), and JSON that no store could keep exactly (integers beyond 64 bits) or that nests
-deeper than validators can recurse is a 400 that names the place. A large body is parsed and validated
-off the event loop, and an error report is capped, so that one request never stalls the others.
+(415 otherwise), a malformed `multipart/form-data` body is a 400 with the reason, and JSON that no
+store could keep exactly (integers beyond 64 bits) or that nests deeper than validators can recurse is
+a 400 that names the place. A large body is parsed and validated off the event loop, and an error
+report is capped, so that one request never stalls the others.
+
+CORS (`cors=`, or the `cors` attribute) applies to the project's routes only, never to Stepline's own.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from stepline.core.engine import Engine, clip
 from stepline.http.admin import WorkbenchApi, json_response
 from stepline.http.body import read_body
 from stepline.http.connections import MAX_REQUESTS
+from stepline.http.cors import Cors, CorsOptions
+from stepline.http.multipart import is_multipart, parse_multipart
 from stepline.http.openapi import openapi
 from stepline.http.streams import SOCKET_PATHS, StreamEndpoints
 from stepline.steps.config import ApiConfig
@@ -78,6 +83,7 @@ class HttpApp:
         allowed_hosts: list[str] | None = None,
         routes: bool = True,
         streams: StreamEndpoints | None = None,
+        cors: CorsOptions | None = None,
     ) -> None:
         self.engine = engine
         self.dev = dev
@@ -95,6 +101,23 @@ class HttpApp:
         self._in_flight = 0
         self._builtin = self._build_builtin()
         self._router = self._build(engine.project)
+        self.cors = cors
+
+    @property
+    def cors(self) -> CorsOptions | None:
+        """Which other sites' pages may call the API steps from a browser (None: none may).
+
+        Settable while the app serves: the next request follows the new options. Options allowing no
+        origin act as None (no CORS headers; a preflight goes to the routes and gets their 405)."""
+        return self._cors_options
+
+    @cors.setter
+    def cors(self, options: CorsOptions | None) -> None:
+        self._cors_options = options
+        self._cors: Cors | None = None
+        # A worker process serves no API route: nothing for a page elsewhere to call, nothing to answer.
+        if options is not None and options.allow_origins and self.routes:
+            self._cors = Cors(options)
 
     def set_project(self, project: Project) -> None:
         self._router = self._build(project)
@@ -128,7 +151,10 @@ class HttpApp:
                     return
                 await self._builtin(scope, receive, send)
                 return
-            await self._router(scope, receive, send)
+            if self._cors is not None:  # the project's routes only: Stepline's own never answer other sites
+                await self._cors(scope, receive, send, self._router)
+            else:
+                await self._router(scope, receive, send)
         finally:
             if counted:
                 self._in_flight -= 1
@@ -388,6 +414,7 @@ def _api_request(request: Request, raw: bytes, config: ApiConfig) -> ApiRequest:
         raw_body=raw.decode("utf-8", errors="replace"),
         method=request.method,
         path=request.scope["path"],
+        body_bytes=raw,
     )
 
 
@@ -407,6 +434,8 @@ def _parse_body(request: Request, raw: bytes, want_json: bool) -> Any:
             got = f"Content-Type {content_type}" if content_type else "no Content-Type"
             raise HttpError(415, f"the body must be JSON, sent with Content-Type: application/json (got {got})")
         return _json.parse(raw, "the request body")
+    if is_multipart(content_type):
+        return parse_multipart(raw, content_type)
     if content_type.startswith("application/x-www-form-urlencoded"):
         return {k: v[0] if len(v) == 1 else v for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
     if is_json(content_type):

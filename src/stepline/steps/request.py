@@ -36,6 +36,10 @@ class ApiRequest(MutableMapping[str, Any]):
     raw_body: str = ""
     method: str = "GET"
     path: str = "/"
+    # The body exactly as it arrived (`raw_body` is it decoded as text, which a binary upload does not
+    # survive). An attribute only, not one of the dict keys: Motia's request has no such key, and a dict
+    # handler iterating the request sees Motia's keys.
+    body_bytes: bytes = field(default=b"", repr=False)
     # Keys a middleware or handler added; kept apart so they can never shadow the request's own.
     _extra: dict[str, Any] = field(default_factory=dict, init=False)
 
@@ -97,6 +101,25 @@ class ApiRequest(MutableMapping[str, Any]):
 def _attr(key: str) -> str | None:
     """The attribute a key reads: the dict-format name (`pathParams`) or the attribute's own (`path_params`)."""
     return _KEYS.get(key) or (key if key in _ATTRS else None)
+
+
+@dataclass(frozen=True, repr=False)
+class UploadedFile:
+    """A file part of a `multipart/form-data` body, whole in memory (the body limit bounds it).
+
+    `filename` is what the client sent: a name to show or store as data, never a path to write to."""
+
+    filename: str
+    content_type: str  # the part's Content-Type; application/octet-stream when it gave none
+    content: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # the part's own headers, lower-case names
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+    def __repr__(self) -> str:  # the size, not the bytes: a logged or printed body stays readable
+        return f"UploadedFile(filename={self.filename!r}, content_type={self.content_type!r}, size={self.size})"
 
 
 class ApiResponse(TypedDict, total=False):
