@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError, create_model
 
+from stepline import _json
 from stepline._errors import SchemaValidationError, ToolArgumentsError, ToolError
 from stepline.steps.config import ApiConfig, EventConfig
 from stepline.steps.request import ApiRequest, unpack_result
@@ -226,10 +227,15 @@ def api_request(config: ApiConfig, arguments: dict[str, Any]) -> ApiRequest:
     path = config.path
     for p in path_params:
         path = re.sub(r"{" + p + r"(?::[^}]*)?}", str(arguments[p]), path)
+    # The body as the tool sent it, as JSON: a handler that reads the raw body sees what a client would send.
+    raw = b"" if body is None else _json.dumps(body)
     return ApiRequest(
         body=body,
         path_params={p: str(arguments[p]) for p in path_params},
         query_params=query,
+        headers={"content-type": "application/json"} if body is not None else {},
+        raw_body=raw.decode(),
+        body_bytes=raw,
         method=config.method,
         path=path,
     )
