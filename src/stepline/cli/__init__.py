@@ -55,6 +55,24 @@ app = typer.Typer(
 DEFAULT_PORT = 3000
 
 
+def _version(value: bool) -> None:
+    if value:
+        from stepline._version import __version__
+
+        out.print(f"stepline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """APIs, background jobs, cron jobs and agents as steps of one event-driven backend."""
+
+
 @contextlib.contextmanager
 def _in_project(root: Path) -> Iterator[Path]:
     """Enter the project at `root` for a command that loads or runs it; yields the root, absolute.

@@ -369,6 +369,13 @@ class Engine:
 
     # -- emitting --------------------------------------------------------------------------------
 
+    def check_emit(self, step: str | None, topic: str) -> None:
+        """A step emits only the topics its config declares (the graph is drawn from them)."""
+        if step is not None and not topic.startswith(_OWN_TOPICS):
+            declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
+            if topic not in declared:
+                raise UndeclaredEmitError(step, topic, declared)
+
     async def emit(
         self,
         step: str | None,
@@ -387,10 +394,7 @@ class Engine:
         With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued.
         Raises StoreError when the store cannot take it: then nothing was accepted (and nothing traced;
         `trigger`, the record of what started the trace, is recorded only for an accepted event)."""
-        if step is not None and not topic.startswith(_OWN_TOPICS):
-            declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
-            if topic not in declared:
-                raise UndeclaredEmitError(step, topic, declared)
+        self.check_emit(step, topic)
         if not isinstance(topic, str) or not topic:
             raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
         if delay < 0:
@@ -502,15 +506,25 @@ class Engine:
 
     # -- contexts ---------------------------------------------------------------------------------
 
-    def context(self, step: Step, trace_id: str, delivery_id: str | None = None, run: Run | None = None) -> RunContext:
+    def context(
+        self,
+        step: Step,
+        trace_id: str,
+        delivery_id: str | None = None,
+        run: Run | None = None,
+        emitter: Callable[..., Awaitable[Event]] | None = None,
+    ) -> RunContext:
         """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
-        step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose."""
+        step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose.
+        `emitter` replaces where its emits go (a test that runs one handler alone keeps them)."""
         record: Recorder = self.record if delivery_id is None else partial(_in_run, self.record, delivery_id)
+        if emitter is None:
+            emitter = self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id)
         return self.context_factory(
             step=step.name,
             trace_id=trace_id,
             flows=list(step.flows),
-            emitter=self.emit if delivery_id is None else partial(self.emit, delivery_id=delivery_id),
+            emitter=emitter,
             state=State(self.state, record, trace_id, step.name, self.clock),
             control=self.control,
             logger=StepLogger(record, trace_id, step.name, self.clock),

@@ -25,13 +25,40 @@ from typing import Any
 import httpx2 as httpx
 import uvicorn
 
+from stepline import _json
 from stepline._clock import FakeClock
-from stepline.adapters.base import TraceRecord
+from stepline._ids import new_id
+from stepline.adapters.base import Event, TraceRecord
 from stepline.app import Stepline
 from stepline.http.server import bind, server_config
+from stepline.steps.config import ApiConfig, CronConfig, EventConfig
+from stepline.steps.request import ApiRequest
 from stepline.testing.scripted_llm import Answer, ScriptedLLM
 
-__all__ = ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"]
+__all__ = ["Answer", "Emitted", "FakeClock", "RunningApp", "ScriptedLLM", "StepRun", "serve"]
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """An event a handler emitted under `run_step`: kept, not delivered."""
+
+    topic: str
+    data: Any
+    delay: float = 0.0
+    message_group_id: str | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass
+class StepRun:
+    """What one handler did when run alone: what it returned, what it emitted, and its trace."""
+
+    result: Any
+    emitted: list[Emitted]
+    trace_id: str
+
+    def topics(self) -> list[str]:
+        return [e.topic for e in self.emitted]
 
 
 @dataclass
@@ -54,6 +81,45 @@ class RunningApp:
 
     async def state(self, group: str, key: str) -> Any:
         return await self.stepline.engine.state.get(group, key)
+
+    async def run_step(self, name: str, input: Any = None) -> StepRun:
+        """Run one step's handler once, alone: with its real `ctx` (state, logger, streams, the model),
+        its input checked against its schema as a delivery's would be, and its emits kept in the result
+        instead of delivered, so no step after it runs. An event step gets `input` as its event data, an
+        API step an `ApiRequest` (or a dict, taken as the JSON body), a cron step nothing. Its timeout,
+        retries and middleware do not apply: it is the handler alone, an exception it raises is raised here."""
+        engine = self.stepline.engine
+        step = engine.project.steps.get(name)
+        if step is None:
+            raise KeyError(f"no step {name!r}; the project has {', '.join(sorted(engine.project.steps))}")
+        emitted: list[Emitted] = []
+
+        async def keep(
+            step_name: str | None,
+            trace_id: str,
+            topic: str,
+            data: Any,
+            message_group_id: str | None = None,
+            delay: float = 0.0,
+            idempotency_key: str | None = None,
+        ) -> Event:
+            engine.check_emit(step_name, topic)
+            data = _json.loads(_json.dumps(data, f"data of the event {topic!r}"))  # as a store would give it back
+            emitted.append(Emitted(topic, data, delay, message_group_id, idempotency_key))
+            return Event(new_id(), topic, data, trace_id, step_name, engine.clock.time(), message_group_id)
+
+        trace_id = new_id()
+        ctx = engine.context(step, trace_id, emitter=keep)
+        if isinstance(step.config, CronConfig):
+            args: tuple[Any, ...] = ()
+        elif isinstance(step.config, ApiConfig):
+            args = (input if isinstance(input, ApiRequest) else ApiRequest(body=input, method=step.config.method),)
+        else:
+            if isinstance(step.config, EventConfig) and step.config.input is not None:
+                input = step.config.input.validate(input, f"the input of step {name!r}")
+            args = (input,)
+        result = await engine.call(step, ctx, *args)
+        return StepRun(result, emitted, trace_id)
 
 
 @contextlib.asynccontextmanager
