@@ -27,7 +27,7 @@ PUBLIC = {
         "UploadedFile",
     ],
     "stepline.client": ["Message", "StreamClient", "StreamRefusedError", "Watch"],
-    "stepline.testing": ["Answer", "FakeClock", "RunningApp", "ScriptedLLM", "serve"],
+    "stepline.testing": ["Answer", "Emitted", "FakeClock", "RunningApp", "ScriptedLLM", "StepRun", "serve"],
     "stepline.adapters": [
         "Adapters", "ClaimSpec", "CronLock", "DEFAULT_STORE", "DeadLetter", "Delivery", "Event", "EventQueue",
         "QueueStats", "STORES", "STORE_ENV", "StateStore", "StoreOptions", "StoreURL", "TraceRecord", "TraceStore",

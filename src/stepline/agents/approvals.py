@@ -122,7 +122,7 @@ class Approvals:
         timeout: float | None = None,
     ) -> Approval:
         """Ask for a decision on (name, key) and wait for it: the run suspends (its worker freed) until a person
-        decides (`decide`, the Workbench, `POST /__stepline/api/approvals/...`), or `timeout` seconds pass (the
+        decides (`ctx.approvals.decide`, from an API step of the project), or `timeout` seconds pass (the
         approval then has status "timeout"). Only an event or cron step can wait; it resumes across restarts."""
         ctx = self._ctx
         if ctx.run is None:
