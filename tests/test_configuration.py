@@ -196,7 +196,9 @@ def test_start_serves_as_the_file_says_and_its_options_win(make_project: Project
 
 def test_the_runtime_commands_read_the_store_the_file_names(make_project: ProjectFactory, monkeypatch) -> None:
     monkeypatch.delenv("STEPLINE_STORE", raising=False)
-    root = make_project({"steps/tick_step.py": TICK, "stepline.toml": '[store]\nurl = "sqlite:///data/app.db"\n'})
+    # `start`'s role in the file: `emit --local` still runs what it emits (one process does everything)
+    toml = '[store]\nurl = "sqlite:///data/app.db"\n[server]\nrole = "api"\n'
+    root = make_project({"steps/tick_step.py": TICK, "stepline.toml": toml})
     runner = CliRunner()
     done = runner.invoke(cli_app, ["emit", "--local", "--dir", str(root), "--topic", "tick", "--data", "7"])
     assert done.exit_code == 0, done.output

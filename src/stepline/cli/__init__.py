@@ -262,7 +262,8 @@ def dev(
     options = _store_options(url, keep_traces, max_traces_mb) | _http_options(max_body, allowed_host)
     with _in_project(root) as project_root:
         server = _settings(project_root).server
-        stepline = _app(project_root, dev=True, **options)
+        # One process that does everything, whatever role stepline.toml gives `start`.
+        stepline = _app(project_root, dev=True, role="all", **options)
         asyncio.run(
             serve(
                 stepline,
@@ -437,7 +438,7 @@ def _print_emitted(topic: str, result: dict[str, Any]) -> None:
 
 async def _emit_local(root: Path, topic: str, data: Any) -> dict[str, Any]:
     setup_logging()
-    stepline = _app(root, dev=True)
+    stepline = _app(root, dev=True, role="all")  # it runs what it emits, here
     records: asyncio.Queue[TraceRecord] = asyncio.Queue()  # unbounded: no record of the run is dropped
     async with stepline.lifespan():
         # Every record, not only this trace's: leftover events in the database run here too, and their
@@ -612,7 +613,7 @@ def mcp(
     setup_logging()  # to stderr: stdout carries the protocol
     options = _store_options(store_url(store, engine, db))
     with _in_project(root) as project_root:
-        stepline = _app(project_root, dev=False, **options)
+        stepline = _app(project_root, dev=False, role="all", **options)
         asyncio.run(serve_stdio(stepline))
 
 

@@ -29,7 +29,7 @@ async def run_eval(root: Path, ev: Eval) -> EvalRun:
     judge_client = LLMClient(load_settings(root).llm)
     run = EvalRun(ev.name, time.time())
     # A store of its own, in memory: an eval never mixes its traces and state with the project's.
-    async with serve(root, store="memory://") as app:
+    async with serve(root, store="memory://", role="all") as app:  # the whole flow, whatever [server] role says
         for index, case in enumerate(ev.cases):
             run.cases.append(await _run_case(app, ev, index, case, method, path, judge_client))
     await judge_client.close()
