@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import sys
+from pathlib import Path
 
 import httpx2 as httpx
 import uvicorn
@@ -59,3 +62,23 @@ async def test_mounted_under_a_prefix_with_the_host_apps_lifespan(make_project: 
         with contextlib.suppress(asyncio.CancelledError):
             await task
         sock.close()
+
+
+def test_an_app_module_at_the_project_root_can_load_its_own_project(tmp_path: Path) -> None:
+    """`uvicorn main:app` with main.py beside steps/: loading the project while main is being imported
+    must not drop main from sys.modules (its import failed with KeyError: 'main')."""
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "steps" / "hello_step.py").write_text(
+        'config = {"type": "api", "name": "Hello", "path": "/hello", "method": "GET"}\n'
+        "async def handler(req, ctx):\n    return {}\n"
+    )
+    (tmp_path / "mainapp.py").write_text(
+        f"from stepline import Stepline\nsteps = Stepline({str(tmp_path)!r}, store='memory://')\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module("mainapp")
+        assert "Hello" in module.steps.project.steps
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("mainapp", None)

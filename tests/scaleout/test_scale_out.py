@@ -101,13 +101,18 @@ def _check_ticks(store: Probe) -> int:
     """Every tick was published once: no two tick traces are for the same tick. Returns the ticks."""
     ticks = store.group("ticks")
 
-    async def tick_of(trace_id: str) -> float:
+    async def tick_of(trace_id: str) -> float | None:
         records = await store.adapters.traces.trace(trace_id)
-        return float(next(r.data["tick"] for r in records if r.kind == "trigger"))
+        return next((float(r.data["tick"]) for r in records if r.kind == "trigger"), None)
 
-    seconds = [store.run(lambda a, t=t: tick_of(t)) for t in ticks]
+    found = [store.run(lambda a, t=t: tick_of(t)) for t in ticks]
+    seconds = [s for s in found if s is not None]
+    # A tick's trigger record is written by the process that published it, a moment later (trace records are
+    # buffered; docs/production.md): the worker SIGKILLed mid-run can take the record of a tick it had just
+    # published with it, while the tick itself, stored, runs elsewhere. Seen once in CI; one or two at most.
+    assert len(found) - len(seconds) <= 2, f"{len(found) - len(seconds)} tick traces have no trigger record"
     assert len(seconds) == len(set(seconds)), "a cron tick fired twice"
-    return len(seconds)
+    return len(found)
 
 
 def _start(root: Path, port: int, log: Path, url: str, role: str) -> subprocess.Popen[bytes]:

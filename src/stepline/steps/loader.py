@@ -119,7 +119,11 @@ def _prepare_imports(root: Path) -> None:
     stale = [
         name
         for name, module in list(sys.modules.items())
-        if name.split(".")[0] in top_names | set(STEP_DIRS) and _defined_under(module, roots)
+        if name.split(".")[0] in top_names | set(STEP_DIRS)
+        and _defined_under(module, roots)
+        # not a module still being imported: the app's own main.py at the project root that calls
+        # Stepline(".") while uvicorn imports it (dropped, its import fails with KeyError: 'main')
+        and not getattr(getattr(module, "__spec__", None), "_initializing", False)
     ]
     for name in stale:
         del sys.modules[name]
