@@ -29,6 +29,11 @@ FILES = {
         async def handler(input, ctx):
             await ctx.emit("b", {})
     """,
+    "steps/early_step.py": """
+        config = {"type": "event", "name": "Early", "subscribes": ["e"], "emits": ["b"]}
+        async def handler(input, ctx):
+            await ctx.emit("b", {}, delay=-1)
+    """,
     "steps/api_step.py": """
         config = {"type": "api", "name": "Api", "path": "/x", "method": "POST"}
         def handler(req, ctx):   # a sync handler: run on a thread, with a blocking ctx
@@ -57,6 +62,8 @@ async def test_an_event_step_runs_alone_and_its_emits_are_kept(make_project: Pro
             await app.run_step("First", {"n": "one"})
         with pytest.raises(UndeclaredEmitError):
             await app.run_step("Rogue", {})
+        with pytest.raises(ValueError, match="delay must be >= 0"):  # checked as a real emit checks it
+            await app.run_step("Early", {})
         with pytest.raises(KeyError, match="no step 'Nope'"):
             await app.run_step("Nope")
 

@@ -241,8 +241,9 @@ class Stepline:
         except ProjectLoadError as exc:
             return exc.problems
         previous = self.settings
-        if settings.restart_only() != previous.restart_only():
-            changed = [t for t, v in settings.restart_only().items() if v != previous.restart_only()[t]]
+        now, before = settings.restart_only(), previous.restart_only()
+        changed = [table for table, value in now.items() if value != before[table]]
+        if changed:
             log.warning(
                 "stepline.toml's %s changed: read at start, it takes effect when the server restarts",
                 ", ".join(f"[{t}]" for t in changed),

@@ -32,6 +32,7 @@ from stepline.cli.options import (
     RoleOption,
     StoreOption,
     SyncOption,
+    cannot_load,
     load_env,
     project_store_url,
     store_url,
@@ -95,16 +96,14 @@ def _load(root: Path) -> Project:
     try:
         return load_project(root)
     except ProjectLoadError as exc:
-        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
-        raise typer.Exit(1) from None
+        cannot_load(exc)
 
 
 def _app(root: Path, **kwargs: Any) -> Stepline:
     try:
         return Stepline(root, **kwargs)
     except ProjectLoadError as exc:
-        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
-        raise typer.Exit(1) from None
+        cannot_load(exc)
     except StoreError as exc:  # a damaged or unreachable database: one line, what and what to do
         console.print(f"[bold red]Cannot open the store:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -185,8 +184,7 @@ def _settings(root: Path) -> Settings:
     try:
         return load_settings(root)
     except ProjectLoadError as exc:
-        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
-        raise typer.Exit(1) from None
+        cannot_load(exc)
 
 
 def _role(role: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from dotenv import load_dotenv
@@ -68,6 +68,12 @@ def load_env(root: Path) -> None:
     load_dotenv(root / ".env", override=False)
 
 
+def cannot_load(exc: ProjectLoadError) -> NoReturn:
+    """A project (or its stepline.toml) that cannot load: every problem listed, then exit 1."""
+    print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
+    raise typer.Exit(1) from None
+
+
 def project_store_url(root: Path, given: str | None) -> str:
     """The store a project runs on: the one given (--store), else $STEPLINE_STORE, else `[store] url` in
     its stepline.toml, else the default file. A broken stepline.toml is listed, and exit 1."""
@@ -78,6 +84,5 @@ def project_store_url(root: Path, given: str | None) -> str:
     try:
         url = load_settings(root).store.url
     except ProjectLoadError as exc:
-        print_problems(exc.problems, f"[bold red]The project at {exc.root} cannot load:[/]")
-        raise typer.Exit(1) from None
+        cannot_load(exc)
     return url or store_url_from_env()

@@ -49,7 +49,7 @@ from stepline.adapters.base import (
     TraceStore,
 )
 from stepline.core import trace as tr
-from stepline.core.context import ContextFactory, Recorder, RunContext, State, StepLogger
+from stepline.core.context import ContextFactory, Emitter, Recorder, RunContext, State, StepLogger
 from stepline.core.durable import CANCEL, WAITS_STEP, Limits, Run, Waits
 from stepline.core.threads import HandlerThreads
 from stepline.core.watchdog import Blocked, LoopWatchdog
@@ -369,12 +369,17 @@ class Engine:
 
     # -- emitting --------------------------------------------------------------------------------
 
-    def check_emit(self, step: str | None, topic: str) -> None:
-        """A step emits only the topics its config declares (the graph is drawn from them)."""
+    def check_emit(self, step: str | None, topic: str, delay: float = 0.0) -> None:
+        """What every emit must be: a step emits only the topics its config declares (the graph is drawn
+        from them), a topic is a non-empty string, a delay is not negative."""
         if step is not None and not topic.startswith(_OWN_TOPICS):
             declared = self.project.steps[step].config.emit_topics if step in self.project.steps else []
             if topic not in declared:
                 raise UndeclaredEmitError(step, topic, declared)
+        if not isinstance(topic, str) or not topic:
+            raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
+        if delay < 0:
+            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
 
     async def emit(
         self,
@@ -394,11 +399,7 @@ class Engine:
         With an `idempotency_key` seen within the window, the event is a repeat: it is traced, not queued.
         Raises StoreError when the store cannot take it: then nothing was accepted (and nothing traced;
         `trigger`, the record of what started the trace, is recorded only for an accepted event)."""
-        self.check_emit(step, topic)
-        if not isinstance(topic, str) or not topic:
-            raise TypeError(f"an event topic is a non-empty string, got {topic!r}")
-        if delay < 0:
-            raise ValueError(f"delay must be >= 0 seconds, got {delay}")
+        self.check_emit(step, topic, delay)
         raw = _json.dumps(data, f"data of the event {topic!r}")
         data = _json.loads(raw)  # a copy: what a durable store would give back, shared with no caller
         event = Event(new_id(), topic, data, trace_id, step, self.clock.time(), message_group_id)
@@ -512,7 +513,7 @@ class Engine:
         trace_id: str,
         delivery_id: str | None = None,
         run: Run | None = None,
-        emitter: Callable[..., Awaitable[Event]] | None = None,
+        emitter: Emitter | None = None,
     ) -> RunContext:
         """A handler's `ctx`. In a delivery's run, every record it makes names the delivery: two runs of one
         step in one trace (a fan-out) can overlap, and a reader must tell whose log or emit is whose.

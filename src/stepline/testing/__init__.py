@@ -95,7 +95,7 @@ class RunningApp:
         emitted: list[Emitted] = []
 
         async def keep(
-            step_name: str | None,
+            step: str | None,  # the Emitter protocol's names
             trace_id: str,
             topic: str,
             data: Any,
@@ -103,10 +103,10 @@ class RunningApp:
             delay: float = 0.0,
             idempotency_key: str | None = None,
         ) -> Event:
-            engine.check_emit(step_name, topic)
+            engine.check_emit(step, topic, delay)
             data = _json.loads(_json.dumps(data, f"data of the event {topic!r}"))  # as a store would give it back
             emitted.append(Emitted(topic, data, delay, message_group_id, idempotency_key))
-            return Event(new_id(), topic, data, trace_id, step_name, engine.clock.time(), message_group_id)
+            return Event(new_id(), topic, data, trace_id, step, engine.clock.time(), message_group_id)
 
         trace_id = new_id()
         ctx = engine.context(step, trace_id, emitter=keep)
