@@ -196,25 +196,14 @@ class _State:
         self.dev_running = False
 
     def _env(self, folder: Path) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPLINE_", "PYTEST_", "VIRTUAL_ENV"))}
-        env.pop("PYTHONPATH", None)
-        bin_dir = BIN
         if "venv" in self.session.options:
-            # A newcomer's machine: no Stepline on the PATH until the page installs it, into a virtualenv
-            # it makes itself (pip refuses any other), from the wheel built from this checkout.
+            env = newcomer_env(self.runner.wheel_dir)
+            env["PIP_REQUIRE_VIRTUALENV"] = "1"  # pip refuses any virtualenv but the one the page makes
             bin_dir = Path(sys.base_prefix) / "bin"
-            kept = [p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN]
-            env["PATH"] = os.pathsep.join(kept)
-            env["PIP_REQUIRE_VIRTUALENV"] = "1"
-            env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-            if self.runner.wheel_dir is not None:
-                env["PIP_FIND_LINKS"] = str(self.runner.wheel_dir)
+        else:
+            env, bin_dir = _clean_env(), BIN
         env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-        env["NO_COLOR"] = "1"
-        env["COLUMNS"] = "200"
-        env["TERM"] = "dumb"
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+        return env | {"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb", "PYTHONUNBUFFERED": "1"}
 
     def ports(self, text: str) -> str:
         return _PORT.sub(lambda m: str(self.port + int(m[1])), text)
@@ -357,6 +346,24 @@ class _State:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _clean_env() -> dict[str, str]:
+    """This environment without what the test run set (its store, pytest's, its virtualenv)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPLINE_", "PYTEST_", "VIRTUAL_ENV"))}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def newcomer_env(wheel_dir: Path | None) -> dict[str, str]:
+    """A newcomer's machine: no Stepline on the PATH (the suite's virtualenv left out) until one is
+    installed, and `pip install stepline` takes the wheel built from this checkout."""
+    env = _clean_env()
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p and Path(p) != BIN)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    if wheel_dir is not None:
+        env["PIP_FIND_LINKS"] = str(wheel_dir)
+    return env
 
 
 def _answers(port: int, line: str) -> bool:

@@ -21,17 +21,14 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from .runner import REPO, free_base_port, recipe
+from .runner import REPO, free_base_port, newcomer_env, recipe
 
 EXAMPLE = REPO / "examples" / "financial-report"
 PAGE = REPO / "docs" / "production.md"
 
 
 def _env(wheel_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPLINE_", "PYTEST_", "VIRTUAL_ENV"))}
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != bin_dir)
-    return env | {"PIP_FIND_LINKS": str(wheel_dir), "PIP_DISABLE_PIP_VERSION_CHECK": "1", "NO_COLOR": "1"}
+    return newcomer_env(wheel_dir) | {"NO_COLOR": "1"}
 
 
 def _run(command: str, cwd: Path, env: dict[str, str]) -> None:
